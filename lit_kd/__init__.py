@@ -1,0 +1,1 @@
+"""lit-kd: knowledge distillation, quantization and pruning of image classifiers with PyTorch Lightning."""

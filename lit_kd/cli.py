@@ -1,0 +1,85 @@
+"""The ``lit-kd`` command: LightningCLI (``fit``/``validate``/``test``/``predict``) driven by YAML configs.
+
+Besides what a config asks for, every run gets: a TensorBoard logger writing to
+``lightning_logs/<experiment>/version_N`` (experiment = the config file's name unless the config sets a logger),
+checkpoints of the best ``val/acc`` (``best.ckpt``) and of the last epoch (``last.ckpt``) under ``checkpoints/``
+there, written atomically, and rich progress bar and model summary.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, RichModelSummary, RichProgressBar
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from lit_kd.checkpoint_io import AtomicCheckpointIO
+
+LOG_ROOT = "lightning_logs"
+
+
+def experiment_name(config_paths: list) -> str:
+    """``quickstart`` for ``experiments/quickstart.yaml``; ``quickstart`` again for a run's saved
+    ``lightning_logs/quickstart/version_3/config.yaml``; ``default`` without a config file."""
+    if not config_paths:
+        return "default"
+    path = Path(str(config_paths[-1]))
+    if path.stem == "config" and path.parent.name.startswith("version_"):
+        return path.parent.parent.name
+    return path.stem
+
+
+def best_checkpoint_callback() -> ModelCheckpoint:
+    return ModelCheckpoint(monitor="val/acc", mode="max", filename="best", save_last=True, auto_insert_metric_name=False)
+
+
+class LitKDCLI(LightningCLI):
+    def __init__(self, args: Optional[list[str]] = None, **kwargs: Any):
+        super().__init__(
+            model_class=L.LightningModule,
+            datamodule_class=L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+            **kwargs,
+        )
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> L.Trainer:
+        config = dict(config)
+        given = list(config.get("callbacks") or []) + list(callbacks)
+        defaults = []
+        if not any(isinstance(c, ModelCheckpoint) for c in given) and config.get("enable_checkpointing") is not False:
+            defaults.append(best_checkpoint_callback())
+        if not any(isinstance(c, RichProgressBar) for c in given) and config.get("enable_progress_bar") is not False:
+            defaults.append(RichProgressBar(leave=True))
+        if not any(isinstance(c, RichModelSummary) for c in given) and config.get("enable_model_summary") is not False:
+            defaults.append(RichModelSummary(max_depth=1))
+        config["callbacks"] = given + defaults
+        if config.get("logger") in (None, True):
+            name = experiment_name(self.config.get(self.subcommand, self.config).get("config") or [])
+            config["logger"] = TensorBoardLogger(LOG_ROOT, name=name, default_hp_metric=False)
+        if not config.get("plugins"):
+            config["plugins"] = [AtomicCheckpointIO()]
+        return super()._instantiate_trainer(config, [])
+
+
+def main(args: Optional[list[str]] = None) -> None:
+    os.environ.setdefault("NM_DISABLE_ANALYTICS", "1")
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")
+    import lit_kd.callbacks  # noqa: F401  (short class names in configs resolve to imported subclasses)
+    import lit_kd.data  # noqa: F401
+    import lit_kd.modules  # noqa: F401
+
+    LitKDCLI(args=args)
+
+
+if __name__ == "__main__":
+    main()

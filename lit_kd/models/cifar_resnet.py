@@ -1,0 +1,95 @@
+"""The CIFAR ResNets of He et al. (2016), section 4.2: resnet20/32/44/56/110.
+
+Three stages of 16/32/64 channels with n basic blocks each (depth = 6n + 2), a 3x3 stem, global average pooling
+and a linear classifier. The shortcut between stages is option A of the paper (parameter-free: subsample by 2 and
+zero-pad the new channels) by default, option B (1x1 conv + BatchNorm) on request. Parameter names follow the widely
+used public implementation (``conv1``, ``bn1``, ``layer1..3``, ``linear``), so its checkpoints load directly.
+"""
+
+from __future__ import annotations
+
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class ZeroPadShortcut(nn.Module):
+    """Option A shortcut: take every other pixel and zero-pad the channels from ``in_planes`` to ``out_planes``."""
+
+    def __init__(self, in_planes: int, out_planes: int, stride: int):
+        super().__init__()
+        self.stride, self.extra = stride, out_planes - in_planes
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "A"):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu2 = nn.ReLU(inplace=True)
+        if stride == 1 and in_planes == planes:
+            self.shortcut: nn.Module = nn.Identity()
+        elif shortcut == "A":
+            self.shortcut = ZeroPadShortcut(in_planes, planes, stride)
+        elif shortcut == "B":
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+        else:
+            raise ValueError(f"shortcut must be 'A' (zero padding) or 'B' (1x1 conv), got {shortcut!r}")
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu2(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """CIFAR ResNet of depth ``6 * blocks_per_stage + 2``."""
+
+    def __init__(self, blocks_per_stage: int, num_classes: int = 10, shortcut: str = "A", widths=(16, 32, 64)):
+        super().__init__()
+        if blocks_per_stage < 1:
+            raise ValueError(f"blocks_per_stage must be >= 1, got {blocks_per_stage}")
+        self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        in_planes = widths[0]
+        stages = []
+        for i, width in enumerate(widths):
+            blocks = []
+            for j in range(blocks_per_stage):
+                stride = 2 if i > 0 and j == 0 else 1
+                blocks.append(BasicBlock(in_planes, width, stride, shortcut))
+                in_planes = width
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.linear = nn.Linear(in_planes, num_classes)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out" if isinstance(m, nn.Conv2d) else "fan_in")
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.linear(self.avgpool(x).flatten(1))
+
+
+def _cifar_resnet(depth: int):
+    def build(num_classes: int = 10, shortcut: str = "A") -> CifarResNet:
+        return CifarResNet((depth - 2) // 6, num_classes, shortcut)
+
+    build.__name__ = f"resnet{depth}"
+    build.__doc__ = f"CIFAR ResNet-{depth} ({(depth - 2) // 6} basic blocks per stage)."
+    return build
+
+
+resnet20, resnet32, resnet44, resnet56, resnet110 = (_cifar_resnet(d) for d in (20, 32, 44, 56, 110))

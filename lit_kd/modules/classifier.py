@@ -1,0 +1,122 @@
+"""ClassifierModule: cross-entropy training of any image classifier (teacher fine-tune, student on data only)."""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from typing import Optional, Union
+
+import lightning as L
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torchmetrics.classification import MulticlassAccuracy
+
+from lit_kd.callbacks.sample_predictions import SamplePredictions
+from lit_kd.models import build_model
+
+
+def resolve_model(model: Union[str, nn.Module], num_classes: int, model_kwargs: Optional[dict]) -> nn.Module:
+    """A registered architecture name (built with ``model_kwargs``) or an ``nn.Module`` used as is."""
+    if isinstance(model, nn.Module):
+        if model_kwargs:
+            raise ValueError("model_kwargs only apply when the model is given by name, not as an nn.Module")
+        return model
+    if isinstance(model, str):
+        return build_model(model, num_classes=num_classes, **(model_kwargs or {}))
+    raise TypeError(f"model must be an architecture name or an nn.Module, got {type(model).__name__}")
+
+
+def save_hparams_without_modules(module: L.LightningModule, *names: str) -> None:
+    """``save_hyperparameters()``, minus the arguments in ``names`` that were passed as ``nn.Module`` objects.
+
+    Under LightningCLI those arguments are recorded as their ``class_path`` config (so ``load_from_checkpoint``
+    can rebuild them); a module object handed over in Python is not pickled into the checkpoint's hyperparameters
+    (its weights are in the state dict anyway).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`.*")
+        module.save_hyperparameters(frame=inspect.currentframe().f_back)
+    for name in names:
+        if isinstance(module.hparams.get(name), nn.Module):
+            del module.hparams[name]
+
+
+def target_classes(target: torch.Tensor) -> torch.Tensor:
+    """Class indices from hard labels (N,) or class probabilities (N, C), e.g. mixup targets."""
+    return target.argmax(dim=1) if target.ndim == 2 else target
+
+
+class ClassifierModule(L.LightningModule):
+    """Train ``model`` with cross-entropy; log ``{train,val,test}/{loss,acc}`` and a figure of example predictions.
+
+    Args:
+        model: an architecture name from ``lit_kd.models.MODELS`` or any ``nn.Module`` (``class_path`` in YAML).
+        num_classes: classifier outputs (for models built by name).
+        model_kwargs: extra arguments of the named architecture (``weights``, ``stem``, ``shortcut`` ...).
+        optimizer: any torch optimizer; default Adam(lr=1e-3), the study protocol.
+        lr_scheduler: any torch LR scheduler, stepped every epoch or, with ``scheduler_interval="step"``, every step.
+        label_smoothing: passed to ``torch.nn.functional.cross_entropy``.
+        num_example_images: example test images drawn with predicted and true labels after each validation.
+    """
+
+    def __init__(
+        self,
+        model: Union[str, nn.Module] = "resnet20",
+        num_classes: int = 10,
+        model_kwargs: Optional[dict] = None,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: Optional[LRSchedulerCallable] = None,
+        scheduler_interval: str = "epoch",
+        label_smoothing: float = 0.0,
+        num_example_images: int = 10,
+    ):
+        super().__init__()
+        if scheduler_interval not in ("epoch", "step"):
+            raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
+        save_hparams_without_modules(self, "model")
+        self.model = resolve_model(model, num_classes, model_kwargs)
+        self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
+        self.metrics = nn.ModuleDict(
+            {f"{stage}_acc": MulticlassAccuracy(num_classes, average="micro") for stage in ("train", "val", "test")}
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, target, label_smoothing=self.hparams.label_smoothing)
+
+    def _shared_step(self, batch, stage: str):
+        images, target = batch
+        logits = self(images)
+        loss = self.loss(logits, target)
+        metric = self.metrics[f"{stage}_acc"]
+        metric(logits, target_classes(target))
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=len(images))
+        self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(images))
+        return loss, logits
+
+    def training_step(self, batch, batch_idx: int):
+        return self._shared_step(batch, "train")[0]
+
+    def validation_step(self, batch, batch_idx: int):
+        return self._shared_step(batch, "val")[1]
+
+    def test_step(self, batch, batch_idx: int):
+        return self._shared_step(batch, "test")[1]
+
+    def predict_step(self, batch, batch_idx: int):
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(images).argmax(dim=1)
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval}}
+
+    def configure_callbacks(self):
+        return [SamplePredictions(self.hparams.num_example_images)] if self.hparams.num_example_images else []

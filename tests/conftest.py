@@ -1,0 +1,66 @@
+"""Shared fixtures: a small on-disk CIFAR-10-style image-folder zip, so the real loader and CLI run in tests."""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lit_kd.data import CIFAR10_CLASSES
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("NM_DISABLE_ANALYTICS", "1")
+
+
+def class_image(label: int, rng: np.random.Generator) -> np.ndarray:
+    """A 32x32 RGB image whose colour and stripe orientation depend on the class, plus noise: learnable."""
+    base = np.zeros((32, 32, 3), dtype=np.float32)
+    base[..., label % 3] = 140 + 10 * label
+    stripes = (np.arange(32) // 4) % 2 * 80
+    base[..., (label + 1) % 3] += stripes[:, None] if label < 5 else stripes[None, :]
+    return np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+
+
+def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array, mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_image_folder_zip(path: Path, per_class: dict[str, int], seed: int = 0, class_order=None) -> Path:
+    """Write ``split/<class>/<i>.png`` for each split's count per class; classes written in ``class_order``."""
+    rng = np.random.default_rng(seed)
+    order = list(class_order or CIFAR10_CLASSES)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        for split, count in per_class.items():
+            for cls in order:
+                label = CIFAR10_CLASSES.index(cls)
+                for i in range(count):
+                    zf.writestr(f"{split}/{cls}/{cls}_{i:04d}.png", png_bytes(class_image(label, rng)))
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Decoded-image caches of the tests go to a temporary folder, never to the user's ~/.cache."""
+    os.environ["LIT_KD_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_zip(tmp_path_factory) -> Path:
+    """240 training and 60 test images (24 and 6 per class), classes stored in reverse order."""
+    path = tmp_path_factory.mktemp("data") / "tiny-cifar.zip"
+    return write_image_folder_zip(path, {"train": 24, "test": 6}, class_order=list(reversed(CIFAR10_CLASSES)))
+
+
+@pytest.fixture(scope="session")
+def real_cifar10() -> Path:
+    """The real CIFAR-10 zip from $LIT_KD_CIFAR10 (default ../shared/data/cifar10-png.zip); missing is a failure."""
+    path = Path(os.environ.get("LIT_KD_CIFAR10") or REPO.parent / "shared" / "data" / "cifar10-png.zip")
+    assert path.is_file(), f"real CIFAR-10 not found at {path} (set LIT_KD_CIFAR10 to the cifar10-png.zip)"
+    return path
