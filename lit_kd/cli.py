@@ -9,7 +9,6 @@ there, written atomically, and rich progress bar and model summary.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -63,14 +62,28 @@ class LitKDCLI(LightningCLI):
             defaults.append(RichModelSummary(max_depth=1))
         config["callbacks"] = given + defaults
         if config.get("logger") in (None, True):
-            name = experiment_name(self.config.get(self.subcommand, self.config).get("config") or [])
-            config["logger"] = TensorBoardLogger(LOG_ROOT, name=name, default_hp_metric=False)
+            config["logger"] = self._default_logger()
         if not config.get("plugins"):
             config["plugins"] = [AtomicCheckpointIO()]
         return super()._instantiate_trainer(config, [])
 
 
-def main(args: Optional[list[str]] = None) -> None:
+    def _default_logger(self) -> TensorBoardLogger:
+        """TensorBoard under ``lightning_logs/<experiment>/version_N``; ``fit --ckpt_path`` of a checkpoint inside
+        such a run directory resumes into that same directory, so its curves and checkpoints continue there."""
+        subconfig = self.config.get(self.subcommand, self.config)
+        ckpt_path = subconfig.get("ckpt_path")
+        if self.subcommand == "fit" and ckpt_path:
+            run_dir = Path(ckpt_path).resolve().parent.parent
+            if run_dir.is_relative_to(Path.cwd()):  # our runs log under the relative LOG_ROOT: keep paths comparable
+                run_dir = run_dir.relative_to(Path.cwd())
+            if Path(ckpt_path).parent.name == "checkpoints" and run_dir.name.startswith("version_"):
+                return TensorBoardLogger(run_dir.parent.parent, name=run_dir.parent.name, version=run_dir.name, default_hp_metric=False)
+        return TensorBoardLogger(LOG_ROOT, name=experiment_name(subconfig.get("config") or []), default_hp_metric=False)
+
+
+def run(args: Optional[list[str]] = None) -> LitKDCLI:
+    """Run the CLI on ``args`` (default ``sys.argv[1:]``) and return the LightningCLI object."""
     os.environ.setdefault("NM_DISABLE_ANALYTICS", "1")
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
@@ -78,7 +91,12 @@ def main(args: Optional[list[str]] = None) -> None:
     import lit_kd.data  # noqa: F401
     import lit_kd.modules  # noqa: F401
 
-    LitKDCLI(args=args)
+    return LitKDCLI(args=args)
+
+
+def main() -> None:
+    """Console-script entry point ``lit-kd``."""
+    run()
 
 
 if __name__ == "__main__":

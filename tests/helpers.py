@@ -1,0 +1,71 @@
+"""Helpers for driving the real CLI and reading back real TensorBoard event files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lit_kd.cli import run
+
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+def write_config(path: Path, data_dir: Path, *, model: str = "resnet20", epochs: int = 2, batch_size: int = 32, **data) -> Path:
+    """A small fit config: SGD with a per-step OneCycle schedule (state that must survive a resume)."""
+    config = {
+        "seed_everything": 0,
+        "model": {
+            "class_path": "lit_kd.modules.ClassifierModule",
+            "init_args": {
+                "model": model,
+                "optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.05, "momentum": 0.9}},
+                "lr_scheduler": {
+                    "class_path": "torch.optim.lr_scheduler.OneCycleLR",
+                    "init_args": {"max_lr": 0.05, "total_steps": 200},
+                },
+                "scheduler_interval": "step",
+                "num_example_images": 6,
+            },
+        },
+        "data": {
+            "class_path": "lit_kd.data.CIFAR10DataModule",
+            "init_args": {"data_dir": str(data_dir), "batch_size": batch_size, "eval_batch_size": 64, **data},
+        },
+        "trainer": {"max_epochs": epochs, "deterministic": True, "log_every_n_steps": 1},
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_cli(*args: str):
+    """The real ``lit-kd`` entry point, in this process (returns the LightningCLI object)."""
+    return run([*map(str, args), *QUIET])
+
+
+def run_console_script(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """The installed ``lit-kd`` console script in a subprocess."""
+    exe = Path(sys.executable).with_name("lit-kd")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([str(exe), *map(str, args), *QUIET], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"lit-kd {' '.join(map(str, args))} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+def read_events(log_dir: Path) -> EventAccumulator:
+    events = EventAccumulator(str(log_dir), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    return events
+
+
+def scalars(log_dir: Path, tag: str) -> list[float]:
+    return [e.value for e in read_events(log_dir).Scalars(tag)]
+
+
+def load_state(ckpt: Path) -> dict:
+    return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]

@@ -1,0 +1,108 @@
+"""The real CLI end to end on the tiny fixture data: fit, test from the best checkpoint, resume, DDP, configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from lit_kd.modules import ClassifierModule
+from tests.conftest import REPO
+from tests.helpers import load_state, read_events, run_cli, run_console_script, scalars, write_config
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_fit_then_test_from_best_checkpoint_reproduces_accuracy(tiny_zip, workdir):
+    config = write_config(workdir / "tiny.yaml", tiny_zip, epochs=3)
+    cli = run_cli("fit", "--config", config)
+    run_dir = workdir / "lightning_logs" / "tiny" / "version_0"
+    best, last = run_dir / "checkpoints" / "best.ckpt", run_dir / "checkpoints" / "last.ckpt"
+    assert best.is_file() and last.is_file() and (run_dir / "config.yaml").is_file()
+    assert Path(cli.trainer.checkpoint_callback.best_model_path).resolve() == best
+    best_val = cli.trainer.checkpoint_callback.best_model_score.item()
+
+    events = read_events(run_dir)
+    tags = events.Tags()
+    for tag in ("train/loss", "train/acc", "val/loss", "val/acc"):
+        assert len(events.Scalars(tag)) == 3, tag
+    assert "val/examples" in tags["images"]  # the example-predictions figure
+    assert max(scalars(run_dir, "val/acc")) == pytest.approx(best_val)
+
+    # validation ran on the test set (val_split 0), so testing the best checkpoint must give exactly best val/acc
+    tested = run_cli("test", "--config", run_dir / "config.yaml", "--ckpt_path", best)
+    assert tested.trainer.callback_metrics["test/acc"].item() == pytest.approx(best_val, abs=1e-6)
+    assert best_val > 0.3  # ten classes: chance is 0.1; the fixture's classes are easy to tell apart
+    assert (workdir / "lightning_logs" / "tiny" / "version_1").is_dir()  # the saved config keeps the name
+
+
+def test_resume_from_last_equals_uninterrupted_run(tiny_zip, workdir):
+    config = write_config(workdir / "resume.yaml", tiny_zip, epochs=3)
+    run_cli("fit", "--config", config)
+    run_cli("fit", "--config", config, "--trainer.max_epochs", "1")
+    interrupted = workdir / "lightning_logs" / "resume" / "version_1" / "checkpoints" / "last.ckpt"
+    run_cli("fit", "--config", config, "--ckpt_path", interrupted)
+
+    logs = workdir / "lightning_logs" / "resume"
+    assert not (logs / "version_2").exists()  # the resumed run continues in the interrupted run's directory
+    full, resumed = load_state(logs / "version_0/checkpoints/last.ckpt"), load_state(interrupted)
+    assert full.keys() == resumed.keys()
+    for key in full:
+        assert torch.equal(full[key], resumed[key]), key
+    for tag in ("val/acc", "train/loss"):
+        assert len(scalars(logs / "version_0", tag)) == 3
+        assert scalars(logs / "version_0", tag) == scalars(logs / "version_1", tag), tag
+
+
+def test_console_script_fit_test_and_ddp(tiny_zip, workdir):
+    config = write_config(workdir / "ddp.yaml", tiny_zip, epochs=1, batch_size=24)
+    run_console_script(
+        "fit", "--config", config, "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu", cwd=workdir
+    )
+    ckpt = torch.load(workdir / "lightning_logs/ddp/version_0/checkpoints/last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 240 // 2 // 24  # each of the two processes saw half the batches
+    out = run_console_script("test", "--config", config, "--ckpt_path", workdir / "lightning_logs/ddp/version_0/checkpoints/last.ckpt", cwd=workdir)
+    assert "test/acc" in out.stdout
+
+
+@pytest.mark.parametrize("config", sorted((REPO / "experiments").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_experiment_config_parses(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("fit", "--config", config, "--print_config")
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"].startswith("lit_kd.") and printed["data"]["class_path"].startswith("lit_kd.")
+
+
+def test_load_from_checkpoint_rebuilds_named_model(tiny_zip, workdir):
+    config = write_config(workdir / "load.yaml", tiny_zip, epochs=1, model="resnet20")
+    run_cli("fit", "--config", config)
+    module = ClassifierModule.load_from_checkpoint(workdir / "lightning_logs/load/version_0/checkpoints/last.ckpt")
+    assert module.hparams.model == "resnet20" and module.model.linear.out_features == 10
+
+
+def test_module_from_class_path(tiny_zip, workdir):
+    config = write_config(workdir / "classpath.yaml", tiny_zip, epochs=1)
+    run_cli(
+        "fit", "--config", config,
+        "--model.model", "torchvision.models.ResNet",
+        "--model.model.block", "torchvision.models.resnet.BasicBlock",
+        "--model.model.layers", "[1, 1, 1, 1]",
+        "--model.model.num_classes", "10",
+    )
+    hparams = yaml.safe_load((workdir / "lightning_logs/classpath/version_0/hparams.yaml").read_text())
+    assert hparams["model"]["class_path"] == "torchvision.models.ResNet"
+    module = ClassifierModule.load_from_checkpoint(workdir / "lightning_logs/classpath/version_0/checkpoints/last.ckpt")
+    assert type(module.model).__name__ == "ResNet" and len(module.model.layer1) == 1
+
+
+def test_unknown_model_name_fails_clearly(tiny_zip, workdir):
+    config = write_config(workdir / "bad.yaml", tiny_zip, model="resnet7")
+    with pytest.raises(ValueError, match=r"unknown model 'resnet7'"):
+        run_cli("fit", "--config", config)

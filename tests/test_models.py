@@ -1,0 +1,130 @@
+"""Model zoo: CIFAR adaptation, truncated student, CIFAR ResNets, weight loading, per-layer summary."""
+
+from __future__ import annotations
+
+import urllib.error
+
+import pytest
+import torch
+import torch.nn as nn
+import torchvision
+from torch.nn.utils import prune
+
+from lit_kd.models import MODELS, build_model, model_summary, summary_totals
+from lit_kd.models.cifar_resnet import ZeroPadShortcut
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_maps_32x32_to_logits(name):
+    model = build_model(name, num_classes=7).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+
+
+def test_torchvision_resnet_cifar_stem_and_untouched_body():
+    model = build_model("resnet50")
+    reference = torchvision.models.resnet50()
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
+    assert isinstance(model.maxpool, nn.Identity)
+    assert model.fc.out_features == 10 and model.fc.in_features == 2048
+    for layer in ("layer1", "layer2", "layer3", "layer4"):
+        ours = [p.shape for p in getattr(model, layer).parameters()]
+        assert ours == [p.shape for p in getattr(reference, layer).parameters()]
+    # with the CIFAR stem, a 32x32 image reaches layer4 at 4x4
+    features = {}
+    model.layer4.register_forward_hook(lambda m, i, o: features.update(l4=o.shape))
+    model(torch.zeros(1, 3, 32, 32))
+    assert features["l4"] == (1, 2048, 4, 4)
+
+
+def test_imagenet_stem_is_kept_on_request():
+    model = build_model("resnet18", stem="imagenet")
+    assert model.conv1.kernel_size == (7, 7) and isinstance(model.maxpool, nn.MaxPool2d)
+    with pytest.raises(ValueError, match="stem must be"):
+        build_model("resnet18", stem="tiny")
+
+
+def test_truncated_resnet101_student():
+    student, teacher = build_model("resnet101_trunc"), build_model("resnet101")
+    assert len(student.layer3) == 1 and len(teacher.layer3) == 23
+    block = student.layer3[0]
+    assert block.conv1.in_channels == 512 and block.conv3.out_channels == 1024 and block.conv2.stride == (2, 2)
+    assert block.downsample is not None
+    for layer in ("layer1", "layer2", "layer4"):
+        assert [p.shape for p in getattr(student, layer).parameters()] == [
+            p.shape for p in getattr(teacher, layer).parameters()
+        ]
+    shapes = {}
+    for layer in ("layer1", "layer2", "layer4"):
+        for tag, m in (("s", student), ("t", teacher)):
+            getattr(m, layer).register_forward_hook(lambda mod, i, o, k=(tag, layer): shapes.__setitem__(k, o.shape))
+    x = torch.zeros(1, 3, 32, 32)
+    student.eval()(x), teacher.eval()(x)
+    assert all(shapes[("s", n)] == shapes[("t", n)] for n in ("layer1", "layer2", "layer4"))
+
+
+@pytest.mark.parametrize("depth,params", [(20, 269_722), (32, 464_154), (56, 853_018)])
+def test_cifar_resnet_depth_and_size(depth, params):
+    model = build_model(f"resnet{depth}")
+    weighted = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert len(weighted) == depth  # option A adds no layers: 6n + 1 convs + 1 linear
+    # 3x3 convs: stem 3*16*9, per stage n blocks of two c*c*9 (first of stages 2/3 from c/2), BN 4 per channel
+    n = (depth - 2) // 6
+    convs = 3 * 16 * 9 + sum(
+        9 * c * c * (2 * n) - (9 * c * c // 2 if c > 16 else 0) for c in (16, 32, 64)
+    )
+    bn = 2 * (16 + sum(2 * n * c for c in (16, 32, 64)))
+    assert convs + bn + 64 * 10 + 10 == params == sum(p.numel() for p in model.parameters())
+
+
+def test_zero_pad_shortcut_subsamples_and_pads_channels():
+    x = torch.arange(2 * 4 * 4 * 4, dtype=torch.float32).view(2, 4, 4, 4)
+    out = ZeroPadShortcut(4, 8, 2)(x)
+    assert out.shape == (2, 8, 2, 2)
+    assert torch.equal(out[:, 2:6], x[:, :, ::2, ::2])
+    assert not out[:, :2].any() and not out[:, 6:].any()
+    option_b = build_model("resnet20", shortcut="B")
+    assert sum(p.numel() for p in option_b.parameters()) > 269_722
+
+
+def test_unknown_model_name_lists_choices():
+    with pytest.raises(ValueError, match=r"unknown model 'resnet7'.*resnet20"):
+        build_model("resnet7")
+
+
+def test_imagenet_weights_load_from_local_cache(tmp_path, monkeypatch):
+    """The real torchvision loading path, fed from $TORCH_HOME instead of the internet."""
+    weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+    source = torchvision.models.resnet18()
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(source.state_dict(), cache / weights.url.rsplit("/", 1)[-1])
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    model = build_model("resnet18", weights="IMAGENET1K_V1")
+    assert torch.equal(model.layer3[1].conv2.weight, source.layer3[1].conv2.weight)
+    assert model.fc.out_features == 10 and model.conv1.kernel_size == (3, 3)
+    kept = build_model("resnet18", weights="IMAGENET1K_V1", stem="imagenet")
+    assert torch.equal(kept.conv1.weight, source.conv1.weight)  # only the final linear layer is new
+
+
+def test_imagenet_weights_offline_error_is_clear(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(RuntimeError, match=r"could not load ImageNet weights resnet50/IMAGENET1K_V2.*internet.*hub/checkpoints"):
+        build_model("resnet50", weights="IMAGENET1K_V2")
+
+
+def test_summary_counts_params_nonzero_and_macs():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 32 * 32, 10))
+    rows = {r.name: r for r in model_summary(model)}
+    assert rows["0"].params == 3 * 8 * 9 + 8 and rows["0"].macs == 8 * 32 * 32 * 3 * 9
+    assert rows["4"].macs == 8 * 32 * 32 * 10 and rows["1"].macs == 0
+    prune.l1_unstructured(model[0], "weight", amount=0.5)
+    rows = {r.name: r for r in model_summary(model)}
+    assert rows["0"].params == 224 and rows["0"].nonzero == 108 + int((model[0].bias != 0).sum())
+    totals = summary_totals(model_summary(build_model("resnet20")))
+    assert totals["params"] == 269_722 and 40e6 < totals["macs"] < 42e6  # ResNet-20: about 41M MACs
