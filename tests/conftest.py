@@ -61,6 +61,6 @@ def tiny_zip(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def real_cifar10() -> Path:
     """The real CIFAR-10 zip from $LIT_KD_CIFAR10 (default ../shared/data/cifar10-png.zip); missing is a failure."""
-    path = Path(os.environ.get("LIT_KD_CIFAR10") or REPO.parent / "shared" / "data" / "cifar10-png.zip")
+    path = Path(os.environ.get("LIT_KD_CIFAR10") or REPO.parent / "shared" / "data" / "cifar10-png.zip").resolve()
     assert path.is_file(), f"real CIFAR-10 not found at {path} (set LIT_KD_CIFAR10 to the cifar10-png.zip)"
     return path

@@ -16,26 +16,36 @@ from lit_kd.cli import run
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
 
-def write_config(path: Path, data_dir: Path, *, model: str = "resnet20", epochs: int = 2, batch_size: int = 32, **data) -> Path:
-    """A small fit config: SGD with a per-step OneCycle schedule (state that must survive a resume)."""
+ONE_CYCLE = {"class_path": "torch.optim.lr_scheduler.OneCycleLR", "init_args": {"max_lr": 0.05, "total_steps": 200}}
+
+
+def write_config(
+    path: Path,
+    data_dir: Path,
+    *,
+    model: str = "resnet20",
+    epochs: int = 2,
+    batch_size: int = 32,
+    optimizer: dict | None = None,
+    lr_scheduler: dict | None = ONE_CYCLE,
+    **data,
+) -> Path:
+    """A small fit config; by default SGD with a per-step OneCycle schedule (state that must survive a resume)."""
     config = {
         "seed_everything": 0,
         "model": {
             "class_path": "lit_kd.modules.ClassifierModule",
             "init_args": {
                 "model": model,
-                "optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.05, "momentum": 0.9}},
-                "lr_scheduler": {
-                    "class_path": "torch.optim.lr_scheduler.OneCycleLR",
-                    "init_args": {"max_lr": 0.05, "total_steps": 200},
-                },
+                "optimizer": optimizer or {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.05, "momentum": 0.9}},
+                "lr_scheduler": lr_scheduler,
                 "scheduler_interval": "step",
                 "num_example_images": 6,
             },
         },
         "data": {
             "class_path": "lit_kd.data.CIFAR10DataModule",
-            "init_args": {"data_dir": str(data_dir), "batch_size": batch_size, "eval_batch_size": 64, **data},
+            "init_args": {"data_dir": str(data_dir), "batch_size": batch_size, "eval_batch_size": 64} | data,
         },
         "trainer": {"max_epochs": epochs, "deterministic": True, "log_every_n_steps": 1},
     }

@@ -1,0 +1,142 @@
+"""Training images per second: the Lightning loop (ClassifierModule + Trainer) versus a plain PyTorch loop.
+
+Both run the same model, the same CIFAR10DataModule batches (augmented in ``on_after_batch_transfer``), the same
+optimizer (Adam, lr 1e-3) and batch size, and both compute cross-entropy and a torchmetrics accuracy each step,
+so the difference is the framework's overhead. Each repeat times ``--steps`` steps after ``--warmup`` steps,
+alternating plain and Lightning; reported are the medians over repeats and the ratio of the medians (target:
+Lightning / plain >= 0.95).
+
+    python -m benchmarks.train_throughput --data ../shared/data/cifar10-png.zip --out results/train_throughput.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.fabric.utilities.apply_func import move_data_to_device
+from torchmetrics.classification import MulticlassAccuracy
+
+from benchmarks.common import machine_info, write_json
+from lit_kd.data import CIFAR10DataModule
+from lit_kd.modules import ClassifierModule
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def plain_loop(dm: CIFAR10DataModule, model_name: str, warmup: int, steps: int, device: torch.device) -> float:
+    """Images per second of a hand-written loop over the same batches."""
+    model = ClassifierModule(model_name, num_example_images=0).model.to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    accuracy = MulticlassAccuracy(10, average="micro").to(device)
+    loader, step, start = dm.train_dataloader(), 0, 0.0
+    for epoch in range(10**6):
+        loader.sampler.set_epoch(epoch)
+        for batch in loader:
+            if step == warmup:
+                _sync(device)
+                start = time.perf_counter()
+            if step == warmup + steps:
+                _sync(device)
+                return steps * dm.hparams.batch_size / (time.perf_counter() - start)
+            images, target = dm.on_after_batch_transfer(move_data_to_device(batch, device), 0)
+            logits = model(images)
+            loss = F.cross_entropy(logits, target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            accuracy.update(logits.detach(), target)
+            step += 1
+    raise RuntimeError("unreachable")
+
+
+class _StepTimer(L.Callback):
+    """Wall time from the start of training step ``warmup`` to the end of the last step."""
+
+    def __init__(self, warmup: int):
+        self.warmup, self.start, self.end = warmup, None, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.warmup and self.start is None:
+            _sync(pl_module.device)
+            self.start = time.perf_counter()
+
+    def on_train_end(self, trainer, pl_module):
+        _sync(pl_module.device)
+        self.end = time.perf_counter()
+
+
+def lightning_loop(dm: CIFAR10DataModule, model_name: str, warmup: int, steps: int, device: torch.device) -> float:
+    """Images per second of ``Trainer.fit`` with the ClassifierModule (logging on, checkpoints and validation off)."""
+    module = ClassifierModule(model_name, num_example_images=0)
+    timer = _StepTimer(warmup)
+    trainer = L.Trainer(
+        max_steps=warmup + steps,
+        accelerator=device.type,
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[timer],
+    )
+    trainer.fit(module, datamodule=dm)
+    return steps * dm.hparams.batch_size / (timer.end - timer.start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=os.environ.get("LIT_KD_CIFAR10", "../shared/data/cifar10-png.zip"))
+    parser.add_argument("--model", default="resnet20")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", default="results/train_throughput.json")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dm = CIFAR10DataModule(data_dir=args.data, batch_size=args.batch_size)
+    dm.setup("fit")
+    plain, lightning = [], []
+    for repeat in range(args.repeats):
+        L.seed_everything(repeat, verbose=False)
+        plain.append(plain_loop(dm, args.model, args.warmup, args.steps, device))
+        L.seed_everything(repeat, verbose=False)
+        lightning.append(lightning_loop(dm, args.model, args.warmup, args.steps, device))
+        print(f"repeat {repeat}: plain {plain[-1]:.1f} img/s, lightning {lightning[-1]:.1f} img/s", flush=True)
+    result = {
+        "benchmark": "train_throughput",
+        "model": args.model,
+        "batch_size": args.batch_size,
+        "warmup_steps": args.warmup,
+        "timed_steps": args.steps,
+        "repeats": args.repeats,
+        "device": str(device),
+        "machine": machine_info(args.threads),
+        "plain_images_per_s": plain,
+        "lightning_images_per_s": lightning,
+        "plain_median": statistics.median(plain),
+        "lightning_median": statistics.median(lightning),
+        "ratio_of_medians": statistics.median(lightning) / statistics.median(plain),
+        "median_paired_ratio": statistics.median(l / p for l, p in zip(lightning, plain)),
+    }
+    write_json(args.out, result)
+    print(f"median plain {result['plain_median']:.1f} img/s, lightning {result['lightning_median']:.1f} img/s, "
+          f"ratio {result['ratio_of_medians']:.3f} (paired median {result['median_paired_ratio']:.3f}) -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

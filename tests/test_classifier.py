@@ -1,0 +1,72 @@
+"""ClassifierModule and AtomicCheckpointIO: loss formula, mixup targets, hyperparameters, atomic writes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lit_kd.checkpoint_io import AtomicCheckpointIO
+from lit_kd.modules import ClassifierModule
+from lit_kd.modules.classifier import target_classes
+
+
+def test_loss_is_cross_entropy_with_label_smoothing():
+    module = ClassifierModule("resnet20", label_smoothing=0.1)
+    logits, target = torch.randn(8, 10), torch.randint(0, 10, (8,))
+    smooth = torch.full((8, 10), 0.1 / 10).scatter_add(1, target[:, None], torch.full((8, 1), 0.9))
+    reference = -(smooth * logits.log_softmax(1)).sum(1).mean()
+    assert torch.allclose(module.loss(logits, target), reference, atol=1e-6)
+
+
+def test_soft_targets_from_mixup():
+    module = ClassifierModule("resnet20")
+    logits = torch.randn(4, 10)
+    probs = torch.softmax(torch.randn(4, 10), 1)
+    assert torch.allclose(module.loss(logits, probs), -(probs * logits.log_softmax(1)).sum(1).mean(), atol=1e-6)
+    assert torch.equal(target_classes(probs), probs.argmax(1))
+
+
+def test_python_nn_module_is_not_pickled_into_hparams():
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+    module = ClassifierModule(net)
+    assert "model" not in module.hparams and module.model is net
+    assert ClassifierModule("resnet20").hparams.model == "resnet20"
+    with pytest.raises(ValueError, match="model_kwargs only apply"):
+        ClassifierModule(net, model_kwargs={"shortcut": "B"})
+    with pytest.raises(TypeError, match="architecture name or an nn.Module"):
+        ClassifierModule(42)
+    with pytest.raises(ValueError, match="scheduler_interval"):
+        ClassifierModule("resnet20", scheduler_interval="batch")
+
+
+def test_optimizer_and_scheduler_factories():
+    module = ClassifierModule(
+        "resnet20",
+        optimizer=lambda params: torch.optim.SGD(params, lr=0.1),
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1),
+        scheduler_interval="step",
+    )
+    config = module.configure_optimizers()
+    assert isinstance(config["optimizer"], torch.optim.SGD) and config["lr_scheduler"]["interval"] == "step"
+    assert isinstance(ClassifierModule("resnet20").configure_optimizers(), torch.optim.Adam)  # the study default
+
+
+def test_atomic_checkpoint_keeps_old_file_when_saving_fails(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "ckpts" / "last.ckpt"
+    io.save_checkpoint({"step": 1}, path)
+    assert torch.load(path)["step"] == 1
+
+    def crash(obj, f, *args, **kwargs):
+        with open(f, "wb") as handle:
+            handle.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path)["step"] == 1
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temporary file left behind
