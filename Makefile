@@ -4,7 +4,6 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export NM_DISABLE_ANALYTICS := 1
-export LIT_KD_CIFAR10 ?= $(abspath ../shared/data/cifar10-png.zip)
 
 .PHONY: install test demo clean
 
