@@ -1,4 +1,4 @@
-"""The CIFAR ResNets of He et al. (2016), section 4.2: resnet20/32/44/56/110.
+"""The CIFAR ResNets of He et al. (2016), section 4.2: resnet20/32/44/56/110 (and resnet8, a tiny student).
 
 Three stages of 16/32/64 channels with n basic blocks each (depth = 6n + 2), a 3x3 stem, global average pooling
 and a linear classifier. The shortcut between stages is option A of the paper (parameter-free: subsample by 2 and
@@ -92,4 +92,4 @@ def _cifar_resnet(depth: int):
     return build
 
 
-resnet20, resnet32, resnet44, resnet56, resnet110 = (_cifar_resnet(d) for d in (20, 32, 44, 56, 110))
+resnet8, resnet20, resnet32, resnet44, resnet56, resnet110 = (_cifar_resnet(d) for d in (8, 20, 32, 44, 56, 110))

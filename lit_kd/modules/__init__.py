@@ -1,5 +1,7 @@
-"""LightningModules: training logic around plain ``nn.Module`` architectures."""
+"""LightningModules: training logic around plain ``nn.Module`` architectures, and loading trained networks."""
 
 from lit_kd.modules.classifier import ClassifierModule
+from lit_kd.modules.distillation import DistillationModule
+from lit_kd.modules.loading import load_network, load_weights
 
-__all__ = ["ClassifierModule"]
+__all__ = ["ClassifierModule", "DistillationModule", "load_network", "load_weights"]

@@ -75,7 +75,8 @@ class ClassifierModule(L.LightningModule):
         super().__init__()
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
-        save_hparams_without_modules(self, "model")
+        if type(self) is ClassifierModule:  # subclasses record their own arguments
+            save_hparams_without_modules(self, "model")
         self.model = resolve_model(model, num_classes, model_kwargs)
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
         self.metrics = nn.ModuleDict(
@@ -111,8 +112,12 @@ class ClassifierModule(L.LightningModule):
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
         return self(images).argmax(dim=1)
 
+    def trainable_parameters(self):
+        """What the optimizer updates (subclasses leave out frozen parts such as a teacher)."""
+        return self.parameters()
+
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.parameters())
+        optimizer = self.optimizer_factory(self.trainable_parameters())
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)

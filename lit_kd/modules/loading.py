@@ -1,0 +1,86 @@
+"""Getting trained networks back out of files: lit-kd checkpoints and plain state-dict files.
+
+A lit-kd checkpoint stores the trained network under the ``model.`` prefix of its state dict and how to build it
+in its hyperparameters (``model`` for a ClassifierModule, ``student`` for a DistillationModule: an architecture
+name plus keyword arguments, or a ``class_path`` config). Later stages (distillation teachers, quantization, export)
+use :func:`load_network` so they need neither Lightning nor the teacher of a distilled checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+import torch.nn as nn
+
+from lit_kd.models import build_model
+
+NETWORK_PREFIX = "model."
+
+
+def read_checkpoint(path: Union[str, Path]) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated or not a torch file
+        raise ValueError(f"checkpoint {str(path)!r} could not be read ({type(err).__name__}: {err})") from err
+
+
+def instantiate_network(spec: Union[str, dict, nn.Module], num_classes: int = 10, kwargs: Optional[dict] = None) -> nn.Module:
+    """An architecture name (built with ``kwargs``), a ``{class_path, init_args}`` config, or a module as is."""
+    if isinstance(spec, nn.Module):
+        return spec
+    if isinstance(spec, str):
+        return build_model(spec, num_classes=num_classes, **(kwargs or {}))
+    if isinstance(spec, dict) and "class_path" in spec:
+        from jsonargparse import ArgumentParser
+
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_argument("--network", type=nn.Module)
+        return parser.instantiate_classes(parser.parse_object({"network": spec})).network
+    raise TypeError(f"cannot build a network from {spec!r}: expected an architecture name or a class_path config")
+
+
+def network_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The network's tensors from a lit-kd checkpoint (prefix stripped) or a plain state dict."""
+    state = checkpoint.get("state_dict", checkpoint)
+    if any(k.startswith(NETWORK_PREFIX) for k in state):
+        return {k[len(NETWORK_PREFIX):]: v for k, v in state.items() if k.startswith(NETWORK_PREFIX)}
+    return state
+
+
+def load_weights(network: nn.Module, path: Union[str, Path], checkpoint: Optional[dict] = None) -> nn.Module:
+    """Load a lit-kd checkpoint's network (or a plain state-dict file) into ``network``; a clear error on mismatch.
+
+    ``checkpoint``: the already-read contents of ``path``, to avoid reading a large file twice."""
+    state = network_state(checkpoint if checkpoint is not None else read_checkpoint(path))
+    own = network.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        detail = "; ".join(
+            f"{label}: {keys[:5]}{' ...' if len(keys) > 5 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape differs", wrong))
+            if keys
+        )
+        raise ValueError(f"checkpoint {str(path)!r} does not fit {type(network).__name__} ({detail}): is it from another architecture?")
+    network.load_state_dict(state)
+    return network
+
+
+def load_network(path: Union[str, Path]) -> nn.Module:
+    """The trained network of a lit-kd checkpoint (a distilled checkpoint gives its student), in eval mode."""
+    checkpoint = read_checkpoint(path)
+    hparams = checkpoint.get("hyper_parameters") or {}
+    key = "student" if "student" in hparams else "model"
+    if key not in hparams:
+        raise ValueError(
+            f"checkpoint {str(path)!r} does not say which network it holds (no 'model' or 'student' hyperparameter); "
+            "give the architecture explicitly and load the weights with load_weights(model, path)"
+        )
+    network = instantiate_network(hparams[key], hparams.get("num_classes", 10), hparams.get(f"{key}_kwargs"))
+    return load_weights(network, path, checkpoint).eval()
