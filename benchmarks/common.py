@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import platform
+import time
 from pathlib import Path
 
+import lightning as L
 import torch
 
 
@@ -35,3 +37,34 @@ def write_json(path: str | Path, payload: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+class StepTimer(L.Callback):
+    """Wall time from the start of training step ``warmup`` to the end of training."""
+
+    def __init__(self, warmup: int):
+        self.warmup, self.start, self.end = warmup, None, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.warmup and self.start is None:
+            sync(pl_module.device)
+            self.start = time.perf_counter()
+
+    def on_train_end(self, trainer, pl_module):
+        sync(pl_module.device)
+        self.end = time.perf_counter()
+
+
+def lightning_images_per_second(module: L.LightningModule, dm, warmup: int, steps: int, accelerator: str = "auto") -> float:
+    """Training images per second of ``Trainer.fit`` over ``steps`` steps after ``warmup`` steps (no validation,
+    checkpoints, logger or progress bar)."""
+    timer = StepTimer(warmup)
+    trainer = L.Trainer(max_steps=warmup + steps, accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[timer])
+    trainer.fit(module, datamodule=dm)
+    return steps * dm.hparams.batch_size / (timer.end - timer.start)

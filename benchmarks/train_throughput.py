@@ -22,14 +22,9 @@ import torch.nn.functional as F
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from torchmetrics.classification import MulticlassAccuracy
 
-from benchmarks.common import machine_info, write_json
+from benchmarks.common import lightning_images_per_second, machine_info, sync, write_json
 from lit_kd.data import CIFAR10DataModule
 from lit_kd.modules import ClassifierModule
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def plain_loop(dm: CIFAR10DataModule, model_name: str, warmup: int, steps: int, device: torch.device) -> float:
@@ -42,10 +37,10 @@ def plain_loop(dm: CIFAR10DataModule, model_name: str, warmup: int, steps: int, 
         loader.sampler.set_epoch(epoch)
         for batch in loader:
             if step == warmup:
-                _sync(device)
+                sync(device)
                 start = time.perf_counter()
             if step == warmup + steps:
-                _sync(device)
+                sync(device)
                 return steps * dm.hparams.batch_size / (time.perf_counter() - start)
             images, target = dm.on_after_batch_transfer(move_data_to_device(batch, device), 0)
             logits = model(images)
@@ -58,39 +53,9 @@ def plain_loop(dm: CIFAR10DataModule, model_name: str, warmup: int, steps: int, 
     raise RuntimeError("unreachable")
 
 
-class _StepTimer(L.Callback):
-    """Wall time from the start of training step ``warmup`` to the end of the last step."""
-
-    def __init__(self, warmup: int):
-        self.warmup, self.start, self.end = warmup, None, None
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.warmup and self.start is None:
-            _sync(pl_module.device)
-            self.start = time.perf_counter()
-
-    def on_train_end(self, trainer, pl_module):
-        _sync(pl_module.device)
-        self.end = time.perf_counter()
-
-
 def lightning_loop(dm: CIFAR10DataModule, model_name: str, warmup: int, steps: int, device: torch.device) -> float:
     """Images per second of ``Trainer.fit`` with the ClassifierModule (logging on, checkpoints and validation off)."""
-    module = ClassifierModule(model_name, num_example_images=0)
-    timer = _StepTimer(warmup)
-    trainer = L.Trainer(
-        max_steps=warmup + steps,
-        accelerator=device.type,
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=[timer],
-    )
-    trainer.fit(module, datamodule=dm)
-    return steps * dm.hparams.batch_size / (timer.end - timer.start)
+    return lightning_images_per_second(ClassifierModule(model_name, num_example_images=0), dm, warmup, steps, device.type)
 
 
 def main() -> None:
