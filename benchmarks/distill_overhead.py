@@ -8,30 +8,21 @@ loss. Repeats alternate the two; reported are medians and the ratio of medians (
 
 from __future__ import annotations
 
-import argparse
-import os
 import statistics
 
 import lightning as L
 import torch
 
-from benchmarks.common import lightning_images_per_second, machine_info, write_json
+from benchmarks.common import training_speed_parser, lightning_images_per_second, machine_info, write_json
 from lit_kd.data import CIFAR10DataModule
 from lit_kd.models import build_model
 from lit_kd.modules import ClassifierModule, DistillationModule
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=os.environ.get("LIT_KD_CIFAR10", "../shared/data/cifar10-png.zip"))
+    parser = training_speed_parser(__doc__.split("\n\n")[0], "results/distill_overhead.json")
     parser.add_argument("--student", default="resnet20")
     parser.add_argument("--teacher", default="resnet56")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--out", default="results/distill_overhead.json")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)

@@ -11,8 +11,6 @@ Lightning / plain >= 0.95).
 
 from __future__ import annotations
 
-import argparse
-import os
 import statistics
 import time
 
@@ -22,7 +20,7 @@ import torch.nn.functional as F
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from torchmetrics.classification import MulticlassAccuracy
 
-from benchmarks.common import lightning_images_per_second, machine_info, sync, write_json
+from benchmarks.common import training_speed_parser, lightning_images_per_second, machine_info, sync, write_json
 from lit_kd.data import CIFAR10DataModule
 from lit_kd.modules import ClassifierModule
 
@@ -59,16 +57,9 @@ def lightning_loop(dm: CIFAR10DataModule, model_name: str, warmup: int, steps: i
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=os.environ.get("LIT_KD_CIFAR10", "../shared/data/cifar10-png.zip"))
+    parser = training_speed_parser(__doc__.split("\n\n")[0], "results/train_throughput.json")
     parser.add_argument("--model", default="resnet20")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", default="results/train_throughput.json")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from lit_kd.checkpoint_io import AtomicCheckpointIO
 from lit_kd.modules import ClassifierModule
