@@ -376,6 +376,20 @@ class CIFAR10DataModule(L.LightningDataModule):
             images = images.contiguous(memory_format=torch.channels_last)
         return images, labels
 
+    def normalized_batches(self, split: str, batch_size: int = 256, max_images: Optional[int] = None, shuffle: bool = False, device=None):
+        """Yield ``(images, labels)`` of ``split``, normalised and never augmented (for calibration and evaluation
+        outside a Trainer): at most ``max_images`` images, in stored order or shuffled with the module's seed."""
+        self.setup()
+        if split not in self.splits:
+            raise ValueError(f"unknown split {split!r}; expected one of {sorted(self.splits)}")
+        dataset = self.splits[split]
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(self.hparams.seed)) if shuffle else torch.arange(len(dataset))
+        order = order[:max_images]
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            images = dataset.images[idx].to(device).float().div_(255)
+            yield self.normalize(images), dataset.labels[idx].to(device)
+
     def normalize(self, images: Tensor) -> Tensor:
         mean = torch.tensor(self.mean, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
