@@ -8,7 +8,9 @@ there, written atomically, and rich progress bar and model summary.
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -94,9 +96,17 @@ def run(args: Optional[list[str]] = None) -> LitKDCLI:
     return LitKDCLI(args=args)
 
 
-def main() -> None:
-    """Console-script entry point ``lit-kd``."""
-    run()
+EXTRA_COMMANDS = {"ptq": "lit_kd.quant.study"}
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Console-script entry point ``lit-kd``: LightningCLI subcommands, plus ``ptq`` (post-training quantization)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in EXTRA_COMMANDS:
+        os.environ.setdefault("NM_DISABLE_ANALYTICS", "1")
+        importlib.import_module(EXTRA_COMMANDS[argv[0]]).main(argv[1:])
+        return
+    run(argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,130 @@
+"""``lit-kd ptq``: quantize a trained checkpoint at several bit widths and methods, print a table, write JSON.
+
+Every configuration is evaluated on the test set: our simulated PTQ (per bit width, observer, rounding, weight
+granularity, with and without the first and last layers kept at 8 bits) and PyTorch's own fp16 and INT8 (FX,
+x86) models calibrated on the same batches. Accuracy drops are against the FP32 model on the same images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Iterable, Optional
+
+import torch
+import torch.nn as nn
+
+from lit_kd.quant.affine import check_bits
+from lit_kd.quant.observers import OBSERVERS
+from lit_kd.quant.ptq import ROUNDINGS, quantize
+from lit_kd.quant.torch_ptq import quantize_int8, to_fp16
+
+
+def accuracy(model: nn.Module, batches: Iterable) -> float:
+    correct = total = 0
+    with torch.no_grad():
+        for x, y in batches:
+            correct += (model(x).argmax(1) == y).sum().item()
+            total += len(y)
+    return correct / total
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lit-kd ptq", description=__doc__)
+    p.add_argument("--ckpt", required=True, help="lit-kd checkpoint (classifier or distilled student)")
+    p.add_argument("--data-dir", default=os.environ.get("LIT_KD_CIFAR10", "data/cifar10"), help="CIFAR-10 source (see CIFAR10DataModule)")
+    p.add_argument("--bits", type=int, nargs="+", default=[16, 8, 4, 2], help="bit widths, weights and activations alike")
+    p.add_argument("--weight-only-bits", type=int, nargs="*", default=[], help="also weight-only rows at these widths (activations at 8 bits)")
+    p.add_argument("--observer", nargs="+", default=["minmax"], choices=OBSERVERS)
+    p.add_argument("--rounding", nargs="+", default=["nearest"], choices=ROUNDINGS)
+    p.add_argument("--granularity", nargs="+", default=["per_channel"], choices=["per_channel", "per_tensor"])
+    p.add_argument("--first-last-8bit", choices=["no", "yes", "both"], default="both", help="keep first and last layers at 8 bits")
+    p.add_argument("--bias-correction", action="store_true", help="also rows with empirical bias correction")
+    p.add_argument("--calib-batches", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=128, help="calibration batch size")
+    p.add_argument("--adaround-iterations", type=int, default=1000)
+    p.add_argument("--test-images", type=int, default=None, help="evaluate on the first N test images (default all)")
+    p.add_argument("--no-pytorch", action="store_true", help="skip PyTorch's fp16 / INT8 rows")
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--out", default="results/ptq.json")
+    return p
+
+
+def run_study(args: argparse.Namespace) -> dict:
+    from lit_kd.data import CIFAR10DataModule
+    from lit_kd.modules.loading import load_network
+
+    torch.set_num_threads(args.threads)
+    model = load_network(args.ckpt)
+    data = CIFAR10DataModule(args.data_dir)
+    calib = list(data.normalized_batches("train", args.batch_size, args.calib_batches * args.batch_size, shuffle=True))
+    test = list(data.normalized_batches("test", 1000, args.test_images))
+    fp32 = accuracy(model, test)
+    rows = [{"runtime": "fp32", "weight_bits": 32, "act_bits": 32, "method": "-", "granularity": "-", "first_last_8bit": False, "acc": fp32, "seconds": 0.0}]
+
+    def add(runtime, wb, ab, method, granularity, first_last, build):
+        start = time.perf_counter()
+        qmodel = build()
+        rows.append({
+            "runtime": runtime, "weight_bits": wb, "act_bits": ab, "method": method, "granularity": granularity,
+            "first_last_8bit": first_last, "acc": accuracy(qmodel, test), "seconds": round(time.perf_counter() - start, 1),
+        })
+        print_row(rows[-1], fp32)
+
+    if not args.no_pytorch:
+        add("pytorch", 16, 16, "fp16", "-", False, lambda: to_fp16(model))
+        add("pytorch", 8, 8, "fx x86 histogram", "per_channel", False, lambda: quantize_int8(model, calib))
+    first_last = {"no": [False], "yes": [True], "both": [False, True]}[args.first_last_8bit]
+    widths = [(b, b) for b in args.bits] + [(b, 8) for b in args.weight_only_bits]
+    corrections = [False, True] if args.bias_correction else [False]
+    for (wb, ab), observer, rounding, gran, fl, bc in itertools.product(widths, args.observer, args.rounding, args.granularity, first_last, corrections):
+        method = observer + ("" if rounding == "nearest" else f" + {rounding}") + (" + bias corr." if bc else "")
+        add("ours", wb, ab, method, gran, fl, lambda: quantize(
+            model, calib, wb, ab, observer, per_channel=gran == "per_channel", rounding=rounding,
+            keep_first_last_8bit=fl, bias_correction=bc, adaround_iterations=args.adaround_iterations,
+        ))
+    return {"checkpoint": str(args.ckpt), "fp32_acc": fp32, "test_images": sum(len(y) for _, y in test),
+            "calib_images": sum(len(x) for x, _ in calib), "threads": args.threads, "rows": rows}
+
+
+def print_row(row: dict, fp32: float) -> None:
+    print(f"{row['runtime']:8s} W{row['weight_bits']}A{row['act_bits']} {row['method']:28s} {row['granularity']:12s} "
+          f"first/last 8b={row['first_last_8bit']!s:5s} acc={row['acc']:.4f} drop={100 * (fp32 - row['acc']):+.2f} pts ({row['seconds']} s)", flush=True)
+
+
+def print_table(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    fp32 = result["fp32_acc"]
+    table = Table(title=f"Post-training quantization of {result['checkpoint']} ({result['test_images']} test images)")
+    for col in ("runtime", "bits (W/A)", "method", "granularity", "first/last 8-bit", "test acc", "drop vs FP32"):
+        table.add_column(col, justify="right" if col in ("test acc", "drop vs FP32") else "left")
+    for r in result["rows"]:
+        table.add_row(r["runtime"], f"{r['weight_bits']}/{r['act_bits']}", r["method"], r["granularity"],
+                      "yes" if r["first_last_8bit"] else "no", f"{100 * r['acc']:.2f} %", f"{100 * (fp32 - r['acc']):.2f} pts")
+    Console(width=None if sys.stdout.isatty() else 160).print(table)  # logs and pipes get the full table
+
+
+def main(argv: Optional[list[str]] = None) -> dict:
+    cli = parser()
+    args = cli.parse_args(argv)
+    for bits in [*args.bits, *args.weight_only_bits]:
+        try:
+            check_bits(bits)
+        except ValueError as err:
+            cli.error(str(err))
+    if not Path(args.ckpt).is_file():
+        cli.error(f"checkpoint {args.ckpt!r} does not exist")
+    result = run_study(args)
+    print_table(result)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+    return result

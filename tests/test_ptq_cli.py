@@ -1,0 +1,62 @@
+"""``lit-kd ptq`` through the installed console script on a checkpoint trained on the fixture data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lit_kd.data import CIFAR10DataModule
+from lit_kd.modules import load_network
+from lit_kd.quant.study import accuracy
+from tests.helpers import run_cli, write_config
+
+
+@pytest.fixture(scope="module")
+def trained_ckpt(tiny_zip, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ptq")
+    config = write_config(root / "ptq_model.yaml", tiny_zip, model="resnet8", epochs=3)
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        cli = run_cli("fit", "--config", config)
+    finally:
+        os.chdir(cwd)
+    return Path(root, cli.trainer.checkpoint_callback.best_model_path)
+
+
+def lit_kd(*args, cwd: Path) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("lit-kd")
+    return subprocess.run([str(exe), *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def test_ptq_table_and_json(trained_ckpt, tiny_zip, tmp_path):
+    out = tmp_path / "ptq.json"
+    proc = lit_kd("ptq", "--ckpt", trained_ckpt, "--data-dir", tiny_zip, "--bits", "16", "2", "--observer", "minmax", "mse",
+                  "--calib-batches", "2", "--batch-size", "32", "--first-last-8bit", "both", "--out", out, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Post-training quantization" in proc.stdout and "drop vs FP32" in proc.stdout
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    # fp32 + pytorch fp16 + pytorch int8 + 2 widths x 2 observers x 2 first/last choices
+    assert len(rows) == 3 + 8
+    assert {r["runtime"] for r in rows} == {"fp32", "pytorch", "ours"}
+    expected_fp32 = accuracy(load_network(trained_ckpt), CIFAR10DataModule(str(tiny_zip)).normalized_batches("test", 1000))
+    assert result["fp32_acc"] == pytest.approx(expected_fp32) and result["test_images"] == 60
+    assert result["fp32_acc"] > 0.3  # the fixture is learnable: quantization effects are visible
+    w16 = [r for r in rows if r["runtime"] == "ours" and r["weight_bits"] == 16]
+    assert all(abs(r["acc"] - result["fp32_acc"]) <= 1 / 60 for r in w16)
+    w2 = [r["acc"] for r in rows if r["runtime"] == "ours" and r["weight_bits"] == 2]
+    assert min(w2) < result["fp32_acc"]
+
+
+def test_ptq_rejects_bad_bit_width_and_missing_checkpoint(trained_ckpt, tmp_path):
+    proc = lit_kd("ptq", "--ckpt", trained_ckpt, "--bits", "8", "1", cwd=tmp_path)
+    assert proc.returncode != 0 and "integer from 2 to 16, got 1" in proc.stderr
+    proc = lit_kd("ptq", "--ckpt", tmp_path / "nope.ckpt", cwd=tmp_path)
+    assert proc.returncode != 0 and "nope.ckpt' does not exist" in proc.stderr
