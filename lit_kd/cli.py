@@ -96,7 +96,7 @@ def run(args: Optional[list[str]] = None) -> LitKDCLI:
     return LitKDCLI(args=args)
 
 
-EXTRA_COMMANDS = {"ptq": "lit_kd.quant.study"}
+EXTRA_COMMANDS = {"ptq": "lit_kd.quant.study", "classify": "lit_kd.classify"}
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -378,13 +378,18 @@ class CIFAR10DataModule(L.LightningDataModule):
 
     def normalized_batches(self, split: str, batch_size: int = 256, max_images: Optional[int] = None, shuffle: bool = False, device=None):
         """Yield ``(images, labels)`` of ``split``, normalised and never augmented (for calibration and evaluation
-        outside a Trainer): at most ``max_images`` images, in stored order or shuffled with the module's seed."""
+        outside a Trainer): at most ``max_images`` images, shuffled with the module's seed, or else a stratified
+        subset in stored order (image folders store the test set class by class, so a plain prefix would be biased)."""
         self.setup()
         if split not in self.splits:
             raise ValueError(f"unknown split {split!r}; expected one of {sorted(self.splits)}")
         dataset = self.splits[split]
-        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(self.hparams.seed)) if shuffle else torch.arange(len(dataset))
-        order = order[:max_images]
+        if shuffle:
+            order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(self.hparams.seed))[:max_images]
+        elif max_images is not None and max_images < len(dataset):
+            order = torch.from_numpy(stratified_split(dataset.labels.numpy(), max_images, self.hparams.seed)[0])
+        else:
+            order = torch.arange(len(dataset))
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             images = dataset.images[idx].to(device).float().div_(255)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from lit_kd.data import CIFAR10_CLASSES
@@ -43,6 +44,22 @@ def write_image_folder_zip(path: Path, per_class: dict[str, int], seed: int = 0,
                 for i in range(count):
                     zf.writestr(f"{split}/{cls}/{cls}_{i:04d}.png", png_bytes(class_image(label, rng)))
     return path
+
+
+@pytest.fixture(autouse=True)
+def restore_torch_process_state():
+    """Every test starts from the same torch process settings: Trainer(deterministic=True) turns deterministic
+    algorithms on for the whole process (quantized kernels then refuse to run), benchmarks pin the thread count and
+    the quantized engine. Without this a test's outcome would depend on which tests ran before it."""
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.get_num_threads(), torch.backends.quantized.engine, torch.get_default_dtype(), torch.get_rng_state())
+    torch.use_deterministic_algorithms(False)
+    yield
+    torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+    torch.set_num_threads(saved[2])
+    torch.backends.quantized.engine = saved[3]
+    torch.set_default_dtype(saved[4])
+    torch.set_rng_state(saved[5])
 
 
 @pytest.fixture(scope="session", autouse=True)

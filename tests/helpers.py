@@ -79,3 +79,14 @@ def scalars(log_dir: Path, tag: str) -> list[float]:
 
 def load_state(ckpt: Path) -> dict:
     return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+
+
+class CrashAtEpoch(__import__("lightning").Callback):
+    """Raise at the start of epoch ``epoch``: a run that dies after ``last.ckpt`` of the previous epoch was written."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError(f"simulated crash at the start of epoch {self.epoch}")

@@ -48,3 +48,18 @@ def test_kd_vs_data_only_json(tiny_zip, tmp_path, monkeypatch):
     run = result["runs"][0]
     assert 0 <= run["data_only"] <= 1 and 0 <= run["distilled"] <= 1 and 0 <= result["teacher_test_acc"] <= 1
     assert result["gain_mean"] == pytest.approx(run["distilled"] - run["data_only"])
+
+
+def test_quant_speed_json(tmp_path, monkeypatch):
+    from benchmarks import quant_speed
+
+    result = run_script(quant_speed, monkeypatch, "--models", "resnet8", "--threads", "1", "--warmup", "1", "--repeats", "2",
+                        "--iterations-b1", "2", "--iterations-b32", "1", "--calib-batches", "1", "--out", str(tmp_path / "q.json"))
+    runtimes = {"pytorch fp32 eager", "pytorch int8 (fx, x86)", "onnxruntime fp32", "onnxruntime int8 (qdq)"}
+    assert {(r["runtime"], r["batch"]) for r in result["rows"]} == {(rt, b) for rt in runtimes for b in (1, 32)}
+    for row in result["rows"]:
+        base = next(r for r in result["rows"] if r["batch"] == row["batch"] and r["runtime"] == "pytorch fp32 eager")
+        assert row["speedup_vs_fp32_eager"] == pytest.approx(row["images_per_s"] / base["images_per_s"])
+        assert row["images_per_s"] == pytest.approx(row["batch"] * 1000 / row["latency_ms_median"])
+        assert len(row["latency_ms_per_repeat"]) == 2
+    assert result["machine"]["torch_threads"] == 1

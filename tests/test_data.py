@@ -105,6 +105,19 @@ def test_training_batches_are_reproducible_and_normalised(tiny_zip):
     assert torch.equal(labels, y)
 
 
+def test_normalized_batches_subset_is_stratified_and_shuffle_is_seeded(tiny_zip):
+    import torch
+
+    dm = CIFAR10DataModule(data_dir=str(tiny_zip))
+    labels = torch.cat([y for _, y in dm.normalized_batches("test", 7, max_images=20)])
+    assert torch.bincount(labels, minlength=10).tolist() == [2] * 10  # a plain prefix would hold 3-4 classes only
+    everything = torch.cat([x for x, _ in dm.normalized_batches("test", 64)])
+    assert len(everything) == 60 and abs(everything.mean().item()) < 1.0
+    first = [y for _, y in dm.normalized_batches("train", 16, max_images=32, shuffle=True)]
+    again = [y for _, y in dm.normalized_batches("train", 16, max_images=32, shuffle=True)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again)) and len(first) == 2
+
+
 def test_random_crop_matches_per_image_reference():
     images = torch.rand(5, 3, 8, 8)
     offsets = torch.tensor([[0, 0], [4, 4], [2, 3], [4, 0], [1, 2]])

@@ -37,20 +37,21 @@ def lit_kd(*args, cwd: Path) -> subprocess.CompletedProcess:
 
 def test_ptq_table_and_json(trained_ckpt, tiny_zip, tmp_path):
     out = tmp_path / "ptq.json"
-    proc = lit_kd("ptq", "--ckpt", trained_ckpt, "--data-dir", tiny_zip, "--bits", "16", "2", "--observer", "minmax", "mse",
+    proc = lit_kd("ptq", "--ckpt", trained_ckpt, "--data-dir", tiny_zip, "--bits", "16", "8", "2", "--observer", "minmax", "mse",
                   "--calib-batches", "2", "--batch-size", "32", "--first-last-8bit", "both", "--out", out, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Post-training quantization" in proc.stdout and "drop vs FP32" in proc.stdout
     result = json.loads(out.read_text())
     rows = result["rows"]
-    # fp32 + pytorch fp16 + pytorch int8 + 2 widths x 2 observers x 2 first/last choices
-    assert len(rows) == 3 + 8
-    assert {r["runtime"] for r in rows} == {"fp32", "pytorch", "ours"}
+    # fp32 + pytorch fp16 + pytorch int8 + 3 widths x 2 observers x 2 first/last choices + W8A8 in integers x 2 observers
+    assert len(rows) == 3 + 12 + 2
+    assert {r["runtime"] for r in rows} == {"fp32", "pytorch", "ours", "ours int"}
+    assert all(r["agree_simulation"] >= 0.99 for r in rows if r["runtime"] == "ours int")
     expected_fp32 = accuracy(load_network(trained_ckpt), CIFAR10DataModule(str(tiny_zip)).normalized_batches("test", 1000))
     assert result["fp32_acc"] == pytest.approx(expected_fp32) and result["test_images"] == 60
     assert result["fp32_acc"] > 0.3  # the fixture is learnable: quantization effects are visible
     w16 = [r for r in rows if r["runtime"] == "ours" and r["weight_bits"] == 16]
-    assert all(abs(r["acc"] - result["fp32_acc"]) <= 1 / 60 for r in w16)
+    assert all(abs(r["acc"] - result["fp32_acc"]) <= 1 / 60 and r["agree_fp32"] >= 59 / 60 for r in w16)
     w2 = [r["acc"] for r in rows if r["runtime"] == "ours" and r["weight_bits"] == 2]
     assert min(w2) < result["fp32_acc"]
 

@@ -1,6 +1,9 @@
 """Callbacks: everything that changes or watches a run from outside the LightningModule."""
 
+from lit_kd.callbacks.iterative_pruning import IterativePruning
 from lit_kd.callbacks.plateau_stopping import AccuracyPlateauStopping
+from lit_kd.callbacks.quantization_aware_training import QuantizationAwareTraining, load_int8_model
 from lit_kd.callbacks.sample_predictions import SamplePredictions
+from lit_kd.callbacks.sparseml_recipe import SparseMLRecipe
 
-__all__ = ["AccuracyPlateauStopping", "SamplePredictions"]
+__all__ = ["AccuracyPlateauStopping", "IterativePruning", "QuantizationAwareTraining", "SamplePredictions", "SparseMLRecipe", "load_int8_model"]

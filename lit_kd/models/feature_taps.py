@@ -1,6 +1,8 @@
 """FeatureTaps: capture intermediate outputs of any model by module path with forward hooks.
 
-Hooks work on models we did not write and survive module swaps inside the hooked container (QAT, pruning).
+Hooks work on models we did not write and survive module swaps inside the hooked container (pruning). In a
+``torch.fx.GraphModule`` (a model prepared for quantization-aware training) containers such as ``layer1`` are no
+longer called: their output is the output of the last module the graph calls inside them, so that module is hooked.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ class FeatureTaps:
         self.features: dict[str, Tensor] = {}
         self.handles = []
         for path in dict.fromkeys(paths):
-            module = resolve_module(model, path)
+            module = called_module(model, path)
             self.handles.append(module.register_forward_hook(self._store(path)))
 
     def _store(self, path: str):
@@ -43,6 +45,22 @@ class FeatureTaps:
 
     def __exit__(self, *exc) -> None:
         self.remove()
+
+
+def called_module(model: nn.Module, path: str) -> nn.Module:
+    """The module whose output is the output of ``path``: the module itself, or in a ``GraphModule`` where the
+    container at ``path`` is not called, the last module called inside it."""
+    module = resolve_module(model, path)
+    graph = getattr(model, "graph", None)
+    if graph is None:
+        return module
+    targets = [n.target for n in graph.nodes if n.op == "call_module"]
+    if path in targets:
+        return module
+    inside = [t for t in targets if t.startswith(path + ".")]
+    if not inside:
+        raise ValueError(f"module {path!r} is never called in the traced graph of {type(model).__name__}")
+    return model.get_submodule(inside[-1])
 
 
 def resolve_module(model: nn.Module, path: str) -> nn.Module:

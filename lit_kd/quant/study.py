@@ -20,18 +20,20 @@ import torch
 import torch.nn as nn
 
 from lit_kd.quant.affine import check_bits
+from lit_kd.quant.integer_model import to_int8_model
 from lit_kd.quant.observers import OBSERVERS
 from lit_kd.quant.ptq import ROUNDINGS, quantize
 from lit_kd.quant.torch_ptq import quantize_int8, to_fp16
 
 
-def accuracy(model: nn.Module, batches: Iterable) -> float:
-    correct = total = 0
+def predictions(model: nn.Module, batches: Iterable) -> torch.Tensor:
     with torch.no_grad():
-        for x, y in batches:
-            correct += (model(x).argmax(1) == y).sum().item()
-            total += len(y)
-    return correct / total
+        return torch.cat([model(x).argmax(1) for x, _ in batches])
+
+
+def accuracy(model: nn.Module, batches: Iterable) -> float:
+    batches = list(batches)
+    return (predictions(model, batches) == torch.cat([y for _, y in batches])).float().mean().item()
 
 
 def parser() -> argparse.ArgumentParser:
@@ -64,17 +66,23 @@ def run_study(args: argparse.Namespace) -> dict:
     data = CIFAR10DataModule(args.data_dir)
     calib = list(data.normalized_batches("train", args.batch_size, args.calib_batches * args.batch_size, shuffle=True))
     test = list(data.normalized_batches("test", 1000, args.test_images))
-    fp32 = accuracy(model, test)
-    rows = [{"runtime": "fp32", "weight_bits": 32, "act_bits": 32, "method": "-", "granularity": "-", "first_last_8bit": False, "acc": fp32, "seconds": 0.0}]
+    labels = torch.cat([y for _, y in test])
+    fp32_pred = predictions(model, test)
+    fp32 = (fp32_pred == labels).float().mean().item()
+    rows = [{"runtime": "fp32", "weight_bits": 32, "act_bits": 32, "method": "-", "granularity": "-", "first_last_8bit": False,
+             "acc": fp32, "agree_fp32": 1.0, "seconds": 0.0}]
 
     def add(runtime, wb, ab, method, granularity, first_last, build):
         start = time.perf_counter()
         qmodel = build()
+        pred = predictions(qmodel, test)
         rows.append({
             "runtime": runtime, "weight_bits": wb, "act_bits": ab, "method": method, "granularity": granularity,
-            "first_last_8bit": first_last, "acc": accuracy(qmodel, test), "seconds": round(time.perf_counter() - start, 1),
+            "first_last_8bit": first_last, "acc": (pred == labels).float().mean().item(),
+            "agree_fp32": (pred == fp32_pred).float().mean().item(), "seconds": round(time.perf_counter() - start, 1),
         })
         print_row(rows[-1], fp32)
+        return qmodel, pred
 
     if not args.no_pytorch:
         add("pytorch", 16, 16, "fp16", "-", False, lambda: to_fp16(model))
@@ -84,17 +92,20 @@ def run_study(args: argparse.Namespace) -> dict:
     corrections = [False, True] if args.bias_correction else [False]
     for (wb, ab), observer, rounding, gran, fl, bc in itertools.product(widths, args.observer, args.rounding, args.granularity, first_last, corrections):
         method = observer + ("" if rounding == "nearest" else f" + {rounding}") + (" + bias corr." if bc else "")
-        add("ours", wb, ab, method, gran, fl, lambda: quantize(
+        qmodel, pred = add("ours", wb, ab, method, gran, fl, lambda: quantize(
             model, calib, wb, ab, observer, per_channel=gran == "per_channel", rounding=rounding,
             keep_first_last_8bit=fl, bias_correction=bc, adaround_iterations=args.adaround_iterations,
         ))
+        if (wb, ab, rounding, fl, bc) == (8, 8, "nearest", False, False):  # the same model in integer arithmetic
+            _, int_pred = add("ours int", 8, 8, method + " (int8 x int8 -> int32)", gran, fl, lambda: to_int8_model(qmodel))
+            rows[-1]["agree_simulation"] = (int_pred == pred).float().mean().item()
     return {"checkpoint": str(args.ckpt), "fp32_acc": fp32, "test_images": sum(len(y) for _, y in test),
             "calib_images": sum(len(x) for x, _ in calib), "threads": args.threads, "rows": rows}
 
 
 def print_row(row: dict, fp32: float) -> None:
     print(f"{row['runtime']:8s} W{row['weight_bits']}A{row['act_bits']} {row['method']:28s} {row['granularity']:12s} "
-          f"first/last 8b={row['first_last_8bit']!s:5s} acc={row['acc']:.4f} drop={100 * (fp32 - row['acc']):+.2f} pts ({row['seconds']} s)", flush=True)
+          f"first/last 8b={row['first_last_8bit']!s:5s} acc={row['acc']:.4f} agree={row['agree_fp32']:.4f} drop={100 * (fp32 - row['acc']):+.2f} pts ({row['seconds']} s)", flush=True)
 
 
 def print_table(result: dict) -> None:
@@ -103,11 +114,11 @@ def print_table(result: dict) -> None:
 
     fp32 = result["fp32_acc"]
     table = Table(title=f"Post-training quantization of {result['checkpoint']} ({result['test_images']} test images)")
-    for col in ("runtime", "bits (W/A)", "method", "granularity", "first/last 8-bit", "test acc", "drop vs FP32"):
-        table.add_column(col, justify="right" if col in ("test acc", "drop vs FP32") else "left")
+    for col in ("runtime", "bits (W/A)", "method", "granularity", "first/last 8-bit", "test acc", "drop vs FP32", "same top-1 as FP32"):
+        table.add_column(col, justify="left" if col in ("runtime", "method", "granularity") else "right")
     for r in result["rows"]:
         table.add_row(r["runtime"], f"{r['weight_bits']}/{r['act_bits']}", r["method"], r["granularity"],
-                      "yes" if r["first_last_8bit"] else "no", f"{100 * r['acc']:.2f} %", f"{100 * (fp32 - r['acc']):.2f} pts")
+                      "yes" if r["first_last_8bit"] else "no", f"{100 * r['acc']:.2f} %", f"{100 * (fp32 - r['acc']):.2f} pts", f"{100 * r['agree_fp32']:.2f} %")
     Console(width=None if sys.stdout.isatty() else 160).print(table)  # logs and pipes get the full table
 
 

@@ -1,0 +1,175 @@
+"""QuantizationAwareTraining: train with fake quantization, end with a real INT8 model (torch.ao FX, x86).
+
+- ``setup`` (every stage, before a checkpoint is restored and before the optimizer exists) replaces the module's
+  network (``pl_module.model``) by ``prepare_qat_fx(network, get_default_qat_qconfig_mapping(backend))``: conv,
+  BatchNorm and ReLU fused, fake-quantize modules on weights (per-channel int8) and activations (uint8). Training
+  uses the module's own loss (cross-entropy, or the distillation loss with its frozen teacher).
+- ``freeze_observers_epoch`` / ``freeze_bn_epoch``: from that epoch on the quantization ranges, and BatchNorm
+  running statistics, stop moving (decided from the epoch number alone, so a resumed run behaves the same).
+  Validation never moves the ranges.
+- A checkpoint of a QAT run holds the prepared network's state: float weights, BatchNorm statistics, and every
+  fake-quantize module's scale, zero point and observer ranges. Resuming from ``last.ckpt`` therefore continues QAT
+  exactly, and ``lit-kd test`` with the same config evaluates the checkpoint converted to the real INT8 model.
+- At fit end the network is converted (``convert_fx``) and saved as ``int8_model.pt`` next to the checkpoints: the
+  converted state dict plus what rebuilds it (architecture, backend, input shape); :func:`load_int8_model` loads it.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import lightning as L
+import torch
+import torch.nn as nn
+from lightning.pytorch.utilities import rank_zero_info
+
+INT8_FILE = "int8_model.pt"
+
+
+def prepare_qat(network: nn.Module, backend: str, input_shape) -> nn.Module:
+    from torch.ao.quantization import get_default_qat_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import prepare_qat_fx
+
+    if backend not in torch.backends.quantized.supported_engines:
+        raise ValueError(f"quantized backend {backend!r} is not available; this build has {torch.backends.quantized.supported_engines}")
+    torch.backends.quantized.engine = backend
+    device = next(network.parameters()).device
+    example = torch.zeros(*input_shape, device=device)
+    return prepare_qat_fx(network.train(), get_default_qat_qconfig_mapping(backend), (example,))
+
+
+def convert_int8(prepared: nn.Module) -> nn.Module:
+    """The real INT8 model of a QAT-prepared network (a copy, on the CPU, in eval mode)."""
+    from torch.ao.quantization.quantize_fx import convert_fx
+
+    return convert_fx(copy.deepcopy(prepared).cpu().eval()).eval()
+
+
+def load_int8_model(path: Union[str, Path]) -> nn.Module:
+    """Rebuild the INT8 model saved by :class:`QuantizationAwareTraining` (``int8_model.pt``)."""
+    from lit_kd.modules.loading import instantiate_network
+
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    network = instantiate_network(saved["network"], saved["num_classes"], saved.get("network_kwargs"))
+    int8 = convert_int8(prepare_qat(network, saved["backend"], saved["input_shape"]))
+    int8.load_state_dict(saved["state_dict"])
+    return int8
+
+
+class QuantizationAwareTraining(L.Callback):
+    """Prepare the module's network for QAT at setup, convert it to INT8 at fit end and for testing.
+
+    Args:
+        backend: torch quantized engine and default QAT qconfig (``x86``; ``qnnpack`` for ARM).
+        freeze_observers_epoch: epoch from which activation and weight ranges are frozen (None: never).
+        freeze_bn_epoch: epoch from which BatchNorm running statistics are frozen (None: never).
+        input_shape: an example input shape for tracing (batch of 1 CIFAR image by default).
+        attribute: the module attribute holding the network (``model`` for Classifier and Distillation modules).
+        test_int8: run ``test`` (and ``predict``) on the converted INT8 model, on the CPU.
+        init_ckpt: a lit-kd checkpoint (or state-dict file) whose float network weights QAT starts from when
+            fitting (the best student of an earlier stage); a resumed run then restores its own QAT state over it.
+    """
+
+    def __init__(
+        self,
+        backend: str = "x86",
+        freeze_observers_epoch: Optional[int] = None,
+        freeze_bn_epoch: Optional[int] = None,
+        input_shape: tuple[int, ...] = (1, 3, 32, 32),
+        attribute: str = "model",
+        test_int8: bool = True,
+        init_ckpt: Optional[str] = None,
+    ):
+        super().__init__()
+        self.backend, self.input_shape, self.attribute, self.test_int8 = backend, tuple(input_shape), attribute, test_int8
+        self.freeze_observers_epoch, self.freeze_bn_epoch = freeze_observers_epoch, freeze_bn_epoch
+        self.init_ckpt = init_ckpt
+        self.int8_path: Optional[Path] = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        network = getattr(pl_module, self.attribute)
+        if isinstance(network, torch.fx.GraphModule) and any("activation_post_process" in n for n, _ in network.named_modules()):
+            return  # already prepared (a second trainer call on the same module)
+        if stage == "fit" and self.init_ckpt:
+            from lit_kd.modules.loading import load_weights
+
+            load_weights(network, self.init_ckpt)
+        setattr(pl_module, self.attribute, prepare_qat(network, self.backend, self.input_shape))
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from torch.ao.nn.intrinsic.qat import freeze_bn_stats
+        from torch.ao.quantization import disable_observer
+
+        network = getattr(pl_module, self.attribute)
+        epoch = trainer.current_epoch
+        if self.freeze_observers_epoch is not None and epoch >= self.freeze_observers_epoch:
+            network.apply(disable_observer)
+        if self.freeze_bn_epoch is not None and epoch >= self.freeze_bn_epoch:
+            network.apply(freeze_bn_stats)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Validation never moves the quantization ranges (torch's fake-quantize modules observe in eval mode too):
+        ranges come from training data only, and the sanity check of a resumed run changes nothing."""
+        from torch.ao.quantization import disable_observer
+
+        getattr(pl_module, self.attribute).apply(disable_observer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from torch.ao.quantization import enable_observer
+
+        frozen = self.freeze_observers_epoch is not None and trainer.current_epoch >= self.freeze_observers_epoch
+        if trainer.state.fn == "fit" and not frozen:
+            getattr(pl_module, self.attribute).apply(enable_observer)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        int8 = convert_int8(getattr(pl_module, self.attribute))
+        ckpt_dir = Path(trainer.checkpoint_callback.dirpath) if trainer.checkpoint_callback else Path(trainer.default_root_dir)
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        self.int8_path = ckpt_dir / INT8_FILE
+        tmp = self.int8_path.with_suffix(".tmp")
+        torch.save(self._recipe(pl_module) | {"state_dict": int8.state_dict()}, tmp)
+        tmp.replace(self.int8_path)
+        rank_zero_info(f"QAT: converted INT8 model saved to {self.int8_path}")
+
+    def _recipe(self, pl_module: L.LightningModule) -> dict[str, Any]:
+        hp = pl_module.hparams
+        key = "student" if "student" in hp else "model"
+        if isinstance(hp.get(key), nn.Module) or hp.get(key) is None:
+            raise ValueError("QAT can save the INT8 model only for networks given by name or class_path (not in-memory modules)")
+        return {"network": hp[key], "network_kwargs": hp.get(f"{key}_kwargs"), "num_classes": hp.get("num_classes", 10),
+                "backend": self.backend, "input_shape": self.input_shape}
+
+    def _swap_to_int8(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.test_int8:
+            return
+        if pl_module.device.type != "cpu":
+            raise ValueError("the INT8 model runs on the CPU: test a QAT checkpoint with --trainer.accelerator cpu")
+        self._prepared = getattr(pl_module, self.attribute)
+        setattr(pl_module, self.attribute, convert_int8(self._prepared))
+        # quantized CPU kernels are not flagged deterministic (they are: fixed-point arithmetic on one thread
+        # order); with deterministic=True torch would refuse them, so only warn while the INT8 model runs
+        self._deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+        if self._deterministic[0]:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+
+    def _swap_back(self, pl_module: L.LightningModule) -> None:
+        if getattr(self, "_prepared", None) is not None:
+            setattr(pl_module, self.attribute, self._prepared)
+            self._prepared = None
+            torch.use_deterministic_algorithms(self._deterministic[0], warn_only=self._deterministic[1])
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self._swap_to_int8(trainer, pl_module)
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        self._swap_back(pl_module)
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        self._swap_to_int8(trainer, pl_module)
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        self._swap_back(pl_module)

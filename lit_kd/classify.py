@@ -1,0 +1,137 @@
+"""``lit-kd classify``: the predicted classes of image files with a trained checkpoint, or its test-set accuracy.
+
+    lit-kd classify --ckpt best.ckpt cat.png photos/ [--top-k 3]
+    lit-kd classify --ckpt best.ckpt --test-set data/cifar10-png.zip
+
+Any lit-kd checkpoint works (dense, distilled, pruned): its network is loaded with ``load_network``. Folders are
+searched recursively for image files (by suffix). An image that is not 32x32 is centre-cropped to a square and
+resized to 32x32 (noted in the table); every image is converted to RGB and normalised like the training data
+(``CIFAR10DataModule.normalize``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from lit_kd.data import CIFAR10_CLASSES, IMAGE_SUFFIXES, CIFAR10DataModule
+
+SIZE = (32, 32)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lit-kd classify", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="*", help="image files (PNG, JPEG, ...) and folders of them")
+    p.add_argument("--ckpt", required=True, help="lit-kd checkpoint (classifier, distilled student, pruned)")
+    p.add_argument("--top-k", type=int, default=1, help="show the K most probable classes per image")
+    p.add_argument("--test-set", metavar="DATA", help="report accuracy on the test split of this CIFAR-10 source instead")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return p
+
+
+def image_files(paths: list[str]) -> list[Path]:
+    """The given files, and the image files under the given folders (recursively, sorted, hidden ones skipped)."""
+    files = []
+    for given in map(Path, paths):
+        if not given.exists():
+            raise FileNotFoundError(f"{str(given)!r} does not exist")
+        if given.is_dir():
+            found = sorted(p for p in given.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                           and not any(part.startswith(".") for part in p.relative_to(given).parts))
+            if not found:
+                raise ValueError(f"folder {str(given)!r} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+            files += found
+        else:
+            files.append(given)
+    return files
+
+
+def read_image(path: Path) -> tuple[np.ndarray, str]:
+    """A 32x32 RGB uint8 array, and a note when the image had to be resized."""
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ValueError(f"{str(path)!r} is not an image file that PIL can read ({type(err).__name__})") from err
+    note = ""
+    if img.size != SIZE:
+        note = f"resized from {img.size[0]}x{img.size[1]}"
+        img = ImageOps.fit(img, SIZE, Image.Resampling.BICUBIC)  # centre crop to a square, then resize
+    return np.asarray(img, dtype=np.uint8), note
+
+
+def class_names(count: int) -> list[str]:
+    return list(CIFAR10_CLASSES) if count == len(CIFAR10_CLASSES) else [str(i) for i in range(count)]
+
+
+@torch.no_grad()
+def classify(network: torch.nn.Module, files: list[Path], top_k: int, batch_size: int, device: str) -> list[dict]:
+    """One row per file: ``{"image", "note", "top": [(class name, probability), ...]}``."""
+    normalize = CIFAR10DataModule().normalize
+    rows = []
+    for start in range(0, len(files), batch_size):
+        batch = [read_image(f) for f in files[start : start + batch_size]]
+        images = torch.from_numpy(np.stack([a for a, _ in batch])).permute(0, 3, 1, 2).to(device).float().div_(255)
+        probs = network(normalize(images)).float().softmax(dim=1).cpu()
+        names = class_names(probs.shape[1])
+        values, indices = probs.topk(min(top_k, probs.shape[1]), dim=1)
+        for f, (_, note), v, i in zip(files[start:], batch, values, indices):
+            rows.append({"image": str(f), "note": note, "top": [(names[c], p) for c, p in zip(i.tolist(), v.tolist())]})
+    return rows
+
+
+@torch.no_grad()
+def accuracy_on_test_set(network: torch.nn.Module, data_dir: str, batch_size: int, device: str) -> tuple[int, int]:
+    """(correct, images) on the test split, normalised as in training and never augmented."""
+    correct = total = 0
+    for images, labels in CIFAR10DataModule(data_dir).normalized_batches("test", batch_size, device=device):
+        correct += int((network(images).argmax(dim=1) == labels).sum())
+        total += len(labels)
+    return correct, total
+
+
+def print_rows(rows: list[dict], ckpt: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    k = len(rows[0]["top"])
+    table = Table(title=f"Predictions of {ckpt}")
+    table.add_column("image")
+    for rank in range(1, k + 1):
+        table.add_column("class" if k == 1 else f"top-{rank}")
+        table.add_column("probability" if k == 1 else "p", justify="right")
+    table.add_column("note")
+    for row in rows:
+        cells = [c for name, p in row["top"] for c in (name, f"{100 * p:.1f} %")]
+        table.add_row(row["image"], *cells, row["note"])
+    Console(width=None if sys.stdout.isatty() else 200).print(table)  # logs and pipes get the full table
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    cli = parser()
+    args = cli.parse_args(argv)
+    if bool(args.paths) == bool(args.test_set):
+        cli.error("give image files or folders to classify, or --test-set DATA (not both)")
+    if args.top_k < 1:
+        cli.error(f"--top-k must be >= 1, got {args.top_k}")
+    if not Path(args.ckpt).is_file():
+        cli.error(f"checkpoint {args.ckpt!r} does not exist")
+    from lit_kd.modules.loading import load_network
+
+    try:
+        files = image_files(args.paths)
+        network = load_network(args.ckpt).to(args.device)
+        if args.test_set:
+            correct, total = accuracy_on_test_set(network, args.test_set, args.batch_size, args.device)
+            print(f"test accuracy of {args.ckpt} on {args.test_set}: {100 * correct / total:.2f} % ({correct} of {total} test images correct)")
+        else:
+            print_rows(classify(network, files, args.top_k, args.batch_size, args.device), args.ckpt)
+    except (FileNotFoundError, ValueError) as err:
+        cli.error(str(err))

@@ -1,0 +1,1 @@
+"""Small, tested fixes that let pinned dependency versions work together."""
