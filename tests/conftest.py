@@ -81,3 +81,20 @@ def real_cifar10() -> Path:
     path = Path(os.environ.get("LIT_KD_CIFAR10") or REPO.parent / "shared" / "data" / "cifar10-png.zip").resolve()
     assert path.is_file(), f"real CIFAR-10 not found at {path} (set LIT_KD_CIFAR10 to the cifar10-png.zip)"
     return path
+
+
+@pytest.fixture(scope="session")
+def trained_ckpt(tiny_zip, tmp_path_factory) -> Path:
+    """best.ckpt of a resnet8 trained for 3 epochs on the fixture data through the real CLI (shared by the tests
+    of the commands that read checkpoints)."""
+    from tests.helpers import run_cli, write_config
+
+    root = tmp_path_factory.mktemp("trained")
+    config = write_config(root / "trained_resnet8.yaml", tiny_zip, model="resnet8", epochs=3)
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        cli = run_cli("fit", "--config", config)
+    finally:
+        os.chdir(cwd)
+    return Path(root, cli.trainer.checkpoint_callback.best_model_path)

@@ -152,3 +152,16 @@ def test_unreachable_budget_is_a_clear_error(bad, good, options, message):
     with pytest.raises(ValueError, match=message):
         IterativePruning(bad, **options).setup(None, ClassifierModule("resnet8", num_example_images=0), "fit")
     IterativePruning(good, **options).setup(None, ClassifierModule("resnet8", num_example_images=0), "fit")  # the limits are reachable
+
+
+def test_starts_from_init_ckpt_and_refuses_another_architecture(trained_ckpt, tiny_zip, in_tmp):
+    trained = load_network(trained_ckpt)
+    cli = run_cli("fit", "--config", pruning_config(in_tmp / "init.yaml", tiny_zip, epochs=1, init_ckpt=str(trained_ckpt)), "--trainer.max_epochs", "0")
+    for (name, mine), theirs in zip(cli.model.model.state_dict().items(), trained.state_dict().values()):
+        assert torch.equal(mine, theirs), name  # no training step yet: exactly the trained weights
+    other = pruning_config(in_tmp / "other.yaml", tiny_zip, epochs=1, init_ckpt=str(trained_ckpt))
+    config = yaml.safe_load(other.read_text())
+    config["model"]["init_args"]["model"] = "resnet20"
+    other.write_text(yaml.safe_dump(config))
+    with pytest.raises(ValueError, match="missing.*layer1.1"):
+        run_cli("fit", "--config", other)

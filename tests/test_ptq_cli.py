@@ -12,22 +12,6 @@ import pytest
 from lit_kd.data import CIFAR10DataModule
 from lit_kd.modules import load_network
 from lit_kd.quant.study import accuracy
-from tests.helpers import run_cli, write_config
-
-
-@pytest.fixture(scope="module")
-def trained_ckpt(tiny_zip, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("ptq")
-    config = write_config(root / "ptq_model.yaml", tiny_zip, model="resnet8", epochs=3)
-    import os
-
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        cli = run_cli("fit", "--config", config)
-    finally:
-        os.chdir(cwd)
-    return Path(root, cli.trainer.checkpoint_callback.best_model_path)
 
 
 def lit_kd(*args, cwd: Path) -> subprocess.CompletedProcess:

@@ -23,7 +23,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import lightning as L
 import numpy as np
@@ -70,6 +70,8 @@ class IterativePruning(L.Callback):
             are pruned.
         prune_bias: also prune conv/linear biases (otherwise they count towards the budget but stay).
         input_shape: an example input shape for counting (one forward pass of ``model_summary``).
+        init_ckpt: a lit-kd checkpoint (or state-dict file) whose network weights pruning starts from when fitting
+            (the trained or distilled model of an earlier stage); a resumed run restores its own state over them.
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class IterativePruning(L.Callback):
         prune_classifier: bool = True,
         prune_bias: bool = False,
         input_shape: tuple[int, ...] = (1, 3, 32, 32),
+        init_ckpt: Optional[str] = None,
     ):
         super().__init__()
         if scope not in ("global", "layerwise"):
@@ -93,6 +96,7 @@ class IterativePruning(L.Callback):
         self.target_nonzero, self.prune_fraction, self.finetune_epochs, self.scope = int(target_nonzero), prune_fraction, finetune_epochs, scope
         self.prune_first_conv, self.prune_classifier, self.prune_bias = prune_first_conv, prune_classifier, prune_bias
         self.input_shape = tuple(input_shape)
+        self.init_ckpt = init_ckpt
         self.history: list[tuple[int, int]] = []  # (epoch, non-zero parameters after that epoch's pruning)
         self._targets: list[tuple[str, nn.Module, str]] = []  # (tensor name in the network, module, "weight"/"bias")
         self._restored_masks: dict[str, torch.Tensor] = {}
@@ -110,6 +114,10 @@ class IterativePruning(L.Callback):
         if stage != "fit":
             return
         network = pl_module.model
+        if self.init_ckpt:
+            from lit_kd.modules.loading import load_weights
+
+            load_weights(network, self.init_ckpt)
         self._targets = self.prunable(network)
         total = sum(row.params for row in model_summary(network, self.input_shape))
         never_pruned = total - sum(getattr(m, p).numel() for _, m, p in self._targets)

@@ -99,12 +99,15 @@ class SparseMLRecipe(L.Callback):
         recipe: path of a recipe (YAML, or Markdown with YAML front matter) or the recipe text itself.
         recipe_args: values for the recipe's variables (e.g. ``{num_epochs: 10, final_sparsity: 0.9}``).
         attribute: the LightningModule attribute holding the network (``model``; a DistillationModule's student).
+        init_ckpt: a lit-kd checkpoint (or state-dict file) whose network weights the recipe starts from when fitting
+            (the best student of an earlier stage); a resumed run then restores its own state over them.
     """
 
-    def __init__(self, recipe: str, recipe_args: Optional[dict[str, Any]] = None, attribute: str = "model"):
+    def __init__(self, recipe: str, recipe_args: Optional[dict[str, Any]] = None, attribute: str = "model", init_ckpt: Optional[str] = None):
         self.recipe_text = read_recipe(recipe)
         self.recipe_args = dict(recipe_args or {})
         self.attribute = attribute
+        self.init_ckpt = init_ckpt
         self.manager = build_manager(self.recipe_text, self.recipe_args)
         self.epoch = 0.0
         self._resume_state: Optional[dict] = None
@@ -127,6 +130,10 @@ class SparseMLRecipe(L.Callback):
                                  f"remove the stopping callback(s) {stoppers} from this stage")
             trainer.fit_loop.max_epochs = self.max_epochs
         network = self.network(pl_module)
+        if stage == "fit" and self.init_ckpt:
+            from lit_kd.modules.loading import load_weights
+
+            load_weights(network, self.init_ckpt)
         network.register_load_state_dict_pre_hook(self._apply_structure_for_checkpoint)
 
     def _apply_structure_for_checkpoint(self, module, state_dict, prefix, *args) -> None:
