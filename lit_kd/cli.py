@@ -96,11 +96,12 @@ def run(args: Optional[list[str]] = None) -> LitKDCLI:
     return LitKDCLI(args=args)
 
 
-EXTRA_COMMANDS = {"ptq": "lit_kd.quant.study", "classify": "lit_kd.classify"}
+EXTRA_COMMANDS = {"ptq": "lit_kd.quant.study", "classify": "lit_kd.classify", "export": "lit_kd.export", "bench": "lit_kd.bench"}
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """Console-script entry point ``lit-kd``: LightningCLI subcommands, plus ``ptq`` (post-training quantization)."""
+    """Console-script entry point ``lit-kd``: LightningCLI subcommands, plus the EXTRA_COMMANDS (``ptq``, ``classify``,
+    ``export``, ``bench``), each a module with its own ``main(argv)``."""
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in EXTRA_COMMANDS:
         os.environ.setdefault("NM_DISABLE_ANALYTICS", "1")

@@ -1,0 +1,223 @@
+"""``lit-kd bench``: inference speed of ONNX models in DeepSparse and ONNX Runtime (and PyTorch) on CPU, in one run.
+
+    lit-kd bench --baseline dense.onnx --sparse pruned_quantized.onnx [--ckpt dense.ckpt] [--cores 2]
+
+Each ONNX file runs in a DeepSparse engine (compiled for batch 1 and for batch 32, ``num_cores = --cores``) and in
+ONNX Runtime (``intra_op_num_threads = --cores``); with ``--ckpt`` (the dense checkpoint the baseline was exported
+from) also in PyTorch FP32 eager and PyTorch INT8 (torch.ao FX, x86, calibrated on random inputs: speed does not
+depend on the values), with ``torch.set_num_threads(--cores)``. Per setting: warm-up calls, then a fixed number of
+timed calls on the same random batch; latency median and 90th percentile, and images per second from the median.
+Ratios from the same run: DeepSparse pruned-quantized against ONNX Runtime dense FP32, PyTorch dense INT8 and
+DeepSparse dense FP32. One runtime is set up and measured at a time. The JSON records the CPU (model, ISA, VNNI),
+the core count and the load average when the run started (a warning is printed when other processes were using the
+cores: engines that synchronise threads slow down by orders of magnitude then); the table is printed, and so are the
+equivalent ``deepsparse.benchmark`` command lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+BATCHES = (1, 32)
+BASELINE, SPARSE = "dense fp32", "pruned-quantized"
+# what DeepSparse on the pruned-quantized model is compared with: name -> (model, runtime) of a row
+REFERENCES = {"onnxruntime dense fp32": (BASELINE, "onnxruntime"), "pytorch dense int8": ("dense int8", "pytorch int8 (fx, x86)"),
+              "deepsparse dense fp32": (BASELINE, "deepsparse")}
+
+
+def parser(prog: str = "lit-kd bench", out: str = "results/sparse_speed.json") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--baseline", help="dense FP32 ONNX model (lit-kd export of the dense checkpoint)")
+    p.add_argument("--sparse", help="pruned-quantized ONNX model (lit-kd export of the SparseML checkpoint)")
+    p.add_argument("--ckpt", help="the dense lit-kd checkpoint: adds PyTorch FP32 eager and PyTorch INT8 rows")
+    p.add_argument("--cores", type=int, default=2, help="cores for DeepSparse, ONNX Runtime and PyTorch threads")
+    p.add_argument("--warmup", type=int, default=10, help="untimed calls before each measurement")
+    p.add_argument("--iterations-b1", type=int, default=200, help="timed calls at batch 1")
+    p.add_argument("--iterations-b32", type=int, default=30, help="timed calls at batch 32")
+    p.add_argument("--out", default=out, help="JSON results")
+    return p
+
+
+def call_seconds(fn: Callable[[], object], warmup: int, iterations: int) -> list[float]:
+    """Seconds of each of ``iterations`` calls, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    seconds = []
+    for _ in range(iterations):
+        start = time.perf_counter()
+        fn()
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def cpu_info(cores: int) -> dict:
+    from deepsparse.cpu import cpu_architecture
+
+    arch = cpu_architecture()
+    return {"cpu": cpu_model(), "isa": arch.isa, "vnni": bool(arch.vnni), "physical_cores": arch.num_cores,
+            "logical_cpus": os.cpu_count(), "cores_used": cores, "load_average_1min": os.getloadavg()[0],
+            "torch": torch.__version__}
+
+
+def deepsparse_runner(path: str, cores: int) -> Callable[[np.ndarray], object]:
+    """``run(x)`` on DeepSparse engines compiled for each batch size in BATCHES (an engine's batch size is fixed)."""
+    from deepsparse import compile_model
+
+    engines = {b: compile_model(path, batch_size=b, num_cores=cores) for b in BATCHES}
+    return lambda x: engines[len(x)].run([x], val_inp=False)
+
+
+def onnxruntime_runner(path: str, cores: int) -> Callable[[np.ndarray], object]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = cores, 1
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return lambda x: session.run(None, {"input": x})
+
+
+def torch_runner(model: nn.Module, int8: bool) -> Callable[[np.ndarray], object]:
+    """PyTorch FP32 eager, or INT8 (torch.ao FX, x86) calibrated on random inputs, of the dense model."""
+    from lit_kd.quant.torch_ptq import quantize_int8
+
+    model = quantize_int8(model.eval(), [torch.randn(32, 3, 32, 32) for _ in range(2)]) if int8 else model.eval()
+    return lambda x: model(torch.from_numpy(x))
+
+
+def time_runner(label: str, runtime: str, run: Callable[[np.ndarray], object], inputs: dict[int, np.ndarray],
+                warmup: int, iterations: dict[int, int]) -> list[dict]:
+    rows = []
+    for batch, x in inputs.items():
+        seconds = call_seconds(lambda: run(x), warmup, iterations[batch])
+        median = statistics.median(seconds)
+        rows.append({"model": label, "runtime": runtime, "batch": batch, "iterations": len(seconds),
+                     "latency_ms_median": 1000 * median, "latency_ms_p90": 1000 * float(np.percentile(seconds, 90)),
+                     "images_per_s": batch / median})
+        print(f"{label:16s} {runtime:22s} batch {batch:2d}: median {1000 * median:8.3f} ms, {batch / median:9.1f} img/s", flush=True)
+    return rows
+
+
+def measure(onnx_files: dict[str, str], torch_model: Optional[nn.Module], cores: int, warmup: int, iterations: dict[int, int]) -> list[dict]:
+    """One row per (model, runtime, batch size). One runtime is built, measured and released at a time, so idle
+    threads of another engine do not compete for the cores."""
+    torch.set_num_threads(cores)
+    torch.backends.quantized.engine = "x86"
+    settings = [(label, runtime, lambda p=path, f=factory: f(p, cores)) for label, path in onnx_files.items()
+                for runtime, factory in (("deepsparse", deepsparse_runner), ("onnxruntime", onnxruntime_runner))]
+    if torch_model is not None:
+        settings += [(BASELINE, "pytorch fp32 eager", lambda: torch_runner(torch_model, int8=False)),
+                     ("dense int8", "pytorch int8 (fx, x86)", lambda: torch_runner(torch_model, int8=True))]
+    inputs = {b: np.random.default_rng(b).standard_normal((b, 3, 32, 32), dtype=np.float32) for b in BATCHES}
+    with torch.inference_mode():
+        return [row for label, runtime, build in settings for row in time_runner(label, runtime, build(), inputs, warmup, iterations)]
+
+
+def ratios(rows: list[dict]) -> dict[str, float]:
+    """Images per second of DeepSparse pruned-quantized over each reference, per batch size (same run)."""
+    def ips(model: str, runtime: str, batch: int) -> Optional[float]:
+        return next((r["images_per_s"] for r in rows if (r["model"], r["runtime"], r["batch"]) == (model, runtime, batch)), None)
+
+    out = {}
+    for batch in BATCHES:
+        sparse = ips(SPARSE, "deepsparse", batch)
+        for name, (model, runtime) in REFERENCES.items():
+            reference = ips(model, runtime, batch)
+            if sparse and reference:
+                out[f"deepsparse {SPARSE} vs {name}, batch {batch}"] = sparse / reference
+    return out
+
+
+def deepsparse_commands(onnx_files: dict[str, str], cores: int) -> list[str]:
+    return [f"deepsparse.benchmark {path} --batch_size {b} --num_cores {cores} --scenario sync"
+            for path in onnx_files.values() for b in BATCHES]
+
+
+def run_bench(onnx_files: dict[str, str], torch_model: Optional[nn.Module], args: argparse.Namespace) -> dict:
+    machine = cpu_info(args.cores)  # the load average before the run: other work on the cores distorts the timings
+    rows = measure(onnx_files, torch_model, args.cores, args.warmup, {1: args.iterations_b1, 32: args.iterations_b32})
+    return {"benchmark": "sparse_speed", "machine": machine, "onnx": onnx_files, "warmup": args.warmup,
+            "rows": rows, "ratios": ratios(rows), "deepsparse_benchmark_commands": deepsparse_commands(onnx_files, args.cores)}
+
+
+def print_result(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    m = result["machine"]
+    table = Table(title=f"Inference on {m['cpu']} ({m['isa']}, VNNI {'yes' if m['vnni'] else 'no'}), {m['cores_used']} cores")
+    for col in ("model", "runtime", "batch", "latency median (ms)", "latency p90 (ms)", "images/s"):
+        table.add_column(col, justify="left" if col in ("model", "runtime") else "right")
+    for r in result["rows"]:
+        table.add_row(r["model"], r["runtime"], str(r["batch"]), f"{r['latency_ms_median']:.3f}", f"{r['latency_ms_p90']:.3f}", f"{r['images_per_s']:.0f}")
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    console.print(table)
+    if m["load_average_1min"] > m["logical_cpus"] - m["cores_used"] + 0.5:
+        console.print(f"[bold red]warning:[/] load average {m['load_average_1min']:.1f} on {m['logical_cpus']} CPUs when the run "
+                      f"started: other processes shared the {m['cores_used']} cores, so these timings are not representative "
+                      "(multi-threaded engines suffer most)")
+    for name, value in result["ratios"].items():
+        console.print(f"images/s of {name}: {value:.2f}x")
+    console.print("the same with DeepSparse's own benchmark:\n  " + "\n  ".join(result["deepsparse_benchmark_commands"]))
+
+
+def report(result: dict, out: str) -> dict:
+    """Print the table, ratios and command lines; write the JSON."""
+    print_result(result)
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
+    return result
+
+
+def inputs_from_args(cli: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[dict[str, str], Optional[nn.Module]]:
+    """The ONNX files by label and the dense PyTorch model (None without ``--ckpt``); usage errors through ``cli``."""
+    for name in ("baseline", "sparse", "ckpt"):
+        value = getattr(args, name)
+        if value and not Path(value).is_file():
+            cli.error(f"--{name} {value!r} does not exist")
+    if args.cores < 1 or args.iterations_b1 < 1 or args.iterations_b32 < 1 or args.warmup < 0:
+        cli.error("--cores and --iterations-* must be >= 1, --warmup >= 0")
+    onnx_files = {label: path for label, path in ((BASELINE, args.baseline), (SPARSE, args.sparse)) if path}
+    torch_model = None
+    if args.ckpt:
+        from lit_kd.export import load_for_export
+
+        try:
+            torch_model, qat = load_for_export(args.ckpt)
+        except ValueError as err:
+            cli.error(str(err))
+        if qat:
+            cli.error(f"--ckpt {args.ckpt!r} holds QAT modules: give the dense checkpoint (PyTorch INT8 is made from it)")
+    return onnx_files, torch_model
+
+
+def main(argv: Optional[list[str]] = None) -> dict:
+    cli = parser()
+    args = cli.parse_args(argv)
+    if not args.baseline and not args.sparse:
+        cli.error("give at least one ONNX model: --baseline dense.onnx and/or --sparse pruned_quantized.onnx")
+    onnx_files, torch_model = inputs_from_args(cli, args)
+    return report(run_bench(onnx_files, torch_model, args), args.out)

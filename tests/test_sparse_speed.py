@@ -1,0 +1,39 @@
+"""benchmarks/sparse_speed.py end to end with tiny settings: it makes a dense and a pruned-quantized resnet8, times
+them in DeepSparse, ONNX Runtime and PyTorch, and writes the JSON it promises (no speed is asserted)."""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+
+from benchmarks import sparse_speed
+
+
+def test_sparse_speed_json(tmp_path):
+    out = tmp_path / "s.json"
+    sparse_speed.main(["--model", "resnet8", "--sparsity", "0.75", "--cores", "1", "--warmup", "1", "--iterations-b1", "3",
+                       "--iterations-b32", "2", "--onnx-dir", str(tmp_path / "onnx"), "--out", str(out)])
+    result = json.loads(out.read_text())
+    runtimes = {("dense fp32", "deepsparse"), ("dense fp32", "onnxruntime"), ("pruned-quantized", "deepsparse"),
+                ("pruned-quantized", "onnxruntime"), ("dense fp32", "pytorch fp32 eager"), ("dense int8", "pytorch int8 (fx, x86)")}
+    assert {(r["model"], r["runtime"], r["batch"]) for r in result["rows"]} == {(*rt, b) for rt in runtimes for b in (1, 32)}
+    assert all(r["iterations"] == {1: 3, 32: 2}[r["batch"]] for r in result["rows"])
+    ips = {(r["model"], r["runtime"], r["batch"]): r["images_per_s"] for r in result["rows"]}
+    for batch in (1, 32):
+        assert result["ratios"][f"deepsparse pruned-quantized vs pytorch dense int8, batch {batch}"] == pytest.approx(
+            ips["pruned-quantized", "deepsparse", batch] / ips["dense int8", "pytorch int8 (fx, x86)", batch])
+    assert result["machine"]["cores_used"] == 1 and isinstance(result["machine"]["vnni"], bool)
+    assert result["made_here"] == {"model": "resnet8", "sparsity": 0.75, "weights": "initial (speed only)"}
+    pruned = onnx.load(result["onnx"]["pruned-quantized"])
+    init = {t.name: onnx.numpy_helper.to_array(t) for t in pruned.graph.initializer}
+    convs = [n for n in pruned.graph.node if n.op_type == "ConvInteger"]
+    assert convs and all(abs((init[n.input[1]] == init[n.input[3]]).mean() - 0.75) < 0.01 for n in convs)
+    assert len(result["deepsparse_benchmark_commands"]) == 4
+
+
+def test_sparse_speed_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        sparse_speed.main(["--help"])
+    assert exit_info.value.code == 0 and "--sparsity" in capsys.readouterr().out
