@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from benchmarks.common import machine_info, write_json

@@ -83,18 +83,19 @@ def real_cifar10() -> Path:
     return path
 
 
+@pytest.fixture()
+def in_tmp(tmp_path, monkeypatch) -> Path:
+    """Run in a temporary directory (Lightning writes lightning_logs/ into the working directory)."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
 @pytest.fixture(scope="session")
 def trained_ckpt(tiny_zip, tmp_path_factory) -> Path:
     """best.ckpt of a resnet8 trained for 3 epochs on the fixture data through the real CLI (shared by the tests
     of the commands that read checkpoints)."""
-    from tests.helpers import run_cli, write_config
+    from tests.helpers import run_cli_in, write_config
 
     root = tmp_path_factory.mktemp("trained")
-    config = write_config(root / "trained_resnet8.yaml", tiny_zip, model="resnet8", epochs=3)
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        cli = run_cli("fit", "--config", config)
-    finally:
-        os.chdir(cwd)
+    cli = run_cli_in(root, "fit", "--config", write_config(root / "trained_resnet8.yaml", tiny_zip, model="resnet8", epochs=3))
     return Path(root, cli.trainer.checkpoint_callback.best_model_path)

@@ -58,6 +58,16 @@ def run_cli(*args: str):
     return run([*map(str, args), *QUIET])
 
 
+def run_cli_in(directory: Path, *args: str):
+    """``run_cli`` with ``directory`` as the working directory (for module- and session-scoped fixtures)."""
+    cwd = os.getcwd()
+    os.chdir(directory)
+    try:
+        return run_cli(*args)
+    finally:
+        os.chdir(cwd)
+
+
 def run_console_script(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     """The installed ``lit-kd`` console script in a subprocess."""
     exe = Path(sys.executable).with_name("lit-kd")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ import yaml
 from lit_kd.callbacks import IterativePruning
 from lit_kd.models import build_model, model_summary
 from lit_kd.modules import ClassifierModule, load_network
-from tests.helpers import load_state, run_cli, scalars, write_config
+from tests.helpers import load_state, run_cli, run_cli_in, scalars, write_config
 
 RESNET8_PARAMS = 75_290
 TARGET = 22_587  # 30 % of ResNet-8: a cycle of 50 % at epoch 0, the next (epoch 2) lands exactly on the target
@@ -41,24 +40,11 @@ def pruning_callback(cli) -> IterativePruning:
     return next(c for c in cli.trainer.callbacks if isinstance(c, IterativePruning))
 
 
-@pytest.fixture()
-def in_tmp(tmp_path):
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    yield tmp_path
-    os.chdir(cwd)
-
-
 @pytest.fixture(scope="module")
 def full_run(tiny_zip, tmp_path_factory):
     """Three epochs uninterrupted: pruning at epochs 0 and 2 (two epochs per cycle)."""
     root = tmp_path_factory.mktemp("prune")
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        cli = run_cli("fit", "--config", pruning_config(root / "prune.yaml", tiny_zip, epochs=3))
-    finally:
-        os.chdir(cwd)
+    cli = run_cli_in(root, "fit", "--config", pruning_config(root / "prune.yaml", tiny_zip, epochs=3))
     return root, root / cli.trainer.logger.log_dir, pruning_callback(cli).history
 
 

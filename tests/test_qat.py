@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -29,31 +28,9 @@ def qat_config(path: Path, data_dir: Path, epochs: int, **init_args) -> Path:
     return path
 
 
-@pytest.fixture()
-def in_tmp(tmp_path):
-    """Run in a temporary directory."""
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    yield tmp_path
-    os.chdir(cwd)
-
-
 def int8_accuracy(model, batches) -> float:
     torch.use_deterministic_algorithms(False)
     return accuracy(model, batches)
-
-
-@pytest.fixture(scope="module")
-def float_ckpt(tiny_zip, tmp_path_factory) -> Path:
-    """A float ResNet-8 trained briefly on the fixture: the student QAT starts from."""
-    root = tmp_path_factory.mktemp("float")
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        cli = run_cli("fit", "--config", write_config(root / "float_student.yaml", tiny_zip, model="resnet8", epochs=3))
-    finally:
-        os.chdir(cwd)
-    return root / cli.trainer.checkpoint_callback.best_model_path
 
 
 def test_qat_trains_resumes_converts_and_tests_int8(in_tmp, tiny_zip):
@@ -91,26 +68,26 @@ def test_qat_trains_resumes_converts_and_tests_int8(in_tmp, tiny_zip):
     assert tested.trainer.callback_metrics["test/acc"].item() == pytest.approx(expected)
 
 
-def test_qat_starts_from_the_float_checkpoint(in_tmp, tiny_zip, float_ckpt):
+def test_qat_starts_from_the_float_checkpoint(in_tmp, tiny_zip, trained_ckpt):
     """With zero QAT epochs the saved INT8 model is the float student quantized: its accuracy stays close."""
-    config = qat_config(in_tmp / "qat_init.yaml", tiny_zip, epochs=0, init_ckpt=str(float_ckpt))
+    config = qat_config(in_tmp / "qat_init.yaml", tiny_zip, epochs=0, init_ckpt=str(trained_ckpt))
     cli = run_cli("fit", "--config", config)
     data = CIFAR10DataModule(str(tiny_zip))
-    float_acc = accuracy(load_weights(build_model("resnet8"), float_ckpt).eval(), data.normalized_batches("test", 64))
+    float_acc = accuracy(load_weights(build_model("resnet8"), trained_ckpt).eval(), data.normalized_batches("test", 64))
     int8 = load_int8_model(Path(cli.trainer.checkpoint_callback.dirpath) / INT8_FILE)
     assert float_acc > 0.3
     assert abs(int8_accuracy(int8, data.normalized_batches("test", 64)) - float_acc) <= 0.1
 
 
-def test_qat_with_distillation_loss_and_feature_taps(in_tmp, tiny_zip, float_ckpt):
+def test_qat_with_distillation_loss_and_feature_taps(in_tmp, tiny_zip, trained_ckpt):
     write_config(in_tmp / "qat_kd.yaml", tiny_zip, model="resnet8", epochs=1)
     config = yaml.safe_load((in_tmp / "qat_kd.yaml").read_text())
     init = config["model"]["init_args"]
     config["model"] = {"class_path": "lit_kd.modules.DistillationModule", "init_args": {
-        "student": "resnet8", "teacher_ckpt": str(float_ckpt), "optimizer": init["optimizer"], "num_example_images": 0,
+        "student": "resnet8", "teacher_ckpt": str(trained_ckpt), "optimizer": init["optimizer"], "num_example_images": 0,
         "losses": ["ce", "soft_ce", "feature_mse"], "feature_pairs": [{"student": "layer3", "teacher": "layer3"}],
     }}
-    config["trainer"]["callbacks"] = [{"class_path": QAT_CALLBACK["class_path"], "init_args": {"init_ckpt": str(float_ckpt)}}]
+    config["trainer"]["callbacks"] = [{"class_path": QAT_CALLBACK["class_path"], "init_args": {"init_ckpt": str(trained_ckpt)}}]
     config["trainer"]["limit_train_batches"] = 3
     (in_tmp / "qat_kd.yaml").write_text(yaml.safe_dump(config))
     cli = run_cli("fit", "--config", in_tmp / "qat_kd.yaml")

@@ -31,14 +31,6 @@ def recipe_config(path: Path, data_dir: Path, extra_callbacks=(), recipe="gmp_qa
     return path
 
 
-@pytest.fixture()
-def in_tmp(tmp_path):
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    yield tmp_path
-    os.chdir(cwd)
-
-
 def layer_sparsity(state: dict) -> dict[str, float]:
     """Fraction of zeros of every conv/linear weight in a checkpoint's state dict (QAT-wrapped names included)."""
     return {k: (v == 0).float().mean().item() for k, v in state.items()
@@ -110,9 +102,11 @@ def test_stopping_rule_is_refused(in_tmp, tiny_zip):
         run_cli("fit", "--config", recipe_config(in_tmp / "stop.yaml", tiny_zip, extra_callbacks=[stop]))
 
 
-def python(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "NM_DISABLE_ANALYTICS": "1"})
+def python(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter (the fixes must not already be applied), in ``cwd`` (SparseML writes
+    ``sparse_logs/`` into the working directory when a manager gets no logger)."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=cwd,
+                          env={**os.environ, "NM_DISABLE_ANALYTICS": "1", "PYTHONPATH": str(REPO)})
 
 
 QAT_RECIPE = "modifiers:\n  - !QuantizationModifier\n    start_epoch: 0.0\n"
@@ -126,9 +120,9 @@ APPLY_QAT = (
 )
 
 
-def test_qconfig_fix_is_needed_and_sufficient():
-    bare = python(APPLY_QAT)
+def test_qconfig_fix_is_needed_and_sufficient(tmp_path):
+    bare = python(APPLY_QAT, tmp_path)
     assert bare.returncode != 0 and "has no attribute 'quantization_scheme'" in bare.stderr
-    fixed = python("from lit_kd.compat.sparseml import apply_sparseml_compat; apply_sparseml_compat()\n" + APPLY_QAT)
+    fixed = python("from lit_kd.compat.sparseml import apply_sparseml_compat; apply_sparseml_compat()\n" + APPLY_QAT, tmp_path)
     assert fixed.returncode == 0, fixed.stderr[-2000:]
     assert int(fixed.stdout.split()[-1]) >= 8  # fake quantization on every conv and the linear layer
