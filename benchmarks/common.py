@@ -12,6 +12,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from lit_kd.bench import cpu_model
+
 
 def training_speed_parser(description: str, out: str) -> argparse.ArgumentParser:
     """Arguments shared by the training-speed benchmarks (data, batch size, warm-up, timed steps, repeats, threads)."""
@@ -24,16 +26,6 @@ def training_speed_parser(description: str, out: str) -> argparse.ArgumentParser
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--out", default=out)
     return parser
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def machine_info(threads: int) -> dict:

@@ -63,6 +63,7 @@ def call_seconds(fn: Callable[[], object], warmup: int, iterations: int) -> list
 
 
 def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (benchmark JSON records it)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
