@@ -2,8 +2,8 @@
 
 Besides what a config asks for, every run gets: a TensorBoard logger writing to
 ``lightning_logs/<experiment>/version_N`` (experiment = the config file's name unless the config sets a logger),
-checkpoints of the best ``val/acc`` (``best.ckpt``) and of the last epoch (``last.ckpt``) under ``checkpoints/``
-there, written atomically, and rich progress bar and model summary.
+checkpoints of the best ``val/acc`` (``best.ckpt``) and of the last epoch (``last.ckpt``, after every epoch:
+:class:`~lit_kd.callbacks.BestAndLastCheckpoint`) under ``checkpoints/`` there, written atomically, and rich progress bar and model summary.
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ def experiment_name(config_paths: list) -> str:
 
 
 def best_checkpoint_callback() -> ModelCheckpoint:
-    return ModelCheckpoint(monitor="val/acc", mode="max", filename="best", save_last=True, auto_insert_metric_name=False)
+    from lit_kd.callbacks.best_and_last_checkpoint import BestAndLastCheckpoint
+
+    return BestAndLastCheckpoint(monitor="val/acc", mode="max", filename="best", save_last=True, auto_insert_metric_name=False)
 
 
 class LitKDCLI(LightningCLI):

@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torchvision
 from torch.ao.quantization import MinMaxObserver as TorchMinMax
 
@@ -16,7 +17,7 @@ from lit_kd.quant.adaround import adaround, reconstruction_error
 from lit_kd.quant.integer_model import to_int8_model
 from lit_kd.quant.layers import ActivationQuantizer, QuantizedLayer
 from lit_kd.quant.observers import MinMaxObserver
-from lit_kd.quant.ptq import capture
+from lit_kd.quant.ptq import capture, following_relu
 
 
 def reference_fake_quant(x: torch.Tensor, lo: float, hi: float, bits: int, symmetric: bool) -> torch.Tensor:
@@ -257,6 +258,37 @@ def test_adaround_does_not_increase_reconstruction_error():
     assert reconstruction_error(layer, layer.layer.weight, inputs, targets) == pytest.approx(result.error_learned, rel=1e-4)
     # each weight moved at most one grid step from its nearest rounding
     assert (result.codes - layer.weight_codes(conv.weight)).abs().max() <= 1
+
+
+def test_adaround_reconstructs_after_the_following_relu():
+    torch.manual_seed(1)
+    conv = nn.Conv2d(8, 16, 3, padding=1)
+    inputs = torch.randn(128, 8, 8, 8).relu()
+    with torch.no_grad():
+        targets = conv(inputs)
+    layer = QuantizedLayer(copy.deepcopy(conv), ActivationQuantizer(make_observer("minmax"), 8), weight_bits=3, weight_symmetric=True)
+    layer.input_quantizer.observing = True
+    layer(inputs)
+    layer.input_quantizer.calibrate()
+    wobs = make_observer("minmax", axis=0)
+    wobs(conv.weight)
+    layer.set_weight_qparams(*wobs.qparams(3, True))
+    result = adaround(layer, inputs, targets, iterations=300, activation=F.relu)
+    assert result.kept == "adaround" and result.error_learned < result.error_nearest
+    # the errors are those after the ReLU
+    nearest = layer.fake_quantize_weight(conv.weight)
+    after_relu = (F.relu(layer.forward_with_weight(inputs, nearest)) - F.relu(targets)).pow(2).mean().item()
+    assert result.error_nearest == pytest.approx(after_relu, rel=1e-4)
+    assert after_relu < reconstruction_error(layer, nearest, inputs, targets)
+
+
+def test_following_relu_is_read_from_the_traced_graph():
+    folded = fold_batchnorm(build_model("resnet8").eval())
+    assert following_relu(folded, "conv1") is F.relu  # stem conv -> (folded bn) -> relu
+    assert following_relu(folded, "layer1.0.conv1") is F.relu
+    assert following_relu(folded, "layer1.0.conv2") is None  # goes into the residual addition first
+    assert following_relu(folded, "linear") is None
+    assert following_relu(build_model("resnet8").eval(), "conv1") is None  # not traced: no graph to read
 
 
 @pytest.mark.parametrize("bits", [0, 1, 17, 33, 4.5])

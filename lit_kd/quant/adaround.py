@@ -2,7 +2,9 @@
 
 The weight becomes ``scale * (clamp(floor(w / scale) + h(V) + zp, qmin, qmax) - zp)`` with the rectified sigmoid
 ``h(V) = clamp(sigmoid(V) * (zeta - gamma) + gamma, 0, 1)``. ``V`` minimises the layer's output reconstruction
-error (squared error summed per sample, averaged over the batch) against the float model plus
+error (squared error summed per sample, averaged over the batch) against the float model, measured after the
+activation that follows the layer when there is one (a ReLU: errors on outputs the ReLU zeroes do not count, as in
+the paper's asymmetric reconstruction), plus
 ``reg_weight * sum(1 - |2 h(V) - 1| ** beta)``, with ``beta`` annealed from 20 to 2 after a warm-up without the
 regulariser, which drives every ``h`` to 0 or 1. Adam at lr 1e-2 (the reference uses 1e-3 for 20k steps; a CPU
 budget of about 1000 steps per layer needs the larger rate). The result is hard-rounded; if it reconstructs worse
@@ -12,6 +14,7 @@ than rounding to nearest on the calibration inputs, rounding to nearest is kept.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -34,13 +37,22 @@ def _rectified_sigmoid(v: Tensor) -> Tensor:
     return torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, 0, 1)
 
 
-def reconstruction_error(layer: QuantizedLayer, weight: Tensor, inputs: Tensor, targets: Tensor, batch_size: int = 256) -> float:
-    """Mean squared error of the layer's output with ``weight`` against ``targets``, over all calibration inputs."""
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+def reconstruction_error(
+    layer: QuantizedLayer, weight: Tensor, inputs: Tensor, targets: Tensor, batch_size: int = 256,
+    activation: Optional[Callable[[Tensor], Tensor]] = None,
+) -> float:
+    """Mean squared error of ``activation(layer output)`` with ``weight`` against ``activation(targets)``, over all
+    calibration inputs (no activation: the layer's output itself)."""
+    act = activation or _identity
     total, count = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(inputs), batch_size):
-            out = layer.forward_with_weight(inputs[start : start + batch_size], weight)
-            total += (out - targets[start : start + batch_size]).pow(2).sum().item()
+            out = act(layer.forward_with_weight(inputs[start : start + batch_size], weight))
+            total += (out - act(targets[start : start + batch_size])).pow(2).sum().item()
             count += out.numel()
     return total / max(count, 1)
 
@@ -56,9 +68,13 @@ def adaround(
     warmup: float = 0.2,
     beta_range: tuple[float, float] = (20.0, 2.0),
     seed: int = 0,
+    activation: Optional[Callable[[Tensor], Tensor]] = None,
 ) -> RoundingResult:
     """Learn the rounding of ``layer``'s float weight (``layer.layer.weight``) given its calibration ``inputs`` (as
-    seen in the quantized model) and the float model's outputs ``targets``; returns the integer codes."""
+    seen in the quantized model) and the float model's outputs ``targets`` (before ``activation``, the function that
+    follows the layer, applied here to both sides); returns the integer codes."""
+    act = activation or _identity
+    targets = act(targets)
     weight = layer.layer.weight.detach().clone()
     axis = layer.weight_axis
     view = [-1] + [1] * (weight.dim() - 1) if axis is not None else []
@@ -78,7 +94,7 @@ def adaround(
     for step in range(iterations):
         idx = torch.randint(len(inputs), (min(batch_size, len(inputs)),), generator=generator)
         h = _rectified_sigmoid(v)
-        out = layer.forward_with_weight(inputs[idx], soft_weight(h))
+        out = act(layer.forward_with_weight(inputs[idx], soft_weight(h)))
         loss = (out - targets[idx]).pow(2).flatten(1).sum(1).mean()  # as in the reference code (BRECQ)
         if step >= warm:
             progress = (step - warm) / max(iterations - warm, 1)
@@ -91,8 +107,8 @@ def adaround(
     with torch.no_grad():
         learned = torch.clamp(floor + (v >= 0).float() + zero_point, qmin, qmax)
         nearest = layer.weight_codes(weight)
-        err_learned = reconstruction_error(layer, dequantize(learned, layer.weight_scale, layer.weight_zero_point, axis), inputs, targets)
-        err_nearest = reconstruction_error(layer, dequantize(nearest, layer.weight_scale, layer.weight_zero_point, axis), inputs, targets)
+        err_learned = reconstruction_error(layer, dequantize(learned, layer.weight_scale, layer.weight_zero_point, axis), inputs, targets, activation=act)
+        err_nearest = reconstruction_error(layer, dequantize(nearest, layer.weight_scale, layer.weight_zero_point, axis), inputs, targets, activation=act)
     if err_learned <= err_nearest:
         return RoundingResult(learned, err_nearest, err_learned, "adaround")
     return RoundingResult(nearest, err_nearest, err_learned, "nearest")

@@ -11,10 +11,11 @@ execution order, each seeing the already-quantized layers before it.
 from __future__ import annotations
 
 import copy
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 
 from lit_kd.quant.adaround import adaround
@@ -101,6 +102,26 @@ def execution_order(model: nn.Module, example: Tensor) -> list[str]:
         for h in handles:
             h.remove()
     return order
+
+
+def following_relu(model: nn.Module, path: str) -> Optional[Callable[[Tensor], Tensor]]:
+    """``F.relu`` when the output of the layer at ``path`` goes only into a ReLU in ``model``'s ``torch.fx`` graph,
+    else None (also for models that are not traced, ``fold_bn=False``)."""
+    if not isinstance(model, torch.fx.GraphModule):
+        return None
+    for node in model.graph.nodes:
+        if node.op == "call_module" and node.target == path:
+            users = list(node.users)
+            return F.relu if len(users) == 1 and _is_relu(model, users[0]) else None
+    return None
+
+
+def _is_relu(model: nn.Module, node: torch.fx.Node) -> bool:
+    if node.op == "call_module":
+        return isinstance(model.get_submodule(node.target), nn.ReLU)
+    if node.op == "call_function":
+        return node.target in (F.relu, torch.relu, torch.relu_)
+    return node.op == "call_method" and node.target in ("relu", "relu_")
 
 
 def _replace(model: nn.Module, path: str, new: nn.Module) -> None:
@@ -194,7 +215,8 @@ def quantize(
                 layer.layer.weight.copy_(layer.float_weight)
             inputs = capture(qmodel, layer, sample, "input")
             targets = capture(float_model, float_model.get_submodule(path), sample, "output")
-            result = adaround(layer, inputs, targets, iterations=adaround_iterations)
+            activation = following_relu(float_model, path)
+            result = adaround(layer, inputs, targets, iterations=adaround_iterations, activation=activation)
             layer.set_weight_codes(result.codes)
             layer.rounding = result.kept
 
