@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from lit_kd.data import CIFAR10DataModule
 from lit_kd.modules import load_network
@@ -45,3 +46,22 @@ def test_ptq_rejects_bad_bit_width_and_missing_checkpoint(trained_ckpt, tmp_path
     assert proc.returncode != 0 and "integer from 2 to 16, got 1" in proc.stderr
     proc = lit_kd("ptq", "--ckpt", tmp_path / "nope.ckpt", cwd=tmp_path)
     assert proc.returncode != 0 and "nope.ckpt' does not exist" in proc.stderr
+
+
+def test_weight_observer_option_quantizes_weights_with_its_own_observer(trained_ckpt, tiny_zip, tmp_path):
+    from lit_kd.quant import quantize
+    from lit_kd.quant.study import main
+
+    result = main(["--ckpt", str(trained_ckpt), "--data-dir", str(tiny_zip), "--bits", "3", "--observer", "minmax", "--weight-observer", "mse",
+                   "--calib-batches", "2", "--batch-size", "32", "--first-last-8bit", "no", "--no-pytorch", "--threads", "1", "--out", str(tmp_path / "p.json")])
+    row = next(r for r in result["rows"] if r["runtime"] == "ours")
+    assert row["method"] == "minmax (weights mse)"
+    data = CIFAR10DataModule(str(tiny_zip))
+    calib = list(data.normalized_batches("train", 32, 64, shuffle=True))
+    test = list(data.normalized_batches("test", 1000))
+    model = load_network(trained_ckpt)
+    expected = accuracy(quantize(model, calib, 3, 3, "minmax", weight_observer="mse"), test)
+    assert row["acc"] == pytest.approx(expected)
+    # and the weights did get a different grid than the plain minmax row would give them
+    plain, mse = quantize(model, calib, 3, 3, "minmax"), quantize(model, calib, 3, 3, "minmax", weight_observer="mse")
+    assert any(not torch.equal(a, b) for a, b in zip(plain.state_dict().values(), mse.state_dict().values()) if a.dtype.is_floating_point)

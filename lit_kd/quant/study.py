@@ -43,6 +43,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bits", type=int, nargs="+", default=[16, 8, 4, 2], help="bit widths, weights and activations alike")
     p.add_argument("--weight-only-bits", type=int, nargs="*", default=[], help="also weight-only rows at these widths (activations at 8 bits)")
     p.add_argument("--observer", nargs="+", default=["minmax"], choices=OBSERVERS)
+    p.add_argument("--weight-observer", choices=OBSERVERS, default=None, help="observer for weights (default: the activation observer of the row)")
     p.add_argument("--rounding", nargs="+", default=["nearest"], choices=ROUNDINGS)
     p.add_argument("--granularity", nargs="+", default=["per_channel"], choices=["per_channel", "per_tensor"])
     p.add_argument("--first-last-8bit", choices=["no", "yes", "both"], default="both", help="keep first and last layers at 8 bits")
@@ -91,10 +92,12 @@ def run_study(args: argparse.Namespace) -> dict:
     widths = [(b, b) for b in args.bits] + [(b, 8) for b in args.weight_only_bits]
     corrections = [False, True] if args.bias_correction else [False]
     for (wb, ab), observer, rounding, gran, fl, bc in itertools.product(widths, args.observer, args.rounding, args.granularity, first_last, corrections):
-        method = observer + ("" if rounding == "nearest" else f" + {rounding}") + (" + bias corr." if bc else "")
+        weights = f" (weights {args.weight_observer})" if args.weight_observer and args.weight_observer != observer else ""
+        method = observer + weights + ("" if rounding == "nearest" else f" + {rounding}") + (" + bias corr." if bc else "")
         qmodel, pred = add("ours", wb, ab, method, gran, fl, lambda: quantize(
             model, calib, wb, ab, observer, per_channel=gran == "per_channel", rounding=rounding,
             keep_first_last_8bit=fl, bias_correction=bc, adaround_iterations=args.adaround_iterations,
+            weight_observer=args.weight_observer,
         ))
         if (wb, ab, rounding, fl, bc) == (8, 8, "nearest", False, False):  # the same model in integer arithmetic
             _, int_pred = add("ours int", 8, 8, method + " (int8 x int8 -> int32)", gran, fl, lambda: to_int8_model(qmodel))
