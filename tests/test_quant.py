@@ -238,19 +238,25 @@ def test_bias_correction_removes_the_mean_output_shift():
     assert mean_shift(corrected) < 1e-4 < mean_shift(plain)
 
 
-def test_adaround_does_not_increase_reconstruction_error():
-    torch.manual_seed(0)
+def conv_to_round(seed: int, bits: int = 3):
+    """A random conv, its calibration inputs and float outputs, and its QuantizedLayer with min-max grids."""
+    torch.manual_seed(seed)
     conv = nn.Conv2d(8, 16, 3, padding=1)
     inputs = torch.randn(128, 8, 8, 8).relu()
     with torch.no_grad():
         targets = conv(inputs)
-    layer = QuantizedLayer(copy.deepcopy(conv), ActivationQuantizer(make_observer("minmax"), 8), weight_bits=3, weight_symmetric=True)
+    layer = QuantizedLayer(copy.deepcopy(conv), ActivationQuantizer(make_observer("minmax"), 8), weight_bits=bits, weight_symmetric=True)
     layer.input_quantizer.observing = True
     layer(inputs)
     layer.input_quantizer.calibrate()
     wobs = make_observer("minmax", axis=0)
     wobs(conv.weight)
-    layer.set_weight_qparams(*wobs.qparams(3, True))
+    layer.set_weight_qparams(*wobs.qparams(bits, True))
+    return conv, inputs, targets, layer
+
+
+def test_adaround_does_not_increase_reconstruction_error():
+    conv, inputs, targets, layer = conv_to_round(seed=0)
     result = adaround(layer, inputs, targets, iterations=300)
     assert result.kept == "adaround"
     assert result.error_learned < result.error_nearest
@@ -261,18 +267,7 @@ def test_adaround_does_not_increase_reconstruction_error():
 
 
 def test_adaround_reconstructs_after_the_following_relu():
-    torch.manual_seed(1)
-    conv = nn.Conv2d(8, 16, 3, padding=1)
-    inputs = torch.randn(128, 8, 8, 8).relu()
-    with torch.no_grad():
-        targets = conv(inputs)
-    layer = QuantizedLayer(copy.deepcopy(conv), ActivationQuantizer(make_observer("minmax"), 8), weight_bits=3, weight_symmetric=True)
-    layer.input_quantizer.observing = True
-    layer(inputs)
-    layer.input_quantizer.calibrate()
-    wobs = make_observer("minmax", axis=0)
-    wobs(conv.weight)
-    layer.set_weight_qparams(*wobs.qparams(3, True))
+    conv, inputs, targets, layer = conv_to_round(seed=1)
     result = adaround(layer, inputs, targets, iterations=300, activation=F.relu)
     assert result.kept == "adaround" and result.error_learned < result.error_nearest
     # the errors are those after the ReLU

@@ -113,6 +113,7 @@ class SparseMLRecipe(L.Callback):
         self._resume_state: Optional[dict] = None
         self._step_epoch: Optional[float] = None
         self._paused: list[nn.Module] = []
+        self._hooked: Optional[nn.Module] = None
 
     @property
     def max_epochs(self) -> int:
@@ -134,7 +135,9 @@ class SparseMLRecipe(L.Callback):
             from lit_kd.modules.loading import load_weights
 
             load_weights(network, self.init_ckpt)
-        network.register_load_state_dict_pre_hook(self._apply_structure_for_checkpoint)
+        if self._hooked is not network:  # once per network, however many stages (fit, then test) set it up
+            network.register_load_state_dict_pre_hook(self._apply_structure_for_checkpoint)
+            self._hooked = network
 
     def _apply_structure_for_checkpoint(self, module, state_dict, prefix, *args) -> None:
         """Before a state dict with QAT modules loads into the fresh network, give the network that structure."""
