@@ -32,7 +32,7 @@ def pruned_quantized(dense: nn.Module, sparsity: float, calib_batches: int = 4) 
 
     from lit_kd.callbacks.sparseml_recipe import build_manager, quiet_loggers, read_recipe
 
-    network = copy.deepcopy(dense)
+    network = copy.deepcopy(dense).train()  # QAT fusion (fuse_modules_qat) happens in training mode, as in a real run
     build_manager(read_recipe(str(RECIPE)), {"final_sparsity": sparsity}).apply(network, loggers=quiet_loggers())
     network.train().apply(enable_observer)
     with torch.no_grad():

@@ -3,6 +3,7 @@ distillation loss, recipe errors; and the compatibility fixes it needs."""
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -126,3 +127,55 @@ def test_qconfig_fix_is_needed_and_sufficient(tmp_path):
     fixed = python("from lit_kd.compat.sparseml import apply_sparseml_compat; apply_sparseml_compat()\n" + APPLY_QAT, tmp_path)
     assert fixed.returncode == 0, fixed.stderr[-2000:]
     assert int(fixed.stdout.split()[-1]) >= 8  # fake quantization on every conv and the linear layer
+
+
+QAT_ONLY_RECIPE = """
+modifiers:
+  - !QuantizationModifier
+    start_epoch: 0.0
+"""
+
+
+def qat_structure_output(network: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The output of ``network`` (eval mode) after SparseML's QAT structure, with fake quantization switched off."""
+    from torch.ao.quantization import disable_fake_quant, disable_observer
+
+    from lit_kd.callbacks.sparseml_recipe import build_manager, quiet_loggers
+
+    network = copy.deepcopy(network).train()
+    build_manager(QAT_ONLY_RECIPE).apply_structure(network, epoch=0.0, loggers=quiet_loggers())
+    assert any("weight_fake_quant" in name for name, _ in network.named_modules())
+    network.apply(disable_fake_quant).apply(disable_observer).eval()
+    with torch.no_grad():
+        return network(x)
+
+
+def with_running_statistics(network: torch.nn.Module) -> torch.nn.Module:
+    with torch.no_grad():
+        for _ in range(3):
+            network.train()(torch.randn(16, 3, 32, 32))
+    return network.eval()
+
+
+@pytest.mark.parametrize("name", ["resnet8", "resnet18", "resnet50", "resnet101_trunc"])
+def test_sparseml_qat_fusion_keeps_the_function_of_every_architecture(name):
+    from lit_kd.models import build_model
+
+    torch.manual_seed(0)
+    network = with_running_statistics(build_model(name))
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        expected = network(x)
+    assert torch.allclose(qat_structure_output(network, x), expected, rtol=1e-3, atol=1e-3 * expected.abs().max().item())
+
+
+def test_torchvision_blocks_as_they_are_lose_their_relus_in_sparseml_fusion():
+    """Why lit_kd.models.fusable_blocks exists: torchvision's shared ReLU is fused away (replaced by Identity)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    network = with_running_statistics(torchvision.models.resnet18(num_classes=10))
+    x = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        expected = network(x)
+    assert not torch.allclose(qat_structure_output(network, x), expected, rtol=1e-2, atol=1e-2 * expected.abs().max().item())

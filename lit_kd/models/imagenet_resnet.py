@@ -3,7 +3,8 @@
 The CIFAR adaptation replaces the 7x7 stride-2 stem and the max-pool by a 3x3 stride-1 convolution, so a 32x32
 image reaches layer4 at 4x4 instead of 1x1. ``stem="imagenet"`` keeps torchvision's stem untouched: with
 ImageNet ``weights`` that is the literal "replace only the final linear layer" fine-tune; with the CIFAR stem the
-new stem is trained from scratch together with all other (pretrained) weights.
+new stem is trained from scratch together with all other (pretrained) weights. Residual blocks are torchvision's
+with one ReLU module per use (:mod:`lit_kd.models.fusable_blocks`), so SparseML's QAT fusion keeps their function.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ import torch.nn as nn
 import torchvision
 from torchvision.models import ResNet
 
+from lit_kd.models.fusable_blocks import make_blocks_fusable
+
 
 def adapt_resnet(model: ResNet, num_classes: int, stem: str = "cifar") -> ResNet:
-    """Swap the classifier for ``num_classes`` outputs and (``stem="cifar"``) the stem for a 3x3 stride-1 conv."""
+    """Swap the classifier for ``num_classes`` outputs and (``stem="cifar"``) the stem for a 3x3 stride-1 conv;
+    residual blocks become their fusion-safe twins (same parameter names)."""
     if stem == "cifar":
         model.conv1 = nn.Conv2d(3, model.conv1.out_channels, 3, 1, 1, bias=False)
         nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
@@ -25,7 +29,7 @@ def adapt_resnet(model: ResNet, num_classes: int, stem: str = "cifar") -> ResNet
     elif stem != "imagenet":
         raise ValueError(f"stem must be 'cifar' (3x3 stride 1, no max-pool) or 'imagenet', got {stem!r}")
     model.fc = nn.Linear(model.fc.in_features, num_classes)
-    return model
+    return make_blocks_fusable(model)
 
 
 def torchvision_resnet(arch: str, num_classes: int = 10, weights: Optional[str] = None, stem: str = "cifar") -> ResNet:
