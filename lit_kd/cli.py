@@ -3,7 +3,8 @@
 Besides what a config asks for, every run gets: a TensorBoard logger writing to
 ``lightning_logs/<experiment>/version_N`` (experiment = the config file's name unless the config sets a logger),
 checkpoints of the best ``val/acc`` (``best.ckpt``) and of the last epoch (``last.ckpt``, after every epoch:
-:class:`~lit_kd.callbacks.BestAndLastCheckpoint`) under ``checkpoints/`` there, written atomically, and rich progress bar and model summary.
+:class:`~lit_kd.callbacks.BestAndLastCheckpoint`) under ``checkpoints/`` there, written atomically, and rich
+progress bar and model summary.
 """
 
 from __future__ import annotations

@@ -74,7 +74,7 @@ def adaround(
     seen in the quantized model) and the float model's outputs ``targets`` (before ``activation``, the function that
     follows the layer, applied here to both sides); returns the integer codes."""
     act = activation or _identity
-    targets = act(targets)
+    act_targets = act(targets)  # once; reconstruction_error below takes the raw targets and applies act itself
     weight = layer.layer.weight.detach().clone()
     axis = layer.weight_axis
     view = [-1] + [1] * (weight.dim() - 1) if axis is not None else []
@@ -95,7 +95,7 @@ def adaround(
         idx = torch.randint(len(inputs), (min(batch_size, len(inputs)),), generator=generator)
         h = _rectified_sigmoid(v)
         out = act(layer.forward_with_weight(inputs[idx], soft_weight(h)))
-        loss = (out - targets[idx]).pow(2).flatten(1).sum(1).mean()  # as in the reference code (BRECQ)
+        loss = (out - act_targets[idx]).pow(2).flatten(1).sum(1).mean()  # as in the reference code (BRECQ)
         if step >= warm:
             progress = (step - warm) / max(iterations - warm, 1)
             beta = beta_range[1] + 0.5 * (beta_range[0] - beta_range[1]) * (1 + torch.cos(torch.tensor(progress * torch.pi)))
