@@ -44,7 +44,8 @@ def best_checkpoint_callback() -> ModelCheckpoint:
 
 
 class LitKDCLI(LightningCLI):
-    def __init__(self, args: Optional[list[str]] = None, **kwargs: Any):
+    def __init__(self, args: Optional[list[str]] = None, extra_callbacks: Optional[list] = None, **kwargs: Any):
+        self.extra_callbacks = list(extra_callbacks or [])  # added to the trainer's, not recorded in config.yaml
         super().__init__(
             model_class=L.LightningModule,
             datamodule_class=L.LightningDataModule,
@@ -57,7 +58,7 @@ class LitKDCLI(LightningCLI):
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> L.Trainer:
         config = dict(config)
-        given = list(config.get("callbacks") or []) + list(callbacks)
+        given = list(config.get("callbacks") or []) + list(callbacks) + self.extra_callbacks
         defaults = []
         if not any(isinstance(c, ModelCheckpoint) for c in given) and config.get("enable_checkpointing") is not False:
             defaults.append(best_checkpoint_callback())
@@ -87,8 +88,9 @@ class LitKDCLI(LightningCLI):
         return TensorBoardLogger(LOG_ROOT, name=experiment_name(subconfig.get("config") or []), default_hp_metric=False)
 
 
-def run(args: Optional[list[str]] = None) -> LitKDCLI:
-    """Run the CLI on ``args`` (default ``sys.argv[1:]``) and return the LightningCLI object."""
+def run(args: Optional[list[str]] = None, extra_callbacks: Optional[list] = None) -> LitKDCLI:
+    """Run the CLI on ``args`` (default ``sys.argv[1:]``) and return the LightningCLI object; ``extra_callbacks``
+    join the trainer's callbacks (the study runner's progress line) without entering the saved config."""
     os.environ.setdefault("NM_DISABLE_ANALYTICS", "1")
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
@@ -96,10 +98,16 @@ def run(args: Optional[list[str]] = None) -> LitKDCLI:
     import lit_kd.data  # noqa: F401
     import lit_kd.modules  # noqa: F401
 
-    return LitKDCLI(args=args)
+    return LitKDCLI(args=args, extra_callbacks=extra_callbacks)
 
 
-EXTRA_COMMANDS = {"ptq": "lit_kd.quant.study", "classify": "lit_kd.classify", "export": "lit_kd.export", "bench": "lit_kd.bench"}
+EXTRA_COMMANDS = {  # name -> (module with main(argv), one line for `lit-kd --help`)
+    "study": ("lit_kd.commands.study", "run a whole study (stages, checkpoint reuse, resume) and write its report"),
+    "ptq": ("lit_kd.quant.study", "post-training quantization of a checkpoint at several widths and methods"),
+    "export": ("lit_kd.export", "a checkpoint to ONNX, validated in ONNX Runtime and DeepSparse"),
+    "bench": ("lit_kd.bench", "DeepSparse / ONNX Runtime / PyTorch speed at batch 1 and 32"),
+    "classify": ("lit_kd.classify", "predictions for image files, or test accuracy"),
+}
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -108,7 +116,19 @@ def main(argv: Optional[list[str]] = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in EXTRA_COMMANDS:
         os.environ.setdefault("NM_DISABLE_ANALYTICS", "1")
-        importlib.import_module(EXTRA_COMMANDS[argv[0]]).main(argv[1:])
+        status = importlib.import_module(EXTRA_COMMANDS[argv[0]][0]).main(argv[1:])
+        if isinstance(status, int):
+            sys.exit(status)
+        return
+    if not argv or argv[0] in ("-h", "--help"):
+        try:
+            run(["--help"])
+        except SystemExit:
+            pass
+        print("\nmore subcommands (each with its own --help):\n"
+              + "\n".join(f"  {name:9s} {text}" for name, (_, text) in EXTRA_COMMANDS.items()))
+        if not argv:
+            sys.exit(2)
         return
     run(argv)
 

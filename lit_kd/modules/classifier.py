@@ -59,6 +59,8 @@ class ClassifierModule(L.LightningModule):
         lr_scheduler: any torch LR scheduler, stepped every epoch or, with ``scheduler_interval="step"``, every step.
         label_smoothing: passed to ``torch.nn.functional.cross_entropy``.
         num_example_images: example test images drawn with predicted and true labels after each validation.
+        compile: compile the network's forward with ``torch.compile`` (``nn.Module.compile``: parameter names and
+            checkpoints stay those of the plain network, so resuming and loading are unchanged).
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class ClassifierModule(L.LightningModule):
         scheduler_interval: str = "epoch",
         label_smoothing: float = 0.0,
         num_example_images: int = 10,
+        compile: bool = False,
     ):
         super().__init__()
         if scheduler_interval not in ("epoch", "step"):
@@ -78,6 +81,8 @@ class ClassifierModule(L.LightningModule):
         if type(self) is ClassifierModule:  # subclasses record their own arguments
             save_hparams_without_modules(self, "model")
         self.model = resolve_model(model, num_classes, model_kwargs)
+        if compile:
+            self.model.compile()
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
         self.metrics = nn.ModuleDict(
             {f"{stage}_acc": MulticlassAccuracy(num_classes, average="micro") for stage in ("train", "val", "test")}

@@ -1,0 +1,1 @@
+"""``lit-kd study``: the compression study as one job (stage graph, manifests, report)."""

@@ -1,0 +1,100 @@
+"""The manifest of a study stage (``<out>/<stage>/manifest.json``): status, inputs and their hashes, outputs, metrics.
+
+A stage is finished when its manifest says ``done`` and the hash of its inputs (its resolved settings, its config
+file, and the content of every file it consumes) is the one recorded. File hashes are cached by path, size and
+modification time in ``<out>/.hashes.json``, so checking a finished study reads no large file twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import socket
+from pathlib import Path
+from typing import Any, Optional
+
+MANIFEST = "manifest.json"
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON to a temporary file in the same folder, flush it to disk, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "w") as f:
+            json.dump(payload, f, indent=2, default=str)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_manifest(stage_dir: Path) -> Optional[dict]:
+    path = stage_dir / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None  # a manifest that cannot be read counts as never run
+
+
+def write_manifest(stage_dir: Path, manifest: dict) -> None:
+    write_json_atomic(stage_dir / MANIFEST, manifest)
+
+
+class FileHashes:
+    """sha256 of files, cached by (path, size, mtime) in one JSON file."""
+
+    def __init__(self, cache_path: Path):
+        self.cache_path = cache_path
+        try:
+            self.cache = json.loads(cache_path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            self.cache = {}
+        self.dirty = False
+
+    def __call__(self, path: str | Path) -> str:
+        path = Path(path).resolve()
+        stat = path.stat()
+        key = str(path)
+        stamp = [stat.st_size, stat.st_mtime_ns]
+        cached = self.cache.get(key)
+        if cached and cached[0] == stamp:
+            return cached[1]
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        self.cache[key] = [stamp, digest.hexdigest()]
+        self.dirty = True
+        return self.cache[key][1]
+
+    def save(self) -> None:
+        if self.dirty:
+            write_json_atomic(self.cache_path, self.cache)
+            self.dirty = False
+
+
+def input_hash(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def environment() -> dict:
+    """Machine and library versions, recorded in every manifest."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for package in ("lit-kd", "torch", "torchvision", "lightning", "onnx", "onnxruntime", "sparseml", "deepsparse"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    from lit_kd.bench import cpu_info
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"host": socket.gethostname(), "python": platform.python_version(), "cpu": cpu_info(cores), "versions": versions}

@@ -1,0 +1,383 @@
+"""The study report: ``report.md`` with PNGs beside it, ``report.html`` (one self-contained file, figures embedded)
+and ``results.json`` (every table of the report, machine-readable). Every number comes from the stage manifests.
+
+The report is built once as a list of sections (text, tables, figures) and rendered twice, to Markdown and HTML.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from lit_kd.study.manifest import write_json_atomic
+from lit_kd.study.spec import Study
+
+
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+    caption: str = ""
+
+
+@dataclass
+class Figure:
+    path: Path
+    caption: str
+
+
+@dataclass
+class Section:
+    title: str
+    blocks: list[Any] = field(default_factory=list)  # str (a paragraph), Table, Figure, or ("code", text)
+
+
+def pct(x: Optional[float]) -> str:
+    return "-" if x is None else f"{100 * x:.2f} %"
+
+
+def pts(x: Optional[float]) -> str:
+    return "-" if x is None else f"{100 * x:+.2f}"
+
+
+def minutes(seconds: Optional[float]) -> str:
+    return "-" if seconds is None else f"{seconds / 60:.1f} min"
+
+
+def trained(manifests: dict[str, dict]) -> dict[str, dict]:
+    return {n: m for n, m in manifests.items() if m["kind"] in ("fit", "weights")}
+
+
+# ------------------------------------------------------------------------------------------------ tables
+def models_table(manifests: dict[str, dict]) -> tuple[Table, list[dict]]:
+    rows, data = [], []
+    for name, m in trained(manifests).items():
+        x = m["metrics"]
+        record = {"stage": name, "architecture": x["architecture"], "params": x["params"], "nonzero_params": x["nonzero_params"],
+                  "macs": x["macs"], "size_bytes": x["size_bytes"], "test_acc": x["test_acc"], "epochs": x.get("epochs"),
+                  "stop_reason": x.get("stop_reason"), "wall_s": m.get("wall_s")}
+        data.append(record)
+        rows.append([name, str(x["architecture"]), f"{x['params']:,}", f"{x['nonzero_params']:,}", f"{x['macs'] / 1e6:.1f} M",
+                     f"{x['size_bytes'] / 1e6:.2f} MB", pct(x["test_acc"]), "-" if x.get("epochs") is None else str(x["epochs"]),
+                     str(x.get("stop_reason")), minutes(m.get("wall_s"))])
+    header = ["stage", "architecture", "parameters", "non-zero", "MACs", "size", "test accuracy", "epochs", "stopped by", "wall time"]
+    return Table(header, rows, "Test accuracy on the full test set; size: serialized weights (the INT8 model for QAT runs)."), data
+
+
+def distillation_table(spec: dict, manifests: dict[str, dict], groups: dict[str, list[str]]) -> tuple[Optional[Table], list[dict]]:
+    """Rows of ``spec["rows"]`` (stage or seed-group names) against ``spec["baseline"]``: mean, spread, delta."""
+    if not spec:
+        return None, []
+
+    def accs(name: str) -> list[float]:
+        return [manifests[m]["metrics"]["test_acc"] for m in groups.get(name, [name]) if m in manifests]
+
+    base = accs(spec["baseline"])
+    base_mean = statistics.mean(base) if base else None
+    rows, data = [], []
+    for name in [spec["baseline"], *spec.get("rows", [])]:
+        values = accs(name)
+        if not values:
+            continue
+        mean = statistics.mean(values)
+        spread = statistics.stdev(values) if len(values) > 1 else None
+        record = {"stage": name, "seeds": len(values), "test_accs": values, "mean": mean, "std": spread,
+                  "delta_vs_baseline": None if base_mean is None or name == spec["baseline"] else mean - base_mean}
+        data.append(record)
+        rows.append([name + (" (data only)" if name == spec["baseline"] else ""), str(len(values)), ", ".join(pct(v) for v in values),
+                     pct(mean), "-" if spread is None else f"{100 * spread:.2f}", pts(record["delta_vs_baseline"])])
+    table = Table(["student", "seeds", "test accuracy per seed", "mean", "std (points)", "vs data only (points)"], rows,
+                  "Same student architecture, seeds and data; the teacher is frozen.")
+    return table, data
+
+
+def ptq_table(manifest: dict) -> tuple[Table, list[dict]]:
+    result = manifest["metrics"]
+    fp32 = result["fp32_acc"]
+    rows, data = [], []
+    for r in result["rows"]:
+        drop = fp32 - r["acc"]
+        data.append({**r, "drop": drop})
+        rows.append([r["runtime"], f"W{r['weight_bits']}A{r['act_bits']}", r["method"], r["granularity"],
+                     "yes" if r["first_last_8bit"] else "no", pct(r["acc"]), f"{100 * drop:.2f}", pct(r["agree_fp32"])])
+    return Table(["runtime", "bits", "method", "granularity", "first/last 8-bit", "test accuracy", "drop (points)", "same top-1 as FP32"], rows,
+                 f"{result['test_images']} test images, {result['calib_images']} calibration images from the training set."), data
+
+
+def qat_table(manifests: dict[str, dict]) -> tuple[Optional[Table], list[dict]]:
+    rows, data = [], []
+    for name, m in manifests.items():
+        if m["kind"] != "fit" or "int8" not in m["outputs"]:
+            continue
+        start = _start_of(m, manifests)
+        start_acc = manifests[start]["metrics"]["test_acc"] if start else None
+        x = m["metrics"]
+        record = {"stage": name, "started_from": start, "fp32_acc": start_acc, "fake_quant_val_acc": x.get("best_val_acc"),
+                  "int8_test_acc": x["test_acc"], "drop": None if start_acc is None else start_acc - x["test_acc"]}
+        data.append(record)
+        rows.append([name, start or "-", pct(start_acc), pct(x.get("best_val_acc")), pct(x["test_acc"]),
+                     "-" if record["drop"] is None else f"{100 * record['drop']:.2f}"])
+    if not rows:
+        return None, []
+    return Table(["stage", "started from", "FP32 test accuracy", "fake-quant validation (best)", "real INT8 test accuracy", "drop (points)"],
+                 rows, "INT8: torch.ao FX, x86 kernels, converted at the end of training."), data
+
+
+def _start_of(manifest: dict, manifests: dict[str, dict]) -> Optional[str]:
+    """The stage whose checkpoint a fit stage started from (through a select stage when there is one)."""
+    consumed = manifest["inputs"].get("consumed", {})
+    for name in manifest.get("needs", []):
+        other = manifests.get(name)
+        if other and other["outputs"].get("ckpt") in consumed:
+            return other["metrics"].get("chosen", name) if other["kind"] == "select" else name
+    return None
+
+
+def export_table(manifests: dict[str, dict]) -> tuple[Optional[Table], list[dict]]:
+    rows, data = [], []
+    for name, m in manifests.items():
+        if m["kind"] != "export":
+            continue
+        x, v = m["metrics"], m["metrics"]["validation"]
+        data.append({"stage": name, "precision": x["precision"], "weight_sparsity": x["weight_sparsity"], **v})
+        rows.append([name, x["precision"], f"{100 * x['weight_sparsity']:.1f} %", str(v["images"]), pct(v["pytorch"]["acc"]),
+                     pct(v["onnxruntime"]["acc"]), pct(v["onnxruntime"]["agreement"]), pct(v["deepsparse"]["acc"]), pct(v["deepsparse"]["agreement"])])
+    if not rows:
+        return None, []
+    return Table(["export", "precision", "weight sparsity", "images", "PyTorch", "ONNX Runtime", "agrees with PyTorch", "DeepSparse",
+                  "agrees with PyTorch"], rows, "ONNX files validated on test images in both runtimes."), data
+
+
+def speed_table(manifest: dict) -> tuple[Table, list[dict], dict]:
+    result = manifest["metrics"]
+    rows = [[r["model"], r["runtime"], str(r["batch"]), f"{r['latency_ms_median']:.2f}", f"{r['images_per_s']:.0f}"] for r in result["rows"]]
+    m = result["machine"]
+    caption = (f"{m['cpu']} ({m['isa']}, VNNI {'yes' if m['vnni'] else 'no'}), {m['cores_used']} cores, load average "
+               f"{m['load_average_1min']:.2f} at the start; medians after warm-up.")
+    return Table(["model", "runtime", "batch", "latency (ms)", "images/s"], rows, caption), result["rows"], result["ratios"]
+
+
+# ------------------------------------------------------------------------------------------------ findings
+def findings(models: list[dict], ptq: list[dict], bench_rows: list[dict], accuracy_of_bench_model: dict[str, float]) -> list[str]:
+    out = []
+    if models:
+        best = max(models, key=lambda r: r["test_acc"])
+        out.append(f"Best accuracy: {best['stage']} ({best['architecture']}) at {pct(best['test_acc'])}.")
+    if ptq:
+        worst = max((r for r in ptq if r["runtime"] != "fp32"), key=lambda r: r["drop"], default=None)
+        if worst is not None:
+            out.append(f"Largest quantization drop: W{worst['weight_bits']}A{worst['act_bits']} {worst['method']} "
+                       f"({worst['granularity']}), {100 * worst['drop']:.2f} points.")
+            same = [r for r in ptq if (r["weight_bits"], r["act_bits"]) == (worst["weight_bits"], worst["act_bits"]) and r is not worst]
+            if same:
+                fix = min(same, key=lambda r: r["drop"])
+                out.append(f"What recovered it: {fix['method']} ({fix['granularity']}, first/last 8-bit "
+                           f"{'yes' if fix['first_last_8bit'] else 'no'}) at the same widths, drop {100 * fix['drop']:.2f} points.")
+    if bench_rows and accuracy_of_bench_model and models:
+        best_acc = max(r["test_acc"] for r in models)
+        eligible = [r for r in bench_rows if r["batch"] == 32 and accuracy_of_bench_model.get(r["model"], -1) >= best_acc - 0.01]
+        if eligible:
+            fast = max(eligible, key=lambda r: r["images_per_s"])
+            out.append(f"Fastest model within 1 point of the best accuracy: {fast['model']} in {fast['runtime']}, "
+                       f"{fast['images_per_s']:.0f} images/s at batch 32 ({pct(accuracy_of_bench_model[fast['model']])}).")
+        else:
+            out.append("No benchmarked model is within 1 point of the best accuracy.")
+    return out
+
+
+def bench_accuracies(manifests: dict[str, dict], bench: Optional[dict]) -> dict[str, float]:
+    """Accuracy of each model label of the bench stage: the ONNX files' from their export validation (ONNX Runtime),
+    PyTorch FP32 from the checkpoint's stage; PyTorch's dense INT8 (calibrated on random data) is not measured."""
+    if not bench:
+        return {}
+    from lit_kd.bench import BASELINE, SPARSE
+
+    out = {}
+    files = bench["inputs"]["settings"]["bench"]
+    for label, key in ((BASELINE, "baseline"), (SPARSE, "sparse")):
+        export = next((m for m in manifests.values() if m["kind"] == "export" and m["outputs"]["onnx"] == files.get(key)), None)
+        if export:
+            out[label] = export["metrics"]["validation"]["onnxruntime"]["acc"]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ assembly
+def build(study: Study, out: Path, manifests: dict[str, dict], report_settings: dict, images=None) -> tuple[list[Section], dict]:
+    fig_dir = out / "report_files"
+    sections, results = [], {"study": study.path.name, "description": study.description, "stages": {}}
+    for name, m in manifests.items():
+        results["stages"][name] = {k: m.get(k) for k in ("kind", "status", "outputs", "metrics", "command", "wall_s", "seed", "group")}
+    env = next((m["environment"] for m in manifests.values() if m.get("environment")), {})
+    cpu = env.get("cpu", {})
+    results["machine"] = env
+    total = sum(m.get("wall_s") or 0 for m in manifests.values())
+    intro = Section("Study", [
+        study.description or "",
+        f"Machine: {cpu.get('cpu', '?')} ({cpu.get('isa', '?')}, VNNI {'yes' if cpu.get('vnni') else 'no'}), "
+        f"{cpu.get('cores_used', '?')} cores used; torch {env.get('versions', {}).get('torch')}, "
+        f"lit-kd {env.get('versions', {}).get('lit-kd')}. Wall time of all stages: {minutes(total)}.",
+    ])
+    sections.append(intro)
+
+    models, model_data = models_table(manifests)
+    results["models"] = model_data
+    sections.append(Section("Models", [models]))
+
+    dist, dist_data = distillation_table(report_settings.get("distillation") or {}, manifests, study.groups)
+    results["distillation"] = dist_data
+    if dist:
+        sections.append(Section("Distillation", [dist]))
+
+    from lit_kd.study.figures import curves_figure, read_curves, sparsity_figure
+
+    curves = {n: read_curves(m["outputs"]["run_dir"]) for n, m in manifests.items() if m["kind"] == "fit"}
+    curves = {n: c for n, c in curves.items() if c}
+    if curves:
+        sections.append(Section("Training curves", [Figure(curves_figure(curves, fig_dir / "curves.png"),
+                                                           "Loss and accuracy per epoch (train dashed, validation solid), read from TensorBoard events.")]))
+
+    examples = next((m for m in manifests.values() if m["kind"] == "examples"), None)
+    if examples:
+        sections.append(examples_section(examples["metrics"], images, fig_dir))
+        results["examples"] = examples["metrics"]
+
+    ptq_data = []
+    for name, m in manifests.items():
+        if m["kind"] == "ptq":
+            table, ptq_data = ptq_table(m)
+            sections.append(Section(f"Post-training quantization ({name})", [table]))
+            results.setdefault("ptq", {})[name] = ptq_data
+    qat, qat_data = qat_table(manifests)
+    results["qat"] = qat_data
+    if qat:
+        sections.append(Section("Quantization-aware training", [qat]))
+    export, export_data = export_table(manifests)
+    results["exports"] = export_data
+    if export:
+        sections.append(Section("ONNX exports", [export]))
+
+    bench = next((m for m in manifests.values() if m["kind"] == "bench"), None)
+    bench_rows: list[dict] = []
+    if bench:
+        table, bench_rows, ratios = speed_table(bench)
+        results["speed"] = {"rows": bench_rows, "ratios": ratios}
+        blocks: list[Any] = [table, "; ".join(f"{k}: {v:.2f}x" for k, v in ratios.items()) or "",
+                             "DeepSparse's own benchmark reproduces its rows:",
+                             ("code", "\n".join(bench["metrics"]["deepsparse_benchmark_commands"]))]
+        sections.append(Section("Speed", blocks))
+
+    sparse = {n: m["metrics"]["layer_sparsity"] for n, m in trained(manifests).items()
+              if m["metrics"].get("layer_sparsity") and 1 - m["metrics"]["nonzero_params"] / m["metrics"]["params"] > 0.05}
+    if sparse:
+        sections.append(Section("Per-layer sparsity", [Figure(sparsity_figure(sparse, fig_dir / "sparsity.png"), "Zero weights per conv/linear layer.")]))
+
+    found = findings(model_data, ptq_data, bench_rows, bench_accuracies(manifests, bench))
+    results["findings"] = found
+    sections.insert(1, Section("Findings", ["\n".join(f"- {f}" for f in found)]))
+
+    commands = Table(["stage", "command", "wall time"], [[n, f"`{m.get('command')}`", minutes(m.get("wall_s"))] for n, m in manifests.items()])
+    sections.append(Section("Commands", [commands]))
+    return sections, results
+
+
+def examples_section(examples: dict, images, fig_dir: Path) -> Section:
+    from lit_kd.study.figures import examples_figure
+
+    figure = Figure(examples_figure(images, examples["classes"], examples["labels"], fig_dir / "examples.png"),
+                    "The first test image of each class, with its true class.")
+    return Section("Example predictions", [figure, _examples_table(examples)])
+
+
+def _examples_table(examples: dict) -> Table:
+    classes = examples["classes"]
+    rows = []
+    for name, m in examples["models"].items():
+        cells = []
+        for p, c, t in zip(m["predicted"], m["confidence"], examples["labels"]):
+            cells.append(f"{classes[p]} {100 * c:.0f} %" + ("" if p == t else " ✗"))
+        rows.append([name, *cells])
+    return Table(["model", *[classes[t] for t in examples["labels"]]], rows, "Prediction and confidence per model; ✗ marks a wrong one.")
+
+
+# ------------------------------------------------------------------------------------------------ rendering
+def to_markdown(title: str, sections: list[Section], out: Path) -> str:
+    lines = [f"# {title}", ""]
+    for s in sections:
+        lines += [f"## {s.title}", ""]
+        for b in s.blocks:
+            if isinstance(b, Table):
+                lines += ["| " + " | ".join(b.header) + " |", "|" + "---|" * len(b.header)]
+                lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in b.rows]
+                lines += ["", f"*{b.caption}*" if b.caption else ""]
+            elif isinstance(b, Figure):
+                lines += [f"![{b.caption}]({b.path.relative_to(out).as_posix()})", "", f"*{b.caption}*"]
+            elif isinstance(b, tuple):
+                lines += ["```", b[1], "```"]
+            elif b:
+                lines.append(b)
+            lines.append("")
+    return "\n".join(lines)
+
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
+th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}caption{caption-side:bottom;font-style:italic;
+font-size:12px;text-align:left;padding-top:3px}img{max-width:100%}pre{background:#f6f6f6;padding:.6em;overflow-x:auto}
+.wrong{color:#c00;font-weight:600}code{font-size:12px}"""
+
+
+def to_html(title: str, sections: list[Section]) -> str:
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1>"]
+    for s in sections:
+        parts.append(f"<h2>{html.escape(s.title)}</h2>")
+        for b in s.blocks:
+            if isinstance(b, Table):
+                head = "".join(f"<th>{html.escape(h)}</th>" for h in b.header)
+                body = "".join("<tr>" + "".join(_cell(c) for c in r) + "</tr>" for r in b.rows)
+                parts.append(f"<table><caption>{html.escape(b.caption)}</caption><tr>{head}</tr>{body}</table>")
+            elif isinstance(b, Figure):
+                data = base64.b64encode(b.path.read_bytes()).decode()
+                parts.append(f"<figure><img alt='{html.escape(b.caption)}' src='data:image/png;base64,{data}'>"
+                             f"<figcaption><i>{html.escape(b.caption)}</i></figcaption></figure>")
+            elif isinstance(b, tuple):
+                parts.append(f"<pre>{html.escape(b[1])}</pre>")
+            elif b:
+                if b.startswith("- "):
+                    parts.append("<ul>" + "".join(f"<li>{html.escape(x[2:])}</li>" for x in b.splitlines()) + "</ul>")
+                else:
+                    parts.append(f"<p>{html.escape(b)}</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _cell(text: str) -> str:
+    if text.startswith("`") and text.endswith("`"):
+        return f"<td><code>{html.escape(text[1:-1])}</code></td>"
+    cls = " class='wrong'" if text.endswith("✗") else ""
+    return f"<td{cls}>{html.escape(text)}</td>"
+
+
+def write_report(study: Study, out: Path, manifests: dict[str, dict], report_settings: Optional[dict] = None) -> dict[str, Path]:
+    examples = next((m for m in manifests.values() if m["kind"] == "examples"), None)
+    images = example_images(examples) if examples else None  # read from the data, not stored in the manifest
+    sections, results = build(study, out, manifests, report_settings or {}, images)
+    title = f"lit-kd study: {study.path.stem}"
+    paths = {"md": out / "report.md", "html": out / "report.html", "json": out / "results.json"}
+    paths["md"].write_text(to_markdown(title, sections, out))
+    paths["html"].write_text(to_html(title, sections))
+    write_json_atomic(paths["json"], results)
+    return paths
+
+
+def example_images(examples_manifest: dict):
+    from lit_kd.data import CIFAR10DataModule
+
+    dm = CIFAR10DataModule(examples_manifest["inputs"]["data"])
+    dm.setup("test")
+    return dm.splits["test"].images[examples_manifest["metrics"]["indices"]].float().div(255)
+

@@ -1,0 +1,249 @@
+"""Plan and run a study: skip finished stages whose inputs are unchanged, resume interrupted training stages from
+``last.ckpt``, rerun changed stages and everything after them.
+
+The plan is decided stage by stage in execution order. A stage runs when it never finished, when the hash of its
+inputs differs from its manifest's, when a stage it needs runs, or when ``--only``/``--from`` asks for it; a fit
+stage that was interrupted with the same inputs resumes. Hashes are taken again right before a stage runs, once
+what it consumes exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from rich.console import Console
+
+from lit_kd.study.manifest import FileHashes, environment, input_hash, read_manifest, write_manifest
+from lit_kd.study.spec import OUTPUTS, Stage, Study, StudyError, substitute
+from lit_kd.study.stages import EXECUTORS, RUN_DIR, Context, consumed_files, stage_config
+
+
+@dataclass
+class Step:
+    stage: Stage
+    action: str  # "run", "resume" or "skip"
+    reason: str
+
+
+def resolve_settings(study: Study, stage: Stage, manifests: dict[str, dict], placeholder: bool = False) -> dict:
+    """The stage's settings with ``${here}`` and ``${stage.output}`` replaced; with ``placeholder``, outputs of
+    stages that have not run yet become a path-like placeholder (for validating configs before anything runs)."""
+
+    def lookup(name: str) -> Any:
+        if name == "here":
+            return str(study.here)
+        ref_stage, output = name.rsplit(".", 1)
+        manifest = manifests.get(ref_stage)
+        if manifest is None or manifest.get("status") != "done":
+            if placeholder:
+                return f"<{ref_stage}.{output}>"
+            raise StudyError(f"stage {stage.name!r}: needs {ref_stage!r}, which has not finished")
+        if output not in manifest["outputs"]:
+            raise StudyError(f"stage {stage.name!r}: ${{{name}}}: stage {ref_stage!r} produced no {output!r} "
+                             f"(it has {sorted(manifest['outputs'])})")
+        return manifest["outputs"][output]
+
+    settings = substitute(dict(stage.spec), lookup)
+    if stage.kind == "weights":
+        settings["weights"] = str((study.here / settings["weights"]).resolve())
+    return settings
+
+
+def stage_inputs(study: Study, stage: Stage, manifests: dict[str, dict], data: str, hashes: FileHashes) -> dict:
+    settings = resolve_settings(study, stage, manifests)
+    payload = {"kind": stage.kind, "settings": settings, "data": data}
+    if stage.kind == "fit":
+        payload["config_text"] = (study.here / settings["fit"]).read_text()
+    payload["consumed"] = {path: hashes(path) for path in consumed_files(stage, settings, manifests)}
+    return {"settings": settings, "payload": payload, "hash": input_hash(payload)}
+
+
+def changed(old: Optional[dict], new: dict) -> str:
+    """Which input of a stage changed, in words."""
+    if not old or "inputs" not in old:
+        return "inputs changed"
+    before = old["inputs"]
+    if before.get("settings") != new["payload"]["settings"]:
+        return "its settings changed"
+    if before.get("config_text") != new["payload"].get("config_text"):
+        return "its config file changed"
+    for path, digest in new["payload"]["consumed"].items():
+        if before.get("consumed", {}).get(path) != digest:
+            return f"{Path(path).name} changed"
+    return "inputs changed"
+
+
+def plan(study: Study, out: Path, data: str, hashes: FileHashes, force: set[str], selected: Optional[set[str]]) -> list[Step]:
+    steps: list[Step] = []
+    will_run: set[str] = set()
+    manifests = {name: read_manifest(out / name) for name in study.stages}
+    done = {n: m for n, m in manifests.items() if m and m.get("status") == "done"}
+    for stage in study.stages.values():
+        manifest = manifests[stage.name]
+        if selected is not None and stage.name not in selected:
+            steps.append(Step(stage, "skip", "finished" if stage.name in done else "not selected"))
+            continue
+        missing = [n for n in stage.needs if n not in will_run and n not in done]
+        if missing:
+            raise StudyError(f"stage {stage.name!r} needs {', '.join(missing)}, which has not finished and is not selected to run: "
+                             "run the study without --only/--from first")
+        upstream = [n for n in stage.needs if n in will_run]
+        if stage.name in force:
+            action, reason = "run", "asked for (--only/--from)"
+        elif upstream:
+            action, reason = "run", f"{upstream[0]} runs before it"
+        else:
+            inputs = stage_inputs(study, stage, done, data, hashes)
+            status = (manifest or {}).get("status")
+            same = manifest is not None and manifest.get("input_hash") == inputs["hash"]
+            last = out / stage.name / RUN_DIR / "checkpoints" / "last.ckpt"
+            if status == "done" and same:
+                action, reason = "skip", "finished, inputs unchanged"
+            elif same and stage.kind == "fit" and last.is_file():
+                action, reason = "resume", f"interrupted ({status}); continues from last.ckpt"
+            elif manifest is None:
+                action, reason = "run", "never run"
+            elif same:
+                action, reason = "run", f"{status}; no last.ckpt to resume from" if stage.kind == "fit" else f"previous attempt {status}"
+            else:
+                action, reason = "run", changed(manifest, inputs)
+        if action != "skip":
+            will_run.add(stage.name)
+        steps.append(Step(stage, action, reason))
+    return steps
+
+
+def validate_fit_configs(study: Study, out: Path, data: str, steps: list[Step]) -> None:
+    """Parse every fit stage that will run with LightningCLI's own parser (nothing instantiated), so a bad override
+    or a typo in a config fails before the first stage starts."""
+    from lit_kd.cli import LitKDCLI
+
+    class ParseOnly(LitKDCLI):
+        def instantiate_classes(self) -> None:
+            pass
+
+    manifests = {s.stage.name: read_manifest(out / s.stage.name) for s in steps}
+    for step in steps:
+        if step.action == "skip" or step.stage.kind != "fit":
+            continue
+        settings = resolve_settings(study, step.stage, manifests, placeholder=True)
+        if settings["fit"].startswith("<"):
+            continue  # the config is another stage's output: it parsed when that stage ran
+        ctx = Context(study, out, data)
+        config = stage_config(ctx, step.stage, settings)
+        stderr = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+                ParseOnly(args=["--config", _yaml_arg(config)], run=False)
+        except SystemExit:
+            detail = [line for line in stderr.getvalue().strip().splitlines() if line.strip()]
+            raise StudyError(f"stage {step.stage.name!r}: the config {step.stage.spec['fit']} with the study's overrides "
+                             f"does not parse: {' '.join(detail[-3:])}") from None
+
+
+def _yaml_arg(config: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(config)
+
+
+class Runner:
+    def __init__(self, study: Study, out: Path, data: str, console: Optional[Console] = None):
+        self.study, self.out, self.data = study, out, data
+        self.console = console or Console()
+        self.hashes = FileHashes(out / ".hashes.json")
+
+    def plan(self, only: Optional[list[str]] = None, start: Optional[str] = None) -> list[Step]:
+        names = set(self.study.stages) | set(self.study.groups)
+        for name in [*(only or []), *([start] if start else [])]:
+            if name not in names:
+                raise StudyError(f"--only/--from: unknown stage {name!r} (stages: {', '.join(self.study.stages)})")
+        expand = lambda n: set(self.study.groups.get(n, [n]))  # noqa: E731
+        force: set[str] = set()
+        selected = None
+        if only:
+            selected = set().union(*(expand(n) for n in only))
+            force |= selected
+        if start:
+            force |= self.study.downstream(expand(start))
+            selected = (selected or set()) | force
+        return plan(self.study, self.out, self.data, self.hashes, force, selected)
+
+    def print_plan(self, steps: list[Step]) -> None:
+        from rich.table import Table
+
+        table = Table(title=f"Plan of {self.study.path.name} in {self.out}")
+        for col in ("#", "stage", "kind", "action", "why"):
+            table.add_column(col)
+        style = {"run": "bold yellow", "resume": "bold cyan", "skip": "green"}
+        for i, s in enumerate(steps, 1):
+            table.add_row(str(i), s.stage.name, s.stage.kind, f"[{style[s.action]}]{s.action}[/]", s.reason)
+        self.console.print(table)
+
+    def run(self, steps: list[Step], resume_command: str) -> int:
+        validate_fit_configs(self.study, self.out, self.data, steps)
+        manifests = {s.stage.name: read_manifest(self.out / s.stage.name) for s in steps}
+        ctx = Context(self.study, self.out, self.data, progress=self._progress,
+                      manifests={n: m for n, m in manifests.items() if m and m.get("status") == "done"})
+        total, started = len(steps), time.perf_counter()
+        for index, step in enumerate(steps, 1):
+            label = f"[{index}/{total}] {step.stage.name}"
+            if step.action == "skip":
+                self.console.print(f"[green]{label}[/]: skip ({step.reason})")
+                continue
+            self.console.print(f"[bold]{label}[/]: {step.action} {step.stage.kind} ({step.reason})")
+            try:
+                ctx.manifests[step.stage.name] = self._run_stage(ctx, step, label, manifests.get(step.stage.name))
+            except (Exception, SystemExit) as err:  # a step's usage error exits; the study reports it as the stage's failure
+                message = f"{type(err).__name__}: {err}" if not isinstance(err, SystemExit) else f"exited with status {err.code}"
+                self._fail(step, message)
+                self.console.print(f"[bold red]study stopped at stage {step.stage.name!r} ({index}/{total}):[/] {message}\n"
+                                   f"fix the cause, then resume with: {resume_command}")
+                return 1
+            finally:
+                self.hashes.save()
+        self.console.print(f"[bold green]study finished[/] in {time.perf_counter() - started:.1f} s: {self.out}")
+        report = next((m for m in ctx.manifests.values() if m.get("kind") == "report"), None)
+        if report:
+            self.console.print("report: " + ", ".join(report["metrics"]["files"].values()))
+        return 0
+
+    def _run_stage(self, ctx: Context, step: Step, label: str, previous: Optional[dict]) -> dict:
+        stage, stage_dir = step.stage, self.out / step.stage.name
+        if step.action == "run" and stage_dir.exists():
+            shutil.rmtree(stage_dir)  # the study owns <out>/<stage>: a rerun starts clean
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        inputs = stage_inputs(self.study, stage, ctx.manifests, self.data, self.hashes)
+        base_wall = (previous or {}).get("wall_s", 0.0) if step.action == "resume" else 0.0
+        manifest = {"stage": stage.name, "kind": stage.kind, "group": stage.group, "seed": stage.seed, "status": "running",
+                    "input_hash": inputs["hash"], "inputs": inputs["payload"], "needs": stage.needs, "outputs": {},
+                    "metrics": {}, "command": None, "wall_s": base_wall, "attempts": (previous or {}).get("attempts", 0) + 1,
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "environment": environment()}
+        write_manifest(stage_dir, manifest)
+        ctx.resume = step.action == "resume"
+        start = time.perf_counter()
+        outputs, metrics, command = EXECUTORS[stage.kind](ctx, stage, inputs["settings"], label)
+        if OUTPUTS[stage.kind][0] not in outputs:
+            raise RuntimeError(f"stage {stage.name!r} finished without its {OUTPUTS[stage.kind][0]!r} output")
+        manifest.update(status="done", outputs=outputs, metrics=metrics, command=command,
+                        wall_s=round(base_wall + time.perf_counter() - start, 2), finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        write_manifest(stage_dir, manifest)
+        self.console.print(f"[bold]{label}[/]: done in {time.perf_counter() - start:.1f} s" +
+                           (f", test accuracy {metrics['test_acc']:.4f}" if isinstance(metrics.get("test_acc"), float) else ""))
+        return manifest
+
+    def _fail(self, step: Step, message: str) -> None:
+        stage_dir = self.out / step.stage.name
+        manifest = read_manifest(stage_dir) or {"stage": step.stage.name, "kind": step.stage.kind}
+        manifest.update(status="failed", error=message, traceback=traceback.format_exc()[-4000:])
+        write_manifest(stage_dir, manifest)
+
+    def _progress(self, line: str) -> None:
+        self.console.print(line)

@@ -1,0 +1,300 @@
+"""A study file: named stages, what each consumes from earlier ones, checked as a whole before anything runs.
+
+    description: what the study is for
+    fit_overrides: {data.init_args.train_size: 5000}    # applied to every fit stage, before its own overrides
+    stages:
+      teacher:  {weights: ../../weights/resnet20.pt, model: resnet20}       # shipped weights stand in for training
+      student:  {fit: ../cifar_cpu/student.yaml, seeds: [0, 1]}            # LightningCLI fit + test
+      kd:       {fit: ../cifar_cpu/kd_logits.yaml, overrides: {model.init_args.teacher_ckpt: "${teacher.ckpt}"}}
+      best:     {select: [student, kd]}                                     # the best of these by test accuracy
+      ptq:      {ptq: {ckpt: "${teacher.ckpt}", bits: [8, 4]}}              # a step: lit-kd ptq with these flags
+      report:   {report: {}}
+
+Conventions: paths are relative to the study file; ``${here}`` is the study file's folder; ``${stage.output}``
+names an output of an earlier stage (see ``OUTPUTS``); override keys are dotted paths into the stage's config
+(``trainer.callbacks.0.init_args.init_ckpt``; list items by index). A stage with ``seeds`` expands into
+``<stage>.seed<N>`` stages (``seed_everything`` set), and ``select`` may name the group.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+STEP_KINDS = ("ptq", "export", "bench", "examples", "report")
+KINDS = ("fit", "weights", "select") + STEP_KINDS
+OUTPUTS = {
+    "fit": ("ckpt", "last", "run_dir", "config", "int8"),
+    "weights": ("ckpt",),
+    "select": ("ckpt", "config"),
+    "ptq": ("json",),
+    "export": ("onnx", "json"),
+    "bench": ("json",),
+    "examples": ("json",),
+    "report": ("html",),
+}
+REFERENCE = re.compile(r"\$\{([A-Za-z0-9_.\-]+)\}")
+NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]*$")
+
+
+class StudyError(ValueError):
+    """A study file that cannot run; the message names the stage and the key."""
+
+
+@dataclass
+class Stage:
+    name: str
+    kind: str
+    spec: dict[str, Any]  # the stage's own settings: config + overrides (fit), flags (steps), names (select)
+    needs: list[str] = field(default_factory=list)  # stages whose outputs this one consumes, in file order
+    group: str | None = None  # the seeded stage this one was expanded from
+    seed: int | None = None
+
+
+@dataclass
+class Study:
+    path: Path
+    description: str
+    stages: dict[str, Stage]  # in execution order (a topological order that keeps the file's order where it can)
+    groups: dict[str, list[str]]  # seeded stage -> its expanded stages
+
+    @property
+    def here(self) -> Path:
+        return self.path.parent
+
+    def downstream(self, names: set[str]) -> set[str]:
+        """``names`` and every stage that depends on one of them, directly or not."""
+        out = set(names)
+        for stage in self.stages.values():  # execution order: dependencies come first
+            if any(n in out for n in stage.needs):
+                out.add(stage.name)
+        return out
+
+    def upstream(self, names: set[str]) -> set[str]:
+        out, todo = set(), list(names)
+        while todo:
+            for need in self.stages[todo.pop()].needs:
+                if need not in out:
+                    out.add(need)
+                    todo.append(need)
+        return out
+
+
+def references(value: Any) -> list[tuple[str, str]]:
+    """Every ``(stage, output)`` named by ``${stage.output}`` inside ``value`` (nested lists and dicts too)."""
+    if isinstance(value, str):
+        return [tuple(m.rsplit(".", 1)) if "." in m else (m, "") for m in REFERENCE.findall(value) if m != "here"]
+    if isinstance(value, dict):
+        return [r for v in value.values() for r in references(v)]
+    if isinstance(value, list):
+        return [r for v in value for r in references(v)]
+    return []
+
+
+def substitute(value: Any, lookup) -> Any:
+    """``value`` with every ``${...}`` replaced by ``lookup(name)``; a string that is one reference keeps its type."""
+    if isinstance(value, str):
+        whole = REFERENCE.fullmatch(value)
+        if whole:
+            return lookup(whole.group(1))
+        return REFERENCE.sub(lambda m: str(lookup(m.group(1))), value)
+    if isinstance(value, dict):
+        return {k: substitute(v, lookup) for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute(v, lookup) for v in value]
+    return value
+
+
+def load_study(path: str | Path) -> Study:
+    """Read and check a study file: kinds, names, references, cycles, files. Raises :class:`StudyError`."""
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise StudyError(f"study file {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise StudyError(f"study file {path}: not valid YAML ({err})") from err
+    if not isinstance(raw, dict) or not isinstance(raw.get("stages"), dict) or not raw["stages"]:
+        raise StudyError(f"study file {path}: expected a mapping with a non-empty 'stages' mapping")
+    unknown = set(raw) - {"description", "fit_overrides", "stages"}
+    if unknown:
+        raise StudyError(f"study file {path}: unknown top-level keys {sorted(unknown)} (expected description, fit_overrides, stages)")
+    fit_overrides = raw.get("fit_overrides") or {}
+    if not isinstance(fit_overrides, dict):
+        raise StudyError(f"study file {path}: fit_overrides must be a mapping of dotted keys to values")
+
+    stages: dict[str, Stage] = {}
+    groups: dict[str, list[str]] = {}
+    for name, body in raw["stages"].items():
+        for stage in _parse_stage(path, str(name), body, fit_overrides):
+            if stage.name in stages:
+                raise StudyError(f"stage {stage.name!r}: defined twice")
+            stages[stage.name] = stage
+            if stage.group:
+                groups.setdefault(stage.group, []).append(stage.name)
+    for stage in stages.values():
+        stage.needs = _needs(stage, stages, groups)
+    study = Study(path, str(raw.get("description") or ""), _ordered(stages), groups)
+    _check_files(study)
+    return study
+
+
+def _parse_stage(path: Path, name: str, body: Any, fit_overrides: dict) -> list[Stage]:
+    if not NAME.match(name):
+        raise StudyError(f"stage {name!r}: names start with a letter and use letters, digits, '_' and '-'")
+    if not isinstance(body, dict):
+        raise StudyError(f"stage {name!r}: expected a mapping with one of the keys {list(KINDS)}")
+    kinds = [k for k in KINDS if k in body]
+    if len(kinds) != 1:
+        raise StudyError(f"stage {name!r}: needs exactly one of the keys {list(KINDS)}, found {kinds or sorted(body)}")
+    kind = kinds[0]
+    allowed = {"fit": {"fit", "overrides", "seeds", "description"}, "weights": {"weights", "model", "model_kwargs", "description"},
+               "select": {"select", "description"}}.get(kind, {kind, "description"})
+    extra = set(body) - allowed
+    if extra:
+        raise StudyError(f"stage {name!r}: unknown keys {sorted(extra)} for a {kind} stage (allowed: {sorted(allowed)})")
+    spec = dict(body)
+    if kind == "fit":
+        overrides = spec.get("overrides") or {}
+        if not isinstance(overrides, dict):
+            raise StudyError(f"stage {name!r}: overrides must be a mapping of dotted keys to values")
+        spec["overrides"] = {**fit_overrides, **overrides}
+        seeds = spec.pop("seeds", None)
+        if seeds is not None:
+            if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+                raise StudyError(f"stage {name!r}: seeds must be a non-empty list of integers, got {seeds!r}")
+            return [Stage(f"{name}.seed{s}", kind, {**spec, "overrides": {**spec["overrides"], "seed_everything": s}}, group=name, seed=s)
+                    for s in seeds]
+    elif kind == "weights":
+        if not isinstance(spec.get("model"), str):
+            raise StudyError(f"stage {name!r}: a weights stage names its architecture: model: <name>")
+    elif kind == "select":
+        if not isinstance(spec["select"], list) or len(spec["select"]) < 1:
+            raise StudyError(f"stage {name!r}: select takes a list of stage names, got {spec['select']!r}")
+    elif not isinstance(spec[kind] or {}, dict):
+        raise StudyError(f"stage {name!r}: {kind} takes a mapping of flags, got {spec[kind]!r}")
+    return [Stage(name, kind, spec)]
+
+
+def _needs(stage: Stage, stages: dict[str, Stage], groups: dict[str, list[str]]) -> list[str]:
+    needs: list[str] = []
+
+    def need(name: str, key: str) -> None:
+        for member in groups.get(name, [name]):
+            if member not in stages:
+                raise StudyError(f"stage {stage.name!r}, {key}: refers to unknown stage {name!r} (stages: {sorted(set(stages) | set(groups))})")
+            if member == stage.name:
+                raise StudyError(f"stage {stage.name!r}, {key}: refers to itself")
+            if member not in needs:
+                needs.append(member)
+
+    if stage.kind == "select":
+        for name in stage.spec["select"]:
+            need(str(name), "select")
+    elif stage.kind == "report":  # the report reads every stage defined before it in the file
+        for name in list(stages)[: list(stages).index(stage.name)]:
+            need(name, "report")
+    elif stage.kind == "examples":  # the models to show: the named ones, or every trained stage before it
+        models = (stage.spec["examples"] or {}).get("models")
+        before = list(stages)[: list(stages).index(stage.name)]
+        for name in models if models is not None else [n for n in before if stages[n].kind in ("fit", "weights")]:
+            need(str(name), "examples.models")
+    for key, value in _settings(stage).items():
+        for ref_stage, output in references(value):
+            if ref_stage in groups:
+                raise StudyError(f"stage {stage.name!r}, {key}: {ref_stage!r} runs several seeds; name one "
+                                 f"({', '.join(groups[ref_stage])}) or select the best with a select stage")
+            need(ref_stage, key)
+            kind = stages[ref_stage].kind
+            if output not in OUTPUTS[kind]:
+                raise StudyError(f"stage {stage.name!r}, {key}: ${{{ref_stage}.{output}}}: a {kind} stage has outputs {list(OUTPUTS[kind])}")
+    return needs
+
+
+def _settings(stage: Stage) -> dict[str, Any]:
+    """The stage's settings as ``key -> value`` (override keys, or step flags), for references and messages."""
+    if stage.kind == "fit":
+        return {"fit": stage.spec["fit"], **{f"overrides.{k}": v for k, v in stage.spec["overrides"].items()}}
+    if stage.kind in STEP_KINDS:
+        return {f"{stage.kind}.{k}": v for k, v in (stage.spec[stage.kind] or {}).items()}
+    return {}
+
+
+def _ordered(stages: dict[str, Stage]) -> dict[str, Stage]:
+    """Stages in an order where each comes after what it needs (file order otherwise); a cycle is an error."""
+    done: dict[str, Stage] = {}
+    visiting: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in done:
+            return
+        if name in visiting:
+            cycle = visiting[visiting.index(name):] + [name]
+            raise StudyError(f"stage {name!r}: the stages depend on each other in a cycle: {' -> '.join(cycle)}")
+        visiting.append(name)
+        for need in stages[name].needs:
+            visit(need)
+        visiting.pop()
+        done[name] = stages[name]
+
+    for name in stages:
+        visit(name)
+    return done
+
+
+def _check_files(study: Study) -> None:
+    """Configs and shipped weights exist; literal paths to checkpoints named in settings exist."""
+    for stage in study.stages.values():
+        if stage.kind == "fit" and not references(stage.spec["fit"]):  # a config chosen at run time is checked then
+            config = study.here / str(stage.spec["fit"])
+            if not config.is_file():
+                raise StudyError(f"stage {stage.name!r}, fit: config {str(config)!r} does not exist")
+            try:
+                parsed = yaml.safe_load(config.read_text())
+            except yaml.YAMLError as err:
+                raise StudyError(f"stage {stage.name!r}, fit: {config} is not valid YAML ({err})") from err
+            for key in stage.spec["overrides"]:
+                check_override_key(parsed or {}, key, f"stage {stage.name!r}, overrides.{key}")
+        if stage.kind == "weights":
+            weights = study.here / str(stage.spec["weights"])
+            if not weights.is_file():
+                raise StudyError(f"stage {stage.name!r}, weights: file {str(weights)!r} does not exist")
+        for key, value in _settings(stage).items():
+            literal = substitute(value, lambda name: str(study.here) if name == "here" else "${}")
+            if isinstance(literal, str) and "${}" not in literal and literal.endswith((".ckpt", ".pt", ".onnx")):
+                if not (study.here / literal).is_file():
+                    raise StudyError(f"stage {stage.name!r}, {key}: file {literal!r} does not exist")
+
+
+def check_override_key(config: dict, key: str, where: str) -> None:
+    """A dotted override must land inside the config: every part but the last names an existing mapping (or a list
+    item by index). New leaf keys are allowed (``data.init_args.train_size``); LightningCLI checks them."""
+    node: Any = config
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise StudyError(f"{where}: {'.'.join(parts[:i])} is a list of {len(node)} items; {part!r} is not an index in it")
+            node = node[int(part)]
+        elif isinstance(node, dict):
+            if part not in node and i > 0:
+                raise StudyError(f"{where}: the config has no {'.'.join(parts[:i + 1])!r} (keys there: {sorted(node)})")
+            node = node.setdefault(part, {}) if part not in node else node[part]
+        else:
+            raise StudyError(f"{where}: {'.'.join(parts[:i])!r} is a value, not a mapping")
+
+
+def set_dotted(config: dict, key: str, value: Any) -> None:
+    """``config`` with ``key`` (dotted, list items by index) set to ``value``, creating mappings on the way."""
+    node: Any = config
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+    if isinstance(node, list):
+        node[int(parts[-1])] = value
+    else:
+        node[parts[-1]] = value

@@ -1,0 +1,272 @@
+"""What each kind of study stage does. Every executor gets the stage, its settings with references resolved, and
+the run context; it returns ``(outputs, metrics, command)`` for the manifest and writes only under its stage folder.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import lightning as L
+import torch
+import yaml
+
+from lit_kd.study.spec import Stage, Study, set_dotted
+
+RUN_DIR = "run"  # the Lightning run of a fit stage: <out>/<stage>/run/{checkpoints,events,config.yaml}
+RESHAPING_CALLBACKS = ("SparseMLRecipe", "IterativePruning")
+
+
+@dataclass
+class Context:
+    study: Study
+    out: Path
+    data: str
+    progress: Callable[[str], None] = print
+    manifests: dict[str, dict] = field(default_factory=dict)  # finished stages' manifests, by name
+    resume: bool = False  # fit stages: continue from run/checkpoints/last.ckpt
+
+    def stage_dir(self, name: str) -> Path:
+        return self.out / name
+
+
+# ------------------------------------------------------------------------------------------------ fit stages
+def stage_config(ctx: Context, stage: Stage, settings: dict) -> dict:
+    """The stage's config file with the study's overrides, the data source and the study's logger applied."""
+    config = yaml.safe_load((ctx.study.here / settings["fit"]).read_text()) or {}
+    for key, value in settings["overrides"].items():
+        set_dotted(config, key, value)
+    set_dotted(config, "data.init_args.data_dir", ctx.data)
+    set_dotted(config, "trainer.logger", {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "init_args": {"save_dir": str(ctx.stage_dir(stage.name)), "name": "", "version": RUN_DIR, "default_hp_metric": False},
+    })
+    return config
+
+
+class StageProgress(L.Callback):
+    """One line per training epoch: stage k of n, epoch, validation accuracy, seconds per epoch, ETA."""
+
+    def __init__(self, label: str, report: Callable[[str], None]):
+        self.label, self.report = label, report
+        self.started: Optional[float] = None
+        self.first_epoch = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.started, self.first_epoch = time.perf_counter(), trainer.current_epoch
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or self.started is None:
+            return
+        done = trainer.current_epoch + 1 - self.first_epoch
+        per_epoch = (time.perf_counter() - self.started) / max(done, 1)
+        left = max(trainer.max_epochs - trainer.current_epoch - 1, 0) if trainer.max_epochs and trainer.max_epochs > 0 else None
+        acc = trainer.callback_metrics.get("val/acc")
+        eta = f", ETA {left * per_epoch / 60:.1f} min at most" if left is not None else ""
+        self.report(f"{self.label}: epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
+                    + (f", val/acc {float(acc):.4f}" if acc is not None else "") + f", {per_epoch:.0f} s/epoch{eta}")
+
+
+def stop_reason(trainer: L.Trainer) -> str:
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    for callback in trainer.callbacks:
+        if isinstance(callback, EarlyStopping) and callback.stopped_epoch > 0:
+            return f"plateau rule ({type(callback).__name__}) after epoch {callback.stopped_epoch + 1}"
+        if type(callback).__name__ == "SparseMLRecipe":
+            return f"recipe length ({trainer.current_epoch} epochs)"
+    return f"epoch budget (max_epochs {trainer.max_epochs})"
+
+
+def run_fit(ctx: Context, stage: Stage, settings: dict, label: str) -> tuple[dict, dict, str]:
+    from lit_kd.cli import run
+
+    stage_dir = ctx.stage_dir(stage.name)
+    config_path = stage_dir / "stage_config.yaml"
+    config_path.write_text(yaml.safe_dump(stage_config(ctx, stage, settings), sort_keys=False))
+    ckpt_dir = stage_dir / RUN_DIR / "checkpoints"
+    args = ["fit", "--config", str(config_path), "--trainer.enable_progress_bar", "false"]
+    if ctx.resume and (ckpt_dir / "last.ckpt").is_file():
+        args += ["--ckpt_path", str(ckpt_dir / "last.ckpt")]
+    cli = run(args, extra_callbacks=[StageProgress(label, ctx.progress)])
+    trainer = cli.trainer
+    # a pruning recipe or budget changes the network as it goes: its result is the last epoch, not the best one
+    reshaped = any(type(c).__name__ in RESHAPING_CALLBACKS for c in trainer.callbacks)
+    best = str(ckpt_dir / "last.ckpt") if reshaped else trainer.checkpoint_callback.best_model_path or str(ckpt_dir / "last.ckpt")
+    tested = trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best, verbose=False)
+    outputs = {"ckpt": best, "last": str(ckpt_dir / "last.ckpt"), "run_dir": str(stage_dir / RUN_DIR), "config": str(config_path)}
+    int8 = ckpt_dir / "int8_model.pt"
+    if int8.is_file():
+        outputs["int8"] = str(int8)
+    metrics = {
+        "test_acc": float(tested[0]["test/acc"]),
+        "best_val_acc": float(trainer.checkpoint_callback.best_model_score or float("nan")),
+        "epochs": trainer.current_epoch,
+        "stop_reason": stop_reason(trainer),
+        "teacher_val_acc": _metric(trainer, "teacher/val_acc"),
+        **network_facts(best, int8 if int8.is_file() else None),
+    }
+    command = (f"lit-kd fit --config {config_path} && lit-kd test --config {stage_dir / RUN_DIR / 'config.yaml'} "
+               f"--ckpt_path {best}")
+    return outputs, metrics, command
+
+
+def _metric(trainer: L.Trainer, name: str) -> Optional[float]:
+    value = trainer.logged_metrics.get(name, trainer.callback_metrics.get(name))
+    return None if value is None else float(value)
+
+
+def network_facts(ckpt: str | Path, int8: Optional[Path] = None) -> dict:
+    """Parameters, non-zero parameters, MACs, per-layer sparsity and size in bytes of a checkpoint's network.
+
+    Parameters and MACs are those of the plain architecture; non-zero counts come from the checkpoint's own tensors
+    (so a pruned or QAT checkpoint counts what it stores); ``size_bytes`` is the serialized float state dict, or the
+    INT8 model's when the run saved one."""
+    from lit_kd.models import model_summary
+    from lit_kd.models.summary import summary_totals
+    from lit_kd.modules.loading import instantiate_network, network_state, read_checkpoint
+
+    checkpoint = read_checkpoint(ckpt)
+    hparams = checkpoint.get("hyper_parameters") or {}
+    key = "student" if "student" in hparams else "model"
+    network = instantiate_network(hparams[key], hparams.get("num_classes", 10), hparams.get(f"{key}_kwargs"))
+    totals = summary_totals(model_summary(network))
+    state = network_state(checkpoint)
+    layers = {}
+    nonzero = 0
+    for name, tensor in state.items():
+        if not torch.is_floating_point(tensor) or "post_process" in name or "fake_quant" in name or "running_" in name:
+            continue
+        if name.endswith((".weight", ".bias", "weight_orig")):
+            nonzero += int(tensor.count_nonzero())
+            if tensor.ndim in (2, 4) and not name.endswith(".bias"):
+                layers[name.removesuffix("_orig").removesuffix(".weight").replace(".module", "")] = 1 - int(tensor.count_nonzero()) / tensor.numel()
+    buffer = io.BytesIO()
+    torch.save({k: v for k, v in state.items()}, buffer)
+    size = int8.stat().st_size if int8 is not None else buffer.tell()
+    return {"architecture": hparams[key] if isinstance(hparams[key], str) else hparams[key].get("class_path"),
+            "params": totals["params"], "nonzero_params": min(nonzero, totals["params"]), "macs": totals["macs"],
+            "size_bytes": size, "layer_sparsity": layers}
+
+
+# ------------------------------------------------------------------------------------------------ other stages
+def run_weights(ctx: Context, stage: Stage, settings: dict, label: str) -> tuple[dict, dict, str]:
+    """Shipped weights stand in for a trained stage: a plain state dict (loaded with ``weights_only=True``) becomes a
+    lit-kd checkpoint of the named architecture, tested on the full test set."""
+    from lit_kd.modules.loading import instantiate_network, load_weights
+    from lit_kd.study.evaluate import test_accuracy
+
+    source = ctx.study.here / settings["weights"]
+    state = torch.load(source, map_location="cpu", weights_only=True)
+    network = load_weights(instantiate_network(settings["model"], 10, settings.get("model_kwargs")), source, state)
+    ckpt = ctx.stage_dir(stage.name) / "model.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in network.state_dict().items()},
+                "hyper_parameters": {"model": settings["model"], "num_classes": 10, "model_kwargs": settings.get("model_kwargs")}}, ckpt)
+    ctx.progress(f"{label}: testing shipped weights {source.name}")
+    metrics = {"test_acc": test_accuracy(network.eval(), ctx.data), "epochs": None, "stop_reason": f"shipped weights ({source.name})",
+               **network_facts(ckpt)}
+    return {"ckpt": str(ckpt)}, metrics, f"lit-kd classify --ckpt {ckpt} --test-set {ctx.data}"
+
+
+def run_select(ctx: Context, stage: Stage, settings: dict, label: str) -> tuple[dict, dict, str]:
+    candidates = {}
+    for name in stage.needs:
+        candidates[name] = ctx.manifests[name]["metrics"]["test_acc"]
+    chosen = max(candidates, key=lambda n: (candidates[n], -list(candidates).index(n)))
+    ctx.progress(f"{label}: {chosen} has the best test accuracy ({candidates[chosen]:.4f}) of {len(candidates)}")
+    outputs = {k: v for k, v in ctx.manifests[chosen]["outputs"].items() if k in ("ckpt", "config")}
+    return (outputs, {"chosen": chosen, "candidates": candidates},
+            f"best test_acc of {', '.join(candidates)}")
+
+
+def flags(settings: dict) -> list[str]:
+    """``{"bits": [8, 4], "no_pytorch": true}`` -> ``["--bits", "8", "4", "--no-pytorch"]``."""
+    argv = []
+    for key, value in settings.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif value is False or value is None:
+            continue
+        elif isinstance(value, list):
+            argv += [flag, *map(str, value)]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+STEP_COMMANDS = {  # kind -> (module with main(argv), data flag, output flag, output file, outputs)
+    "ptq": ("lit_kd.quant.study", "--data-dir", "--out", "ptq.json", {"json": "ptq.json"}),
+    "export": ("lit_kd.export", "--data", "--out", "model.onnx", {"onnx": "model.onnx", "json": "model.validation.json"}),
+    "bench": ("lit_kd.bench", None, "--out", "bench.json", {"json": "bench.json"}),
+}
+
+
+def run_step(ctx: Context, stage: Stage, settings: dict, label: str) -> tuple[dict, dict, str]:
+    import importlib
+
+    module, data_flag, out_flag, out_file, outputs = STEP_COMMANDS[stage.kind]
+    stage_dir = ctx.stage_dir(stage.name)
+    step_settings = dict(settings[stage.kind] or {})
+    argv = flags(step_settings)
+    if data_flag and data_flag.lstrip("-").replace("-", "_") not in step_settings:
+        argv += [data_flag, ctx.data]
+    argv += [out_flag, str(stage_dir / out_file)]
+    command = f"lit-kd {stage.kind} " + shlex.join(argv)
+    ctx.progress(f"{label}: {command}")
+    result = importlib.import_module(module).main(argv)
+    json.dumps(result, default=str)  # fail here, not in the manifest, if a result cannot be recorded
+    return {k: str(stage_dir / v) for k, v in outputs.items()}, result, command
+
+
+def run_examples(ctx: Context, stage: Stage, settings: dict, label: str) -> tuple[dict, dict, str]:
+    from lit_kd.study.evaluate import one_image_per_class
+
+    models = {name: ctx.manifests[name] for name in stage.needs if ctx.manifests[name]["kind"] in ("fit", "weights")}
+    ctx.progress(f"{label}: predictions of {len(models)} models on one test image per class")
+    result = one_image_per_class(models, ctx.data)
+    path = ctx.stage_dir(stage.name) / "examples.json"
+    path.write_text(json.dumps(result, indent=2))
+    return {"json": str(path)}, result, f"lit_kd.study.evaluate.one_image_per_class over {', '.join(models)}"
+
+
+def run_report(ctx: Context, stage: Stage, settings: dict, label: str) -> tuple[dict, dict, str]:
+    from lit_kd.study.report import write_report
+
+    ctx.progress(f"{label}: writing the report")
+    paths = write_report(ctx.study, ctx.out, {n: ctx.manifests[n] for n in stage.needs}, settings.get("report") or {})
+    return {"html": str(paths["html"])}, {"files": {k: str(v) for k, v in paths.items()}}, "lit-kd study (report stage)"
+
+
+EXECUTORS: dict[str, Callable[[Context, Stage, dict, str], tuple[dict, dict, str]]] = {
+    "fit": run_fit, "weights": run_weights, "select": run_select, "ptq": run_step, "export": run_step,
+    "bench": run_step, "examples": run_examples, "report": run_report,
+}
+
+
+def consumed_files(stage: Stage, settings: Any, manifests: dict[str, dict]) -> list[str]:
+    """The files a stage reads from earlier stages: every resolved setting that is an existing file under a stage
+    it needs, and for select/report/examples stages the manifests of those stages."""
+    files: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str) and Path(value).is_file():
+            files.append(value)
+        elif isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+
+    walk(settings)
+    if stage.kind in ("select", "report", "examples"):
+        for name in stage.needs:
+            files += [v for k, v in manifests[name]["outputs"].items() if k in ("ckpt", "int8", "json", "onnx")]
+    return sorted(set(files))
+
