@@ -29,7 +29,8 @@ def predictions_figure(images: torch.Tensor, predicted, true, class_names=None, 
 
 
 class SamplePredictions(Callback):
-    """After each validation epoch, log the first ``num_images`` validation images with their predictions.
+    """After each validation epoch, log one validation image per class (the first of each, in class order; the
+    first ``num_images`` classes) with its prediction.
 
     The figure goes to every logger that can take one (``experiment.add_figure``, e.g. TensorBoard) under
     ``val/examples``. Images are un-normalised with the datamodule's ``denormalize`` when it has one.
@@ -37,23 +38,32 @@ class SamplePredictions(Callback):
 
     def __init__(self, num_images: int = 10):
         self.num_images = num_images
-        self._sample = None
+        self._found: dict[int, tuple] = {}
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self._found = {}
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        if batch_idx != 0 or dataloader_idx != 0 or trainer.sanity_checking or not isinstance(outputs, torch.Tensor):
+        if dataloader_idx != 0 or trainer.sanity_checking or not isinstance(outputs, torch.Tensor):
             return
-        images, target = batch[0][: self.num_images], batch[1][: self.num_images]
-        target = target.argmax(1) if target.ndim == 2 else target
-        self._sample = (images.detach().float(), outputs[: self.num_images].argmax(1), target)
+        if len(self._found) >= self.num_images:
+            return
+        target = batch[1].argmax(1) if batch[1].ndim == 2 else batch[1]
+        predicted = outputs.argmax(1)
+        for i, label in enumerate(target.tolist()):
+            if label < self.num_images and label not in self._found:
+                self._found[label] = (batch[0][i].detach().float(), int(predicted[i]), label)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._sample is None or not trainer.is_global_zero:
+        if not self._found or not trainer.is_global_zero:
             return
-        images, predicted, true = self._sample
-        self._sample = None
+        sample = [self._found[c] for c in sorted(self._found)]
+        self._found = {}
         figure_loggers = [lg for lg in trainer.loggers if hasattr(getattr(lg, "experiment", None), "add_figure")]
         if not figure_loggers:
             return
+        images = torch.stack([s[0] for s in sample])
+        predicted, true = [s[1] for s in sample], [s[2] for s in sample]
         dm = trainer.datamodule
         if dm is not None and hasattr(dm, "denormalize"):
             images = dm.denormalize(images)

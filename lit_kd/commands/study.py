@@ -34,8 +34,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from lit_kd.study.runner import Runner
-    from lit_kd.study.spec import StudyError, load_study
+    from lit_kd.study.spec import StudyError, load_study  # no torch import: a broken study file fails fast
 
     args = parser().parse_args(argv)
     console = Console(width=None if sys.stdout.isatty() else 150)
@@ -43,9 +42,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     data = args.data
     try:
         study = load_study(args.study)
+        from lit_kd.study.runner import Runner
+
         runner = Runner(study, out, str(Path(data).resolve()) if Path(data).exists() else data, console)
         steps = runner.plan(args.only, args.start)
         runner.print_plan(steps)
+        runner.validate(steps)
         if args.dry_run:
             return 0
         if not Path(data).exists():

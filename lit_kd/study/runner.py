@@ -154,6 +154,23 @@ def _yaml_arg(config: dict) -> str:
     return yaml.safe_dump(config)
 
 
+@contextlib.contextmanager
+def torch_process_state():
+    """Give the next stage the process state this one found: ``Trainer(deterministic=True)`` leaves
+    deterministic algorithms on (quantized kernels then refuse to run), benchmarks pin threads."""
+    import torch
+
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.get_num_threads(), torch.backends.quantized.engine, torch.backends.cudnn.benchmark)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.set_num_threads(saved[2])
+        torch.backends.quantized.engine = saved[3]
+        torch.backends.cudnn.benchmark = saved[4]
+
+
 class Runner:
     def __init__(self, study: Study, out: Path, data: str, console: Optional[Console] = None):
         self.study, self.out, self.data = study, out, data
@@ -187,8 +204,10 @@ class Runner:
             table.add_row(str(i), s.stage.name, s.stage.kind, f"[{style[s.action]}]{s.action}[/]", s.reason)
         self.console.print(table)
 
-    def run(self, steps: list[Step], resume_command: str) -> int:
+    def validate(self, steps: list[Step]) -> None:
         validate_fit_configs(self.study, self.out, self.data, steps)
+
+    def run(self, steps: list[Step], resume_command: str) -> int:
         manifests = {s.stage.name: read_manifest(self.out / s.stage.name) for s in steps}
         ctx = Context(self.study, self.out, self.data, progress=self._progress,
                       manifests={n: m for n, m in manifests.items() if m and m.get("status") == "done"})
@@ -229,7 +248,8 @@ class Runner:
         write_manifest(stage_dir, manifest)
         ctx.resume = step.action == "resume"
         start = time.perf_counter()
-        outputs, metrics, command = EXECUTORS[stage.kind](ctx, stage, inputs["settings"], label)
+        with torch_process_state():
+            outputs, metrics, command = EXECUTORS[stage.kind](ctx, stage, inputs["settings"], label)
         if OUTPUTS[stage.kind][0] not in outputs:
             raise RuntimeError(f"stage {stage.name!r} finished without its {OUTPUTS[stage.kind][0]!r} output")
         manifest.update(status="done", outputs=outputs, metrics=metrics, command=command,

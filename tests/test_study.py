@@ -1,0 +1,234 @@
+"""lit-kd study through the real console script on the fixture data: a whole study end to end, its report checked
+against the stage manifests, resumption after SIGKILL, reruns after a change, and broken study files."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from lit_kd.study.report import pct
+from lit_kd.study.spec import StudyError, load_study
+
+REPO = Path(__file__).resolve().parents[1]
+STUDIES = REPO / "experiments" / "studies"
+
+
+def small_study(tmp: Path, teacher_state: Path, teacher_arch: str = "resnet8") -> Path:
+    """The demo study's graph on the fixture: 3-epoch students, 1-epoch QAT, 3-epoch GMP + QAT, small steps."""
+    study = yaml.safe_load((STUDIES / "demo.yaml").read_text())
+    study["fit_overrides"] = {"trainer.max_epochs": 3, "data.init_args.batch_size": 32, "data.init_args.eval_batch_size": 64,
+                              "trainer.deterministic": True}
+    stages = study["stages"]
+    for stage in stages.values():
+        for key in ("fit", "weights"):
+            if key in stage and not stage[key].startswith("$"):
+                stage[key] = str((STUDIES / stage[key]).resolve())
+    stages["teacher"].update(weights=str(teacher_state), model=teacher_arch)
+    del stages["kd_features"], stages["kd_combined"]
+    stages["best_student"]["select"] = ["student_data", "kd_logits"]
+    stages["report"]["report"]["distillation"]["rows"] = ["kd_logits"]
+    stages["ptq"]["ptq"] = {"ckpt": "${teacher.ckpt}", "bits": [8, 4], "observer": ["minmax"], "calib_batches": 1, "batch_size": 32}
+    stages["qat"]["overrides"]["trainer.max_epochs"] = 1
+    stages["sparse"]["overrides"]["trainer.callbacks"][0]["init_args"]["recipe"] = str(REPO / "experiments" / "recipes" / "gmp_qat.yaml")
+    stages["sparse"]["overrides"]["trainer.callbacks"][0]["init_args"]["recipe_args"] = {
+        "num_epochs": 3, "pruning_end_epoch": 1.0, "final_sparsity": 0.9, "qat_start_epoch": 2.0}
+    for name in ("export_dense", "export_sparse"):
+        stages[name]["export"]["images"] = 60
+    stages["bench"]["bench"].update(iterations_b1=3, iterations_b32=2, warmup=1)
+    path = tmp / "study.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    return path
+
+
+def lit_kd(*args, cwd: Path, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("lit-kd")
+    proc = subprocess.run([str(exe), *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "COLUMNS": "200"})
+    if check:
+        assert proc.returncode == 0, f"lit-kd {args} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def manifests(out: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(out.glob("*/manifest.json"))}
+
+
+@pytest.fixture(scope="module")
+def teacher_state(trained_ckpt, tmp_path_factory) -> Path:
+    """A plain state dict of a trained network (what weights/ ships): the resnet8 of the shared fixture."""
+    from lit_kd.modules.loading import load_network
+
+    path = tmp_path_factory.mktemp("weights") / "teacher.pt"
+    torch.save(load_network(trained_ckpt).state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_zip, teacher_state, tmp_path_factory):
+    """One uninterrupted run of the small study: (study file, out dir, stdout)."""
+    root = tmp_path_factory.mktemp("study")
+    study = small_study(root, teacher_state)
+    proc = lit_kd("study", study, "--out", root / "out", "--data", tiny_zip, cwd=root)
+    return study, root / "out", proc.stdout
+
+
+def test_study_runs_end_to_end_and_reports_what_the_manifests_hold(finished):
+    study, out, stdout = finished
+    found = manifests(out)
+    assert set(found) == set(load_study(study).stages)
+    assert all(m["status"] == "done" for m in found.values())
+    assert "study finished" in stdout and str(out / "report.html") in stdout
+    for name in ("report.html", "report.md", "results.json"):
+        assert (out / name).stat().st_size > 0
+
+    # every image of the self-contained HTML decodes
+    page = (out / "report.html").read_text()
+    images = re.findall(r"src='data:image/png;base64,([^']+)'", page)
+    assert len(images) >= 3  # curves, examples, sparsity
+    for data in images:
+        Image.open(io.BytesIO(base64.b64decode(data))).verify()
+    assert "src='report_files" not in page and "http" not in page
+
+    # the model table's numbers are the manifests'
+    report = (out / "report.md").read_text()
+    results = json.loads((out / "results.json").read_text())
+    trained = {n: m for n, m in found.items() if m["kind"] in ("fit", "weights")}
+    for name, m in trained.items():
+        row = next(line for line in report.splitlines() if line.startswith(f"| {name} | "))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[2] == f"{m['metrics']['params']:,}" and cells[3] == f"{m['metrics']['nonzero_params']:,}"
+        assert cells[6] == pct(m["metrics"]["test_acc"])
+    assert {r["stage"]: r["test_acc"] for r in results["models"]} == {n: m["metrics"]["test_acc"] for n, m in trained.items()}
+    # the PTQ rows, the distillation delta and the speed rows too
+    for row in found["ptq"]["metrics"]["rows"]:
+        assert f"| {pct(row['acc'])} |" in report
+    delta = found["kd_logits"]["metrics"]["test_acc"] - found["student_data"]["metrics"]["test_acc"]
+    assert results["distillation"][1]["delta_vs_baseline"] == pytest.approx(delta)
+    assert f"{100 * delta:+.2f}" in report
+    for row in found["bench"]["metrics"]["rows"]:
+        assert f"| {row['images_per_s']:.0f} |" in report
+    assert found["bench"]["metrics"]["deepsparse_benchmark_commands"][0] in report
+    # the select stage chose the better student, and QAT, pruning and export consumed its checkpoint
+    accs = {n: found[n]["metrics"]["test_acc"] for n in ("student_data", "kd_logits")}
+    chosen = found["best_student"]["metrics"]["chosen"]
+    assert accs[chosen] == max(accs.values())
+    assert found["best_student"]["outputs"]["ckpt"] == found[chosen]["outputs"]["ckpt"]
+    assert found[chosen]["outputs"]["ckpt"] in found["qat"]["inputs"]["consumed"]
+    assert found["sparse"]["metrics"]["nonzero_params"] < 0.2 * found["sparse"]["metrics"]["params"]
+    assert "int8" in found["qat"]["outputs"] and found["export_sparse"]["metrics"]["precision"] == "int8"
+    # examples: one test image per class, a prediction and a confidence per model
+    examples = found["examples"]["metrics"]
+    assert examples["labels"] == list(range(10)) and set(examples["models"]) == set(trained)
+
+
+def test_second_run_skips_everything(finished, tiny_zip):
+    study, out, _ = finished
+    before = manifests(out)
+    proc = lit_kd("study", study, "--out", out, "--data", tiny_zip, cwd=out.parent)
+    assert proc.stdout.count(": skip (finished, inputs unchanged)") == len(before)
+    assert manifests(out) == before
+
+
+def test_killed_in_a_training_stage_resumes_and_ends_like_the_uninterrupted_run(finished, tiny_zip, tmp_path):
+    study, reference_out, _ = finished
+    out = tmp_path / "out"
+    exe = Path(sys.executable).with_name("lit-kd")
+    proc = subprocess.Popen([str(exe), "study", str(study), "--out", str(out), "--data", str(tiny_zip)], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    last = out / "kd_logits" / "run" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 600
+    while not last.exists():  # kd_logits has written its first epoch: kill the whole process group mid-stage
+        assert proc.poll() is None and time.time() < deadline, "the study ended before kd_logits wrote a checkpoint"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed = manifests(out)
+    assert killed["kd_logits"]["status"] == "running" and "report" not in killed
+
+    rerun = lit_kd("study", study, "--out", out, "--data", tiny_zip, cwd=tmp_path)
+    assert "student_data: skip (finished, inputs unchanged)" in rerun.stdout
+    assert "kd_logits: resume fit" in rerun.stdout
+    resumed, reference = manifests(out), manifests(reference_out)
+    assert resumed["kd_logits"]["attempts"] == 2
+    for name in ("student_data", "kd_logits", "qat", "sparse", "prune_100k"):
+        assert resumed[name]["metrics"]["test_acc"] == reference[name]["metrics"]["test_acc"], name
+    ours = torch.load(resumed["kd_logits"]["outputs"]["last"], map_location="cpu", weights_only=False)["state_dict"]
+    theirs = torch.load(reference["kd_logits"]["outputs"]["last"], map_location="cpu", weights_only=False)["state_dict"]
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_from_reruns_a_stage_and_everything_after_it(finished, tiny_zip):
+    study, out, _ = finished
+    plan = lit_kd("study", study, "--out", out, "--data", tiny_zip, "--from", "sparse", "--dry-run", cwd=out.parent).stdout
+    runs = set(re.findall(r"│ (\w+) +│ \w+ +│ run ", plan))
+    assert runs == {"sparse", "export_sparse", "bench", "examples", "report"}
+
+
+def test_a_changed_stage_reruns_with_its_dependents_only(finished, tiny_zip):
+    """Runs after the tests that expect the finished study unchanged: it changes the ptq stage in place."""
+    study, out, _ = finished
+    changed = yaml.safe_load(study.read_text())
+    changed["stages"]["ptq"]["ptq"]["bits"] = [8]
+    study.with_name("changed.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
+    before = manifests(out)
+    plan = lit_kd("study", study.with_name("changed.yaml"), "--out", out, "--data", tiny_zip, "--dry-run", cwd=out.parent).stdout
+    assert re.search(r"│ ptq +│ ptq +│ run +│ its settings changed", plan), plan
+    assert re.search(r"│ report +│ report +│ run +│ ptq runs before it", plan), plan
+    lit_kd("study", study.with_name("changed.yaml"), "--out", out, "--data", tiny_zip, cwd=out.parent)
+    after = manifests(out)
+    assert {n for n in after if after[n]["started"] != before[n]["started"]} == {"ptq", "report"}
+    assert {r["weight_bits"] for r in after["ptq"]["metrics"]["rows"] if r["runtime"] == "ours"} == {8}  # was {8, 4}
+
+
+BROKEN = {
+    "unknown reference": ({"a": {"fit": "CONFIG", "overrides": {"model.init_args.teacher_ckpt": "${nobody.ckpt}"}}},
+                          "stage 'a', overrides.model.init_args.teacher_ckpt: refers to unknown stage 'nobody'"),
+    "cycle": ({"a": {"select": ["b"]}, "b": {"select": ["a"]}}, "cycle: a -> b -> a"),
+    "missing config": ({"a": {"fit": "nowhere.yaml"}}, "stage 'a', fit: config"),
+    "bad override": ({"a": {"fit": "CONFIG", "overrides": {"model.init_arg.lr": 1}}}, "stage 'a', overrides.model.init_arg.lr"),
+    "unknown output": ({"a": {"fit": "CONFIG"}, "b": {"ptq": {"ckpt": "${a.onnx}"}}}, "a fit stage has outputs"),
+    "two kinds": ({"a": {"fit": "CONFIG", "ptq": {}}}, "stage 'a': needs exactly one of the keys"),
+    "leaf typo": ({"a": {"fit": "CONFIG", "overrides": {"trainer.max_epoch": 1}}}, "stage 'a': the config"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_a_broken_study_fails_before_anything_runs(case, tmp_path, tiny_zip):
+    stages, message = BROKEN[case]
+    config = str(STUDIES.parent / "cifar_cpu" / "student_data.yaml")
+    text = yaml.safe_dump({"stages": stages}).replace("CONFIG", config)
+    (tmp_path / "broken.yaml").write_text(text)
+    proc = lit_kd("study", "broken.yaml", "--out", tmp_path / "out", "--data", tiny_zip, cwd=tmp_path, check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in " ".join(proc.stdout.split()), proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_shipped_studies_load_and_seed_groups_expand(tmp_path):
+    for path in STUDIES.glob("*.yaml"):
+        study = load_study(path)
+        assert list(study.stages)[-1] == "report" and study.stages["report"].needs
+    cpu = load_study(STUDIES / "cifar_cpu.yaml")
+    assert set(cpu.groups) == {"student_data", "kd_logits", "kd_features"}
+    assert cpu.stages["best_student"].needs == [f"{g}.seed{s}" for g in ("student_data", "kd_logits", "kd_features") for s in (0, 1)]
+    assert cpu.stages["kd_logits.seed1"].spec["overrides"]["seed_everything"] == 1
+    bad = {"stages": {"s": {"fit": str(STUDIES.parent / "cifar_cpu" / "student_data.yaml"), "seeds": [0, 1]},
+                      "p": {"ptq": {"ckpt": "${s.ckpt}"}}}}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(StudyError, match=r"stage 'p', ptq.ckpt: 's' runs several seeds; name one \(s.seed0, s.seed1\)"):
+        load_study(tmp_path / "bad.yaml")
