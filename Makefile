@@ -19,8 +19,9 @@ install: $(STAMP)
 test: install
 	$(BIN)/pytest
 
+# the demo study (experiments/studies/demo.yaml) on $$LIT_KD_CIFAR10, or on CIFAR-10 downloaded into data/cifar10
 demo: install
-	$(BIN)/python -m lit_kd.demo
+	$(BIN)/lit-kd study experiments/studies/demo.yaml --out runs/demo
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,10 +1,14 @@
-"""Training images per second: the Lightning loop (ClassifierModule + Trainer) versus a plain PyTorch loop.
+"""Training images per second: the Lightning loop (ClassifierModule + Trainer) versus a plain PyTorch loop, and
+with ``--compile`` the same Lightning loop with the network compiled (``ClassifierModule(compile=True)``).
 
 Both run the same model, the same CIFAR10DataModule batches (augmented in ``on_after_batch_transfer``), the same
 optimizer (Adam, lr 1e-3) and batch size, and both compute cross-entropy and a torchmetrics accuracy each step,
 so the difference is the framework's overhead. Each repeat times ``--steps`` steps after ``--warmup`` steps,
 alternating plain and Lightning; reported are the medians over repeats and the ratio of the medians (target:
 Lightning / plain >= 0.95).
+
+Compilation happens in each repeat's warm-up steps (use ``--warmup`` >= 3 with ``--compile``: the first steps of
+each new module compile, the timed ones run the compiled code).
 
     python -m benchmarks.train_throughput --data ../shared/data/cifar10-png.zip --out results/train_throughput.json
 """
@@ -51,28 +55,35 @@ def plain_loop(dm: CIFAR10DataModule, model_name: str, warmup: int, steps: int, 
     raise RuntimeError("unreachable")
 
 
-def lightning_loop(dm: CIFAR10DataModule, model_name: str, warmup: int, steps: int, device: torch.device) -> float:
+def lightning_loop(dm: CIFAR10DataModule, model_name: str, warmup: int, steps: int, device: torch.device, compile: bool = False) -> float:
     """Images per second of ``Trainer.fit`` with the ClassifierModule (logging on, checkpoints and validation off)."""
-    return lightning_images_per_second(ClassifierModule(model_name, num_example_images=0), dm, warmup, steps, device.type)
+    module = ClassifierModule(model_name, num_example_images=0, compile=compile)
+    return lightning_images_per_second(module, dm, warmup, steps, device.type)
 
 
 def main() -> None:
     parser = training_speed_parser(__doc__.split("\n\n")[0], "results/train_throughput.json")
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--compile", action="store_true", help="also time the Lightning loop with torch.compile")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dm = CIFAR10DataModule(data_dir=args.data, batch_size=args.batch_size)
     dm.setup("fit")
-    plain, lightning = [], []
+    plain, lightning, compiled = [], [], []
     for repeat in range(args.repeats):
         L.seed_everything(repeat, verbose=False)
         plain.append(plain_loop(dm, args.model, args.warmup, args.steps, device))
         L.seed_everything(repeat, verbose=False)
         lightning.append(lightning_loop(dm, args.model, args.warmup, args.steps, device))
-        print(f"repeat {repeat}: plain {plain[-1]:.1f} img/s, lightning {lightning[-1]:.1f} img/s", flush=True)
+        line = f"repeat {repeat}: plain {plain[-1]:.1f} img/s, lightning {lightning[-1]:.1f} img/s"
+        if args.compile:
+            L.seed_everything(repeat, verbose=False)
+            compiled.append(lightning_loop(dm, args.model, args.warmup, args.steps, device, compile=True))
+            line += f", lightning compiled {compiled[-1]:.1f} img/s"
+        print(line, flush=True)
     result = {
         "benchmark": "train_throughput",
         "model": args.model,
@@ -89,9 +100,14 @@ def main() -> None:
         "ratio_of_medians": statistics.median(lightning) / statistics.median(plain),
         "median_paired_ratio": statistics.median(l / p for l, p in zip(lightning, plain)),
     }
+    if compiled:
+        result |= {"lightning_compiled_images_per_s": compiled, "compiled_median": statistics.median(compiled),
+                   "compiled_vs_eager_paired_median": statistics.median(c / e for c, e in zip(compiled, lightning))}
     write_json(args.out, result)
     print(f"median plain {result['plain_median']:.1f} img/s, lightning {result['lightning_median']:.1f} img/s, "
-          f"ratio {result['ratio_of_medians']:.3f} (paired median {result['median_paired_ratio']:.3f}) -> {args.out}")
+          f"ratio {result['ratio_of_medians']:.3f} (paired median {result['median_paired_ratio']:.3f})"
+          + (f"; compiled {result['compiled_median']:.1f} img/s, {result['compiled_vs_eager_paired_median']:.2f}x eager" if compiled else "")
+          + f" -> {args.out}")
 
 
 if __name__ == "__main__":
