@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from benchmarks import distill_overhead, kd_vs_data_only, train_throughput
+from benchmarks import distill_overhead, kd_vs_data_only, time_to_accuracy, train_throughput
 
 
 def run_script(module, monkeypatch, *args: str) -> dict:
@@ -63,3 +63,16 @@ def test_quant_speed_json(tmp_path, monkeypatch):
         assert row["images_per_s"] == pytest.approx(row["batch"] * 1000 / row["latency_ms_median"])
         assert len(row["latency_ms_per_repeat"]) == 2
     assert result["machine"]["torch_threads"] == 1
+
+
+def test_time_to_accuracy_reads_the_runs_events(trained_ckpt, tmp_path):
+    from tests.helpers import scalars
+
+    run_dir = trained_ckpt.parents[1]
+    accs = scalars(run_dir, "val/acc")
+    result = time_to_accuracy.main([str(run_dir), "--thresholds", str(min(accs)), "1.01", "--out", str(tmp_path / "t.json")])
+    assert [p["acc"] for p in result["curve"]] == accs and [p["epoch"] for p in result["curve"]] == [1, 2, 3]
+    assert all(a["minutes"] <= b["minutes"] for a, b in zip(result["curve"], result["curve"][1:]))
+    first = next(i for i, a in enumerate(accs) if a >= min(accs)) + 1
+    assert result["reached"][str(min(accs))]["epoch"] == first and result["reached"]["1.01"] is None
+    assert json.loads((tmp_path / "t.json").read_text())["final"]["acc"] == accs[-1]

@@ -232,3 +232,15 @@ def test_shipped_studies_load_and_seed_groups_expand(tmp_path):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
     with pytest.raises(StudyError, match=r"stage 'p', ptq.ckpt: 's' runs several seeds; name one \(s.seed0, s.seed1\)"):
         load_study(tmp_path / "bad.yaml")
+
+
+def test_use_lets_shipped_weights_stand_in_for_a_fit_stage(tmp_path, tiny_zip):
+    study = STUDIES / "cifar_cpu.yaml"
+    weights = REPO / "weights" / "resnet20_teacher.pt"
+    plan = lit_kd("study", study, "--out", tmp_path / "out", "--data", tiny_zip, "--use", f"teacher={weights}", "--dry-run",
+                  cwd=tmp_path).stdout
+    assert re.search(r"│ teacher +│ weights +│ run +│ never run", plan), plan
+    assert load_study(study, {"teacher": str(weights)}).stages["teacher"].spec["model"] == "resnet20"
+    bad = lit_kd("study", study, "--out", tmp_path / "out", "--use", "best_student=x.pt", "--dry-run", cwd=tmp_path, check=False)
+    assert bad.returncode == 2 and "'best_student' is not a fit stage" in bad.stdout
+    assert not (tmp_path / "out").exists()

@@ -4,6 +4,7 @@
     lit-kd study experiments/studies/cifar_cpu.yaml --dry-run        # the plan: run / resume / skip, and why
     lit-kd study STUDY.yaml --only ptq report                        # (re)run just these stages
     lit-kd study STUDY.yaml --from qat                               # (re)run this stage and everything after it
+    lit-kd study STUDY.yaml --use teacher=weights/resnet20_teacher.pt  # shipped weights instead of training a stage
 
 Exit status: 0 done, 1 a stage failed (the message names it and the command that resumes), 2 a bad study file or
 bad arguments (nothing ran).
@@ -29,6 +30,8 @@ def parser() -> argparse.ArgumentParser:
                    help="CIFAR-10 source for every stage (default $LIT_KD_CIFAR10, else data/cifar10, downloaded when missing)")
     p.add_argument("--only", nargs="+", metavar="STAGE", help="run only these stages (a seeded stage's name runs all its seeds)")
     p.add_argument("--from", dest="start", metavar="STAGE", help="run this stage and every stage after it, whatever their state")
+    p.add_argument("--use", nargs="+", default=[], metavar="STAGE=FILE",
+                   help="let trained weights (a plain state dict, e.g. weights/resnet20_teacher.pt) stand in for a fit stage")
     p.add_argument("--dry-run", action="store_true", help="print the plan and run nothing")
     return p
 
@@ -36,12 +39,16 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list[str]] = None) -> int:
     from lit_kd.study.spec import StudyError, load_study  # no torch import: a broken study file fails fast
 
-    args = parser().parse_args(argv)
+    cli = parser()
+    args = cli.parse_args(argv)
+    if any("=" not in u for u in args.use):
+        cli.error(f"--use takes STAGE=FILE pairs, got {[u for u in args.use if '=' not in u]}")
+    use = dict(u.split("=", 1) for u in args.use)
     console = Console(width=None if sys.stdout.isatty() else 150)
     out = Path(args.out or Path("runs") / Path(args.study).stem).resolve()
     data = args.data
     try:
-        study = load_study(args.study)
+        study = load_study(args.study, use)
         from lit_kd.study.runner import Runner
 
         runner = Runner(study, out, str(Path(data).resolve()) if Path(data).exists() else data, console)
@@ -55,7 +62,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
             load_cifar10_arrays(data, download=True)  # a user with internet: torchvision's download, once
         out.mkdir(parents=True, exist_ok=True)
-        resume = shlex.join(["lit-kd", "study", args.study, "--out", str(out), "--data", data])
+        resume = shlex.join(["lit-kd", "study", args.study, "--out", str(out), "--data", data, *(["--use", *args.use] if args.use else [])])
         return runner.run(steps, resume)
     except StudyError as err:
         console.print(f"[bold red]error:[/] {err}", highlight=False)

@@ -84,3 +84,22 @@ def load_network(path: Union[str, Path]) -> nn.Module:
         )
     network = instantiate_network(hparams[key], hparams.get("num_classes", 10), hparams.get(f"{key}_kwargs"))
     return load_weights(network, path, checkpoint).eval()
+
+
+def write_weights_file(network: nn.Module, architecture: str, path: Union[str, Path], num_classes: int = 10,
+                       model_kwargs: Optional[dict] = None) -> Path:
+    """Save ``network`` as a small portable checkpoint: its state dict under the ``model.`` prefix and the
+    architecture that rebuilds it, nothing else (no optimizer, no pickled objects: ``torch.load(path,
+    weights_only=True)`` reads it). :func:`load_network`, ``lit-kd classify/ptq/export``, ``teacher_ckpt`` and
+    ``init_ckpt`` take it like any lit-kd checkpoint; ``lit-kd test --ckpt_path`` too (it carries the Lightning
+    version key Lightning's loader checks)."""
+    import lightning
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({"state_dict": {NETWORK_PREFIX + k: v.detach().cpu() for k, v in network.state_dict().items()},
+                "hyper_parameters": {"model": architecture, "num_classes": num_classes, "model_kwargs": model_kwargs},
+                "pytorch-lightning_version": lightning.__version__}, tmp)
+    tmp.replace(path)
+    return path

@@ -109,8 +109,11 @@ def substitute(value: Any, lookup) -> Any:
     return value
 
 
-def load_study(path: str | Path) -> Study:
-    """Read and check a study file: kinds, names, references, cycles, files. Raises :class:`StudyError`."""
+def load_study(path: str | Path, use: dict[str, str] | None = None) -> Study:
+    """Read and check a study file: kinds, names, references, cycles, files. Raises :class:`StudyError`.
+
+    ``use``: stage name -> weights file (a plain state dict) that stands in for that fit stage: the stage becomes a
+    ``weights`` stage of the architecture its config names, so the stages after it start from those weights."""
     path = Path(path).resolve()
     if not path.is_file():
         raise StudyError(f"study file {str(path)!r} does not exist")
@@ -136,6 +139,8 @@ def load_study(path: str | Path) -> Study:
             stages[stage.name] = stage
             if stage.group:
                 groups.setdefault(stage.group, []).append(stage.name)
+    for name, weights in (use or {}).items():
+        stages[name] = _stand_in(path, stages, name, weights)
     for stage in stages.values():
         stage.needs = _needs(stage, stages, groups)
     study = Study(path, str(raw.get("description") or ""), _ordered(stages), groups)
@@ -178,6 +183,22 @@ def _parse_stage(path: Path, name: str, body: Any, fit_overrides: dict) -> list[
     elif not isinstance(spec[kind] or {}, dict):
         raise StudyError(f"stage {name!r}: {kind} takes a mapping of flags, got {spec[kind]!r}")
     return [Stage(name, kind, spec)]
+
+
+def _stand_in(path: Path, stages: dict[str, Stage], name: str, weights: str) -> Stage:
+    stage = stages.get(name)
+    if stage is None or stage.kind != "fit" or references(stage.spec["fit"]):
+        raise StudyError(f"--use {name}={weights}: {name!r} is not a fit stage with its own config "
+                         f"(fit stages: {[n for n, s in stages.items() if s.kind == 'fit' and not references(s.spec['fit'])]})")
+    config = yaml.safe_load((path.parent / stage.spec["fit"]).read_text()) or {}
+    init = (config.get("model") or {}).get("init_args") or {}
+    arch = init.get("student", init.get("model"))
+    if not isinstance(arch, str):
+        raise StudyError(f"--use {name}={weights}: the stage's config names no architecture by name (model or student)")
+    file = Path(weights).resolve()
+    if not file.is_file():
+        raise StudyError(f"--use {name}={weights}: file {str(file)!r} does not exist")
+    return Stage(name, "weights", {"weights": str(file), "model": arch, "model_kwargs": init.get("student_kwargs", init.get("model_kwargs"))})
 
 
 def _needs(stage: Stage, stages: dict[str, Stage], groups: dict[str, list[str]]) -> list[str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import shlex
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,7 +91,8 @@ def run_fit(ctx: Context, stage: Stage, settings: dict, label: str) -> tuple[dic
     config_path = stage_dir / "stage_config.yaml"
     config_path.write_text(yaml.safe_dump(stage_config(ctx, stage, settings), sort_keys=False))
     ckpt_dir = stage_dir / RUN_DIR / "checkpoints"
-    args = ["fit", "--config", str(config_path), "--trainer.enable_progress_bar", "false"]
+    # Lightning's bars under the study's per-epoch lines in a terminal; in logs, only the study's lines
+    args = ["fit", "--config", str(config_path), "--trainer.enable_progress_bar", str(sys.stdout.isatty()).lower()]
     if ctx.resume and (ckpt_dir / "last.ckpt").is_file():
         args += ["--ckpt_path", str(ckpt_dir / "last.ckpt")]
     cli = run(args, extra_callbacks=[StageProgress(label, ctx.progress)])
@@ -156,17 +158,15 @@ def network_facts(ckpt: str | Path, int8: Optional[Path] = None) -> dict:
 
 # ------------------------------------------------------------------------------------------------ other stages
 def run_weights(ctx: Context, stage: Stage, settings: dict, label: str) -> tuple[dict, dict, str]:
-    """Shipped weights stand in for a trained stage: a plain state dict (loaded with ``weights_only=True``) becomes a
-    lit-kd checkpoint of the named architecture, tested on the full test set."""
-    from lit_kd.modules.loading import instantiate_network, load_weights
+    """Shipped weights stand in for a trained stage: a weights file (a plain state dict or a portable checkpoint,
+    loaded with ``weights_only=True``) becomes a checkpoint of the named architecture, tested on the full test set."""
+    from lit_kd.modules.loading import instantiate_network, load_weights, write_weights_file
     from lit_kd.study.evaluate import test_accuracy
 
     source = ctx.study.here / settings["weights"]
     state = torch.load(source, map_location="cpu", weights_only=True)
     network = load_weights(instantiate_network(settings["model"], 10, settings.get("model_kwargs")), source, state)
-    ckpt = ctx.stage_dir(stage.name) / "model.ckpt"
-    torch.save({"state_dict": {f"model.{k}": v for k, v in network.state_dict().items()},
-                "hyper_parameters": {"model": settings["model"], "num_classes": 10, "model_kwargs": settings.get("model_kwargs")}}, ckpt)
+    ckpt = write_weights_file(network, settings["model"], ctx.stage_dir(stage.name) / "model.ckpt", 10, settings.get("model_kwargs"))
     ctx.progress(f"{label}: testing shipped weights {source.name}")
     metrics = {"test_acc": test_accuracy(network.eval(), ctx.data), "epochs": None, "stop_reason": f"shipped weights ({source.name})",
                **network_facts(ckpt)}
