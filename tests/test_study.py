@@ -42,6 +42,7 @@ def small_study(tmp: Path, teacher_state: Path, teacher_arch: str = "resnet8") -
     stages["best_student"]["select"] = ["student_data", "kd_logits"]
     stages["report"]["report"]["distillation"]["rows"] = ["kd_logits"]
     stages["ptq"]["ptq"] = {"ckpt": "${teacher.ckpt}", "bits": [8, 4], "observer": ["minmax"], "calib_batches": 1, "batch_size": 32}
+    stages["mixed_precision"]["ptq"].update(eval_images=60, test_images=None, calib_batches=1, batch_size=32, evaluations=2)
     stages["qat"]["overrides"]["trainer.max_epochs"] = 1
     stages["sparse"]["overrides"]["trainer.callbacks"][0]["init_args"]["recipe"] = str(REPO / "experiments" / "recipes" / "gmp_qat.yaml")
     stages["sparse"]["overrides"]["trainer.callbacks"][0]["init_args"]["recipe_args"] = {
@@ -98,7 +99,7 @@ def test_study_runs_end_to_end_and_reports_what_the_manifests_hold(finished):
     # every image of the self-contained HTML decodes
     page = (out / "report.html").read_text()
     images = re.findall(r"src='data:image/png;base64,([^']+)'", page)
-    assert len(images) >= 3  # curves, examples, sparsity
+    assert len(images) >= 4  # curves, examples, mixed precision, sparsity
     for data in images:
         Image.open(io.BytesIO(base64.b64decode(data))).verify()
     assert "src='report_files" not in page and "http" not in page

@@ -11,7 +11,7 @@ execution order, each seeing the already-quantized layers before it.
 from __future__ import annotations
 
 import copy
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Mapping, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -129,11 +129,28 @@ def _replace(model: nn.Module, path: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, name, new)
 
 
+Bits = Union[int, Mapping[str, int]]
+
+
+def bits_per_layer(bits: Bits, order: list[str], what: str) -> dict[str, int]:
+    """Widths by layer path from an int (every layer) or a mapping ``{"default": 4, "layer3.0.conv1": 2, ...}``
+    (``default`` for the layers not named; without it every layer must be named)."""
+    if not isinstance(bits, Mapping):
+        return {path: check_bits(bits, what) for path in order}
+    unknown = sorted(set(bits) - set(order) - {"default"})
+    if unknown:
+        raise ValueError(f"{what}: {unknown} are not quantizable layers of the model; its Conv2d/Linear layers are {order}")
+    missing = [p for p in order if p not in bits]
+    if missing and "default" not in bits:
+        raise ValueError(f"{what}: no width for {missing}; name every layer or give a 'default'")
+    return {path: check_bits(bits.get(path, bits.get("default")), f"{what} of {path}") for path in order}
+
+
 def quantize(
     model: nn.Module,
     calib_data: Iterable,
-    weight_bits: int = 8,
-    act_bits: int = 8,
+    weight_bits: Bits = 8,
+    act_bits: Bits = 8,
     observer: str = "minmax",
     per_channel: bool = True,
     rounding: str = "nearest",
@@ -152,7 +169,8 @@ def quantize(
 
     Args:
         calib_data: iterable of input batches or (input, label) batches, already normalised as the model expects.
-        weight_bits, act_bits: bit widths from 2 to 16 for weights and for activations entering weighted layers.
+        weight_bits, act_bits: bit widths from 2 to 16 for weights and for activations entering weighted layers; an
+            int for every layer, or a mapping from layer path to width with an optional ``default`` (mixed precision).
         observer: activation observer (``minmax``, ``moving_average``, ``percentile``, ``mse``); weights use the
             same unless ``weight_observer`` is given (``moving_average`` means ``minmax`` for weights).
         per_channel: one scale per output channel for weights (else one per tensor).
@@ -164,8 +182,10 @@ def quantize(
         calib_batches: use at most this many batches of ``calib_data``.
         fold_bn: fold BatchNorm into the preceding conv before quantizing weights.
     """
-    check_bits(weight_bits, "weight bit width")
-    check_bits(act_bits, "activation bit width")
+    if not isinstance(weight_bits, Mapping):
+        check_bits(weight_bits, "weight bit width")
+    if not isinstance(act_bits, Mapping):
+        check_bits(act_bits, "activation bit width")
     for name in (observer, weight_observer or observer):
         if name not in OBSERVERS:
             raise ValueError(f"unknown observer {name!r}; expected one of {list(OBSERVERS)}")
@@ -181,10 +201,11 @@ def quantize(
     if not order:
         raise ValueError(f"{type(model).__name__} has no Conv2d or Linear layer to quantize")
 
+    wbits, abits = bits_per_layer(weight_bits, order, "weight bit width"), bits_per_layer(act_bits, order, "activation bit width")
     layers: dict[str, QuantizedLayer] = {}
     for path in order:
         wide = keep_first_last_8bit and path in (order[0], order[-1])
-        wb, ab = (8, 8) if wide else (weight_bits, act_bits)
+        wb, ab = (8, 8) if wide else (wbits[path], abits[path])
         quantizer = ActivationQuantizer(make_observer(observer), ab, symmetric_activations)
         layers[path] = QuantizedLayer(qmodel.get_submodule(path), quantizer, wb, symmetric_weights)
         _replace(qmodel, path, layers[path])

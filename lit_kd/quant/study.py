@@ -54,6 +54,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--test-images", type=int, default=None, help="evaluate on the first N test images (default all)")
     p.add_argument("--no-pytorch", action="store_true", help="skip PyTorch's fp16 / INT8 rows")
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    search = p.add_argument_group("mixed precision (with --max-drop: search per-layer weight widths instead of the table)")
+    search.add_argument("--max-drop", type=float, help="accuracy budget in points on held-out training images, e.g. 1.0")
+    search.add_argument("--candidates", type=int, nargs="+", default=[2, 4, 8], help="weight widths to choose from")
+    search.add_argument("--act-bits", type=int, default=8, help="activation width of every layer during the search")
+    search.add_argument("--cost", choices=["bits", "bops"], default="bits", help="what the allocation minimises")
+    search.add_argument("--eval-images", type=int, default=5000, help="training images held out to evaluate allocations on")
+    search.add_argument("--evaluations", type=int, default=8, help="evenly spaced allocations evaluated for the front")
     p.add_argument("--out", default="results/ptq.json")
     return p
 
@@ -125,9 +132,80 @@ def print_table(result: dict) -> None:
     Console(width=None if sys.stdout.isatty() else 160).print(table)  # logs and pipes get the full table
 
 
+def run_search(args: argparse.Namespace) -> dict:
+    """``--max-drop``: the cheapest per-layer weight widths within the budget on held-out training images (never the
+    test set), then test accuracy of FP32, the chosen allocation and the uniform widths."""
+    from lit_kd.data import CIFAR10DataModule
+    from lit_kd.modules.loading import load_network
+    from lit_kd.quant.mixed_precision import average_bits, pareto_plot, search_bits, size_bytes
+
+    torch.set_num_threads(args.threads)
+    model = load_network(args.ckpt)
+    data = CIFAR10DataModule(args.data_dir, val_split=args.eval_images)
+    calib = list(data.normalized_batches("train", args.batch_size, args.calib_batches * args.batch_size, shuffle=True))
+    held_out = list(data.normalized_batches("val", 1000))
+    test = list(data.normalized_batches("test", 1000, args.test_images))
+    options = {"observer": args.observer[0], "weight_observer": args.weight_observer, "per_channel": args.granularity[0] == "per_channel",
+               "rounding": args.rounding[0], "bias_correction": args.bias_correction, "adaround_iterations": args.adaround_iterations}
+    start = time.perf_counter()
+    out = Path(args.out)
+    result = search_bits(model, calib, held_out, args.max_drop / 100, tuple(args.candidates), args.cost, act_bits=args.act_bits,
+                         evaluations=args.evaluations, cache=out.with_suffix(".sensitivity.json"), progress=lambda s: print(s, flush=True),
+                         **options)
+    seconds = time.perf_counter() - start
+    test_acc = {"fp32": accuracy(model, test)}
+    for name, point in [("chosen", result.chosen), *((p.label, p) for p in result.uniform)]:
+        test_acc[name] = accuracy(quantize(model, calib, point.weight_bits, args.act_bits, **options), test)
+    layers = result.layers
+    fp32_bytes = sum(v["params"] for v in layers.values()) * 4
+    summary = {"checkpoint": str(args.ckpt), "search_seconds": round(seconds, 1), "threads": args.threads, "options": options,
+               "eval_images": args.eval_images, "test_images": sum(len(y) for _, y in test), "test_acc": test_acc,
+               "chosen_average_weight_bits": average_bits(result.chosen.weight_bits, layers),
+               "chosen_weight_bytes": size_bytes(result.chosen.weight_bits, layers), "fp32_weight_bytes": fp32_bytes,
+               "uniform_int8_weight_bytes": fp32_bytes / 4, "search": result.as_dict()}
+    print_search(summary, result)
+    summary["plot"] = str(pareto_plot(result, out.with_suffix(".png")))
+    return summary
+
+
+def print_search(summary: dict, result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    chosen = result.chosen.weight_bits
+    table = Table(title=f"Chosen allocation within {100 * result.max_drop:.2f} points on {summary['eval_images']} held-out images")
+    for col in ("layer", "params", "bits (W/A)", "sensitivity (loss increase at that width)"):
+        table.add_column(col, justify="left" if col == "layer" else "right")
+    for path, facts in result.layers.items():
+        table.add_row(path, f"{facts['params']:,}", f"{chosen[path]}/{result.act_bits}", f"{result.sensitivity[path][chosen[path]]:+.4f}")
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    console.print(table)
+    t = summary["test_acc"]
+    console.print(f"average weight bits {summary['chosen_average_weight_bits']:.2f}; weights {summary['chosen_weight_bytes'] / 1024:.1f} KiB "
+                  f"vs FP32 {summary['fp32_weight_bytes'] / 1024:.1f} KiB and uniform INT8 {summary['uniform_int8_weight_bytes'] / 1024:.1f} KiB")
+    console.print("test accuracy: " + ", ".join(f"{k} {100 * v:.2f} %" for k, v in t.items()) + f" (search {summary['search_seconds']} s)")
+
+
 def main(argv: Optional[list[str]] = None) -> dict:
     cli = parser()
     args = cli.parse_args(argv)
+    if args.max_drop is not None:
+        if args.max_drop < 0:
+            cli.error(f"--max-drop is an accuracy budget in points, >= 0; got {args.max_drop}")
+        if not args.candidates:
+            cli.error("--candidates needs at least one bit width")
+        for bits in [*args.candidates, args.act_bits]:
+            try:
+                check_bits(bits)
+            except ValueError as err:
+                cli.error(str(err))
+        if not Path(args.ckpt).is_file():
+            cli.error(f"checkpoint {args.ckpt!r} does not exist")
+        result = run_search(args)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.out} and {result['plot']}")
+        return result
     for bits in [*args.bits, *args.weight_only_bits]:
         try:
             check_bits(bits)

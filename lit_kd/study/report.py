@@ -108,6 +108,22 @@ def ptq_table(manifest: dict) -> tuple[Table, list[dict]]:
                  f"{result['test_images']} test images, {result['calib_images']} calibration images from the training set."), data
 
 
+def mixed_precision_section(name: str, result: dict) -> Section:
+    """The chosen per-layer widths of a ``lit-kd ptq --max-drop`` stage, test accuracies, and its Pareto plot."""
+    search = result["search"]
+    chosen = search["chosen"]["weight_bits"]
+    rows = [[path, f"{facts['params']:,}", f"{chosen[path]}/{search['act_bits']}", f"{search['sensitivity'][path][str(chosen[path])]:+.4f}"]
+            for path, facts in search["layers"].items()]
+    accs = result["test_acc"]
+    text = (f"Budget {100 * search['max_drop']:.2f} points on {result['eval_images']} held-out training images; average weight "
+            f"width {result['chosen_average_weight_bits']:.2f} bits, {result['chosen_weight_bytes'] / 1024:.1f} KiB of weights against "
+            f"{result['fp32_weight_bytes'] / 1024:.1f} KiB in FP32 and {result['uniform_int8_weight_bytes'] / 1024:.1f} KiB in uniform INT8; "
+            f"search {result['search_seconds']} s. Test accuracy: " + ", ".join(f"{k} {pct(v)}" for k, v in accs.items()) + ".")
+    return Section(f"Mixed precision ({name})", [text, Table(["layer", "parameters", "bits (W/A)", "sensitivity"], rows,
+                                                         "Sensitivity: increase of the held-out loss with this layer alone at its width."),
+                                                 Figure(Path(result["plot"]), "Accuracy against weight size of every allocation evaluated.")])
+
+
 def qat_table(manifests: dict[str, dict]) -> tuple[Optional[Table], list[dict]]:
     rows, data = [], []
     for name, m in manifests.items():
@@ -247,7 +263,10 @@ def build(study: Study, out: Path, manifests: dict[str, dict], report_settings: 
 
     ptq_data = []
     for name, m in manifests.items():
-        if m["kind"] == "ptq":
+        if m["kind"] == "ptq" and "search" in m["metrics"]:
+            sections.append(mixed_precision_section(name, m["metrics"]))
+            results.setdefault("mixed_precision", {})[name] = {k: v for k, v in m["metrics"].items() if k != "search"}
+        elif m["kind"] == "ptq":
             table, ptq_data = ptq_table(m)
             sections.append(Section(f"Post-training quantization ({name})", [table]))
             results.setdefault("ptq", {})[name] = ptq_data

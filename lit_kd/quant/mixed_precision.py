@@ -1,0 +1,287 @@
+"""Accuracy-driven mixed precision: the cheapest per-layer weight widths whose accuracy drop stays within a budget.
+
+1. Sensitivity (:func:`layer_sensitivity`): for every Conv2d/Linear layer and candidate width, quantize that layer
+   alone (its weights at the width, its input at ``act_bits``; every other layer at 16 bits, which is float for
+   practical purposes) and measure the increase of the cross-entropy on the evaluation images over the float model.
+2. Order: starting from every layer at the widest candidate, a greedy sequence of one-step narrowings (a layer to
+   its next smaller candidate), each time the step with the least sensitivity added per unit of cost saved.
+3. Search (:func:`search_bits`): a binary search along that sequence for the longest prefix whose accuracy drop
+   on ``eval_data`` stays within ``max_drop``, plus evenly spaced points along it for the Pareto front; every point
+   is a real quantization of all layers and an evaluation. ``eval_data`` must not be the test set: the CLI holds it
+   out of the training split (``val_split``) and only reports test accuracy.
+
+Cost: ``bits`` is the weights' storage, sum of parameters x width; ``bops`` is sum of MACs x weight width x
+activation width (Baskin et al.), both counted over the quantized layers. ``max_drop`` is a fraction (0.01 = one
+accuracy point).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lit_kd.quant.affine import check_bits
+from lit_kd.quant.ptq import calibration_batches, execution_order, fold_batchnorm, quantize
+
+COSTS = ("bits", "bops")
+FLOAT_BITS = 16  # "not quantized" for the layers around the one whose sensitivity is measured
+
+
+@dataclass
+class Point:
+    """One evaluated allocation: cost, accuracy on the evaluation data, and the widths by layer."""
+
+    cost: float
+    acc: float
+    weight_bits: dict[str, int]
+    label: str = ""
+
+
+@dataclass
+class SearchResult:
+    chosen: Point
+    fp32_acc: float
+    max_drop: float
+    act_bits: int
+    cost_kind: str
+    fp32_cost: float
+    uniform: list[Point]
+    evaluated: list[Point]
+    front: list[Point]
+    sensitivity: dict[str, dict[int, float]]
+    layers: dict[str, dict]  # path -> {"params", "macs"}
+    order: list[tuple[str, int]] = field(default_factory=list)  # the greedy narrowing sequence
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out["sensitivity"] = {p: {str(b): v for b, v in s.items()} for p, s in self.sensitivity.items()}
+        return out
+
+
+def layer_facts(model: nn.Module, example: torch.Tensor) -> dict[str, dict]:
+    """Parameters of the weight and MACs per output, per quantizable layer in execution order."""
+    folded = fold_batchnorm(model)
+    order = execution_order(folded, example[:1])
+    shapes: dict[str, tuple] = {}
+
+    def record(path: str):
+        def hook(_module, _inputs, output) -> None:  # returns None: the output stays as it is
+            shapes[path] = tuple(output.shape)
+        return hook
+
+    handles = [folded.get_submodule(p).register_forward_hook(record(p)) for p in order]
+    with torch.no_grad():
+        folded(example[:1])
+    for h in handles:
+        h.remove()
+    facts = {}
+    for path in order:
+        weight = folded.get_submodule(path).weight
+        spatial = math.prod(shapes[path][2:]) if len(shapes[path]) > 2 else 1
+        facts[path] = {"params": weight.numel(), "macs": weight.numel() * spatial}
+    return facts
+
+
+def allocation_cost(weight_bits: dict[str, int], act_bits: int, layers: dict[str, dict], kind: str) -> float:
+    if kind == "bits":
+        return float(sum(layers[p]["params"] * b for p, b in weight_bits.items()))
+    return float(sum(layers[p]["macs"] * b * act_bits for p, b in weight_bits.items()))
+
+
+def evaluate(model: nn.Module, batches: list) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) over ``(images, labels)`` batches."""
+    correct = total = 0
+    loss = 0.0
+    with torch.no_grad():
+        for x, y in batches:
+            logits = model(x)
+            correct += int((logits.argmax(1) == y).sum())
+            loss += float(F.cross_entropy(logits, y, reduction="sum"))
+            total += len(y)
+    return correct / total, loss / total
+
+
+def sensitivity_key(model: nn.Module, candidates: tuple[int, ...], act_bits: int, eval_batches: list, options: dict) -> str:
+    """A hash of the model's weights, the candidates, the evaluation images and the quantizer options."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    digest.update(json.dumps([list(candidates), act_bits, options], sort_keys=True).encode())
+    for x, _ in eval_batches:
+        digest.update(x.cpu().numpy().tobytes()[:4096])
+        digest.update(str(tuple(x.shape)).encode())
+    return digest.hexdigest()
+
+
+def layer_sensitivity(model: nn.Module, calib: list, eval_batches: list, candidates: tuple[int, ...], act_bits: int,
+                      quant_options: dict, cache: Optional[Path] = None, progress: Callable[[str], None] = lambda s: None) -> dict[str, dict[int, float]]:
+    """``{layer: {bits: loss increase}}`` with each layer quantized alone; read from / written to ``cache``."""
+    key = sensitivity_key(model, candidates, act_bits, eval_batches, quant_options)
+    if cache is not None and cache.is_file():
+        stored = json.loads(cache.read_text())
+        if stored.get("key") == key:
+            progress(f"sensitivities from {cache}")
+            return {p: {int(b): v for b, v in s.items()} for p, s in stored["sensitivity"].items()}
+    _, float_loss = evaluate(model, eval_batches)
+    order = execution_order(fold_batchnorm(model), calib[0][:1])
+    result: dict[str, dict[int, float]] = {}
+    for path in order:
+        result[path] = {}
+        for bits in candidates:
+            qmodel = quantize(model, calib, {"default": FLOAT_BITS, path: bits}, {"default": FLOAT_BITS, path: act_bits}, **quant_options)
+            result[path][bits] = evaluate(qmodel, eval_batches)[1] - float_loss
+        progress(f"sensitivity {path}: " + ", ".join(f"{b} bits {v:+.4f}" for b, v in result[path].items()))
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps({"key": key, "sensitivity": {p: {str(b): v for b, v in s.items()} for p, s in result.items()}}, indent=1))
+    return result
+
+
+def greedy_order(sensitivity: dict[str, dict[int, float]], candidates: tuple[int, ...], act_bits: int, layers: dict[str, dict],
+                 kind: str) -> list[tuple[str, int]]:
+    """The narrowing steps ``(layer, new width)`` from all-widest to all-narrowest, cheapest harm per saved cost first."""
+    widths = sorted(candidates, reverse=True)
+    current = {p: widths[0] for p in sensitivity}
+    steps = []
+    while True:
+        best = None
+        for path, bits in current.items():
+            i = widths.index(bits)
+            if i + 1 == len(widths):
+                continue
+            lower = widths[i + 1]
+            saved = allocation_cost({path: bits}, act_bits, layers, kind) - allocation_cost({path: lower}, act_bits, layers, kind)
+            harm = max(sensitivity[path][lower] - sensitivity[path][bits], 0.0)
+            score = harm / saved if saved > 0 else math.inf
+            if best is None or score < best[0]:
+                best = (score, path, lower)
+        if best is None:
+            return steps
+        current[best[1]] = best[2]
+        steps.append((best[1], best[2]))
+
+
+def pareto_front(points: list[Point]) -> list[Point]:
+    """The points no other point beats on both cost (lower) and accuracy (higher), by increasing cost."""
+    front: list[Point] = []
+    for p in sorted(points, key=lambda q: (q.cost, -q.acc)):
+        if not front or p.acc > front[-1].acc:
+            front.append(p)
+    return front
+
+
+def search_bits(model: nn.Module, calib_data: Iterable, eval_data: Iterable, max_drop: float, candidates=(2, 4, 8),
+                cost: str = "bits", *, act_bits: int = 8, evaluations: int = 8, cache: Optional[Path] = None,
+                progress: Callable[[str], None] = lambda s: None, **quant_options) -> SearchResult:
+    """The cheapest weight-width allocation found whose accuracy on ``eval_data`` is at most ``max_drop`` (a fraction)
+    below the float model's, and the Pareto front of every allocation evaluated. ``quant_options`` go to
+    :func:`~lit_kd.quant.ptq.quantize` (observer, per_channel, rounding, bias_correction, ...)."""
+    candidates = tuple(sorted({check_bits(b, "candidate width") for b in candidates}))
+    if not candidates:
+        raise ValueError("candidates is empty: give at least one bit width, e.g. (2, 4, 8)")
+    if not 0 <= max_drop < 1:
+        raise ValueError(f"max_drop is a fraction of accuracy from 0 to 1 (0.01 = one point), got {max_drop}")
+    if cost not in COSTS:
+        raise ValueError(f"cost must be one of {COSTS}, got {cost!r}")
+    check_bits(act_bits, "activation bit width")
+    if evaluations < 1:
+        raise ValueError(f"evaluations must be >= 1, got {evaluations}")
+    if quant_options.get("keep_first_last_8bit"):
+        raise ValueError("keep_first_last_8bit does not apply to a search: the search chooses every layer's width")
+    calib = calibration_batches(calib_data)
+    eval_batches = [(b[0], b[1]) for b in eval_data]
+    if not eval_batches:
+        raise ValueError("eval_data is empty: expected (images, labels) batches held out from training")
+    layers = layer_facts(model, calib[0])
+    fp32_acc, _ = evaluate(model.eval(), eval_batches)
+    sens = layer_sensitivity(model, calib, eval_batches, candidates, act_bits, quant_options, cache, progress)
+    steps = greedy_order(sens, candidates, act_bits, layers, cost)
+    evaluated: dict[int, Point] = {}
+
+    def allocation(k: int) -> dict[str, int]:
+        widths = {p: max(candidates) for p in layers}
+        for path, bits in steps[:k]:
+            widths[path] = bits
+        return widths
+
+    def point(k: int) -> Point:
+        if k not in evaluated:
+            widths = allocation(k)
+            acc, _ = evaluate(quantize(model, calib, widths, act_bits, **quant_options), eval_batches)
+            evaluated[k] = Point(allocation_cost(widths, act_bits, layers, cost), acc, widths, f"step {k}")
+            progress(f"step {k}/{len(steps)}: average weight bits {average_bits(widths, layers):.2f}, accuracy {acc:.4f} "
+                     f"(drop {100 * (fp32_acc - acc):.2f} points)")
+        return evaluated[k]
+
+    within = lambda k: fp32_acc - point(k).acc <= max_drop  # noqa: E731
+    lo, hi = 0, len(steps)
+    if not within(lo):
+        lo = -1  # even the widest allocation misses the budget
+    elif within(hi):
+        lo = hi
+    else:
+        while hi - lo > 1:  # invariant: lo within budget, hi not
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if within(mid) else (lo, mid)
+    for k in {round(i * len(steps) / max(evaluations - 1, 1)) for i in range(evaluations)}:
+        point(k)
+    uniform = []
+    for bits in candidates:
+        widths = {p: bits for p in layers}
+        acc, _ = evaluate(quantize(model, calib, widths, act_bits, **quant_options), eval_batches)
+        uniform.append(Point(allocation_cost(widths, act_bits, layers, cost), acc, widths, f"uniform W{bits}A{act_bits}"))
+    ok = [p for p in [*evaluated.values(), *uniform] if fp32_acc - p.acc <= max_drop]
+    chosen = min(ok, key=lambda p: (p.cost, -p.acc)) if ok else point(0)
+    fp32_cost = allocation_cost({p: 32 for p in layers}, 32 if cost == "bops" else act_bits, layers, cost)
+    return SearchResult(chosen, fp32_acc, max_drop, act_bits, cost, fp32_cost, uniform, sorted(evaluated.values(), key=lambda p: p.cost),
+                        pareto_front(list(evaluated.values()) + uniform), sens, layers, steps)
+
+
+def average_bits(weight_bits: dict[str, int], layers: dict[str, dict]) -> float:
+    """Parameter-weighted average weight width."""
+    total = sum(layers[p]["params"] for p in weight_bits)
+    return sum(layers[p]["params"] * b for p, b in weight_bits.items()) / total
+
+
+def size_bytes(weight_bits: dict[str, int], layers: dict[str, dict]) -> float:
+    """Storage of the quantized layers' weights (scales and biases not counted)."""
+    return sum(layers[p]["params"] * b for p, b in weight_bits.items()) / 8
+
+
+def pareto_plot(result: SearchResult, path: Path, test_acc: Optional[dict[str, float]] = None) -> Path:
+    """Accuracy on the evaluation data against weight size: every evaluated allocation, the front, the uniform
+    widths, and the chosen one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kb = lambda p: size_bytes(p.weight_bits, result.layers) / 1024  # noqa: E731
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    ax.scatter([kb(p) for p in result.evaluated], [100 * p.acc for p in result.evaluated], s=18, color="tab:gray", label="evaluated")
+    ax.plot([kb(p) for p in result.front], [100 * p.acc for p in result.front], "-", color="tab:blue", label="Pareto front")
+    ax.scatter([kb(p) for p in result.uniform], [100 * p.acc for p in result.uniform], marker="s", s=40, color="tab:orange", label="uniform")
+    for p in result.uniform:
+        ax.annotate(p.label.removeprefix("uniform "), (kb(p), 100 * p.acc), textcoords="offset points", xytext=(4, -10), fontsize=8)
+    ax.scatter([kb(result.chosen)], [100 * result.chosen.acc], marker="*", s=160, color="tab:red", label="chosen", zorder=5)
+    ax.axhline(100 * (result.fp32_acc - result.max_drop), color="tab:red", linestyle=":", linewidth=1, label="budget")
+    ax.axhline(100 * result.fp32_acc, color="black", linestyle="--", linewidth=1, label="FP32")
+    ax.set_xlabel("weight storage of the quantized layers (KiB)")
+    ax.set_ylabel("accuracy on the held-out images (%)")
+    ax.set_title(f"Mixed-precision search, activations at {result.act_bits} bits", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

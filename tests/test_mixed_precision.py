@@ -1,0 +1,117 @@
+"""Mixed precision: per-layer widths in quantize, sensitivities, the greedy order, the budgeted search, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lit_kd.data import CIFAR10DataModule
+from lit_kd.models import build_model
+from lit_kd.modules.loading import load_network
+from lit_kd.quant.mixed_precision import allocation_cost, evaluate, greedy_order, pareto_front, Point, search_bits
+from lit_kd.quant.ptq import quantize
+
+
+@pytest.fixture(scope="module")
+def setup(trained_ckpt, tiny_zip):
+    model = load_network(trained_ckpt)
+    dm = CIFAR10DataModule(str(tiny_zip), val_split=60)
+    calib = list(dm.normalized_batches("train", 32, 64))
+    held_out = list(dm.normalized_batches("val", 30))
+    return model, calib, held_out
+
+
+def test_mapping_form_equals_uniform_form(setup):
+    model, calib, held_out = setup
+    x = held_out[0][0]
+    uniform = quantize(model, calib, 4, 8)
+    paths = [p for p, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    with torch.no_grad():
+        reference = uniform(x)
+        assert torch.equal(quantize(model, calib, {"default": 4}, {"default": 8})(x), reference)
+        assert torch.equal(quantize(model, calib, {p: 4 for p in paths}, 8)(x), reference)
+        mixed = quantize(model, calib, {"default": 4, paths[1]: 2}, 8)
+        assert not torch.equal(mixed(x), reference)
+    layers = {p: m for p, m in mixed.named_modules() if hasattr(m, "weight_bits")}
+    assert layers[paths[1]].weight_bits == 2 and layers[paths[0]].weight_bits == 4
+    assert layers[paths[1]].weight_codes(layers[paths[1]].layer.weight).unique().numel() <= 4
+
+
+@pytest.mark.parametrize("bits, message", [
+    ({"default": 4, "layer9.conv": 2}, r"\['layer9.conv'\] are not quantizable layers"),
+    ({"conv1": 4}, "no width for"),
+    ({"default": 1}, "weight bit width of conv1 must be an integer from 2 to 16"),
+])
+def test_bad_mappings_are_clear_errors(setup, bits, message):
+    model, calib, _ = setup
+    with pytest.raises(ValueError, match=message):
+        quantize(model, calib, bits, 8)
+
+
+def test_greedy_order_narrows_the_least_harmful_layer_per_saved_bit_first():
+    layers = {"a": {"params": 100, "macs": 100}, "b": {"params": 100, "macs": 100}, "c": {"params": 1000, "macs": 1000}}
+    sens = {"a": {8: 0.0, 4: 0.5, 2: 2.0}, "b": {8: 0.0, 4: 0.01, 2: 0.02}, "c": {8: 0.0, 4: 0.08, 2: 5.0}}
+    steps = greedy_order(sens, (2, 4, 8), 8, layers, "bits")
+    # per saved bit: c 8->4 0.08/4000, b 8->4 0.01/400, b 4->2 0.01/200, a 8->4 0.5/400, c 4->2 4.92/2000, a 4->2 1.5/200
+    assert steps == [("c", 4), ("b", 4), ("b", 2), ("a", 4), ("c", 2), ("a", 2)]
+    assert allocation_cost({"a": 2, "b": 4, "c": 8}, 8, layers, "bits") == 200 + 400 + 8000
+    assert allocation_cost({"a": 2}, 4, layers, "bops") == 100 * 2 * 4
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    pts = [Point(10, 0.5, {}), Point(5, 0.6, {}), Point(7, 0.55, {}), Point(20, 0.9, {}), Point(5, 0.4, {})]
+    assert [(p.cost, p.acc) for p in pareto_front(pts)] == [(5, 0.6), (20, 0.9)]
+
+
+def test_search_respects_the_budget_and_beats_uniform_at_equal_accuracy(setup, tmp_path):
+    model, calib, held_out = setup
+    result = search_bits(model, calib, held_out, 0.05, (2, 4, 8), "bits", evaluations=4, cache=tmp_path / "sens.json")
+    chosen = result.chosen
+    acc, _ = evaluate(quantize(model, calib, chosen.weight_bits, 8), held_out)  # re-measured independently
+    assert acc == chosen.acc and result.fp32_acc - acc <= 0.05
+    for uniform in result.uniform:
+        if result.fp32_acc - uniform.acc <= 0.05:
+            assert chosen.cost <= uniform.cost
+    assert chosen.cost < max(u.cost for u in result.uniform)  # something was narrowed below 8 bits
+    assert {p.cost for p in result.front} <= {p.cost for p in result.evaluated + result.uniform}
+    cached = json.loads((tmp_path / "sens.json").read_text())["sensitivity"]
+    assert set(cached) == set(result.layers) and all(set(v) == {"2", "4", "8"} for v in cached.values())
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"candidates": ()}, "candidates is empty"),
+    ({"max_drop": -0.01}, "max_drop is a fraction"),
+    ({"cost": "flops"}, "cost must be one of"),
+    ({"candidates": (1, 4)}, "candidate width must be an integer from 2 to 16"),
+])
+def test_search_rejects_bad_input(setup, kwargs, message):
+    model, calib, held_out = setup
+    args = {"max_drop": 0.01, "candidates": (2, 4, 8)} | kwargs
+    with pytest.raises(ValueError, match=message):
+        search_bits(model, calib, held_out, args.pop("max_drop"), args.pop("candidates"), **args)
+
+
+def test_ptq_cli_max_drop_writes_front_plot_and_tests_the_choice(trained_ckpt, tiny_zip, tmp_path):
+    from lit_kd.quant.study import main
+
+    out = tmp_path / "mp.json"
+    result = main(["--ckpt", str(trained_ckpt), "--data-dir", str(tiny_zip), "--max-drop", "5", "--candidates", "2", "4", "8",
+                   "--eval-images", "60", "--calib-batches", "2", "--batch-size", "32", "--evaluations", "3", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["test_acc"].keys() == {"fp32", "chosen", "uniform W2A8", "uniform W4A8", "uniform W8A8"}
+    assert saved["eval_images"] == 60 and saved["test_images"] == 60
+    assert saved["chosen_weight_bytes"] <= saved["uniform_int8_weight_bytes"]
+    from PIL import Image
+
+    assert Image.open(result["plot"]).size[0] > 300
+
+
+def test_ptq_cli_max_drop_usage_errors(trained_ckpt, capsys):
+    from lit_kd.quant.study import main
+
+    for args, message in ((["--max-drop", "-1"], "--max-drop is an accuracy budget"), (["--max-drop", "1", "--candidates", "1"], "from 2 to 16")):
+        with pytest.raises(SystemExit) as exit:
+            main(["--ckpt", str(trained_ckpt), *args])
+        assert exit.value.code == 2 and message in capsys.readouterr().err
