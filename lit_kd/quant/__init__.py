@@ -3,6 +3,7 @@
 from lit_kd.quant.affine import dequantize, fake_quantize, qparams, qrange, quantize as quantize_tensor
 from lit_kd.quant.observers import OBSERVERS, make_observer
 from lit_kd.quant.ptq import calibration_batches, fold_batchnorm, quantize, quantized_layers
+from lit_kd.quant.mixed_precision import search_bits
 
 __all__ = [
     "OBSERVERS",
@@ -16,4 +17,5 @@ __all__ = [
     "quantize",
     "quantize_tensor",
     "quantized_layers",
+    "search_bits",
 ]

@@ -189,34 +189,22 @@ def print_search(summary: dict, result) -> None:
 def main(argv: Optional[list[str]] = None) -> dict:
     cli = parser()
     args = cli.parse_args(argv)
-    if args.max_drop is not None:
-        if args.max_drop < 0:
-            cli.error(f"--max-drop is an accuracy budget in points, >= 0; got {args.max_drop}")
-        if not args.candidates:
-            cli.error("--candidates needs at least one bit width")
-        for bits in [*args.candidates, args.act_bits]:
-            try:
-                check_bits(bits)
-            except ValueError as err:
-                cli.error(str(err))
-        if not Path(args.ckpt).is_file():
-            cli.error(f"checkpoint {args.ckpt!r} does not exist")
-        result = run_search(args)
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.out} and {result['plot']}")
-        return result
-    for bits in [*args.bits, *args.weight_only_bits]:
+    search = args.max_drop is not None
+    if search and args.max_drop < 0:
+        cli.error(f"--max-drop is an accuracy budget in points, >= 0; got {args.max_drop}")
+    widths = [*args.candidates, args.act_bits] if search else [*args.bits, *args.weight_only_bits]
+    for bits in widths:
         try:
             check_bits(bits)
         except ValueError as err:
             cli.error(str(err))
     if not Path(args.ckpt).is_file():
         cli.error(f"checkpoint {args.ckpt!r} does not exist")
-    result = run_study(args)
-    print_table(result)
+    result = run_search(args) if search else run_study(args)
+    if not search:
+        print_table(result)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    print(f"wrote {out}" + (f" and {result['plot']}" if search else ""))
     return result
