@@ -87,7 +87,7 @@ def finished(tiny_zip, teacher_state, tmp_path_factory):
     return study, root / "out", proc.stdout
 
 
-def test_study_runs_end_to_end_and_reports_what_the_manifests_hold(finished):
+def test_study_runs_end_to_end_and_reports_what_the_manifests_hold(finished, tiny_zip):
     study, out, stdout = finished
     found = manifests(out)
     assert set(found) == set(load_study(study).stages)
@@ -131,6 +131,9 @@ def test_study_runs_end_to_end_and_reports_what_the_manifests_hold(finished):
     assert found[chosen]["outputs"]["ckpt"] in found["qat"]["inputs"]["consumed"]
     assert found["sparse"]["metrics"]["nonzero_params"] < 0.2 * found["sparse"]["metrics"]["params"]
     assert "int8" in found["qat"]["outputs"] and found["export_sparse"]["metrics"]["precision"] == "int8"
+    resolved = found["kd_logits"]["resolved_config"]  # the config as it ran, with the study's overrides applied
+    assert resolved["model"]["init_args"]["teacher_ckpt"] == found["teacher"]["outputs"]["ckpt"]
+    assert resolved["trainer"]["max_epochs"] == 3 and resolved["data"]["init_args"]["data_dir"] == str(tiny_zip)
     # examples: one test image per class, a prediction and a confidence per model
     examples = found["examples"]["metrics"]
     assert examples["labels"] == list(range(10)) and set(examples["models"]) == set(trained)

@@ -252,6 +252,10 @@ class Runner:
             outputs, metrics, command = EXECUTORS[stage.kind](ctx, stage, inputs["settings"], label)
         if OUTPUTS[stage.kind][0] not in outputs:
             raise RuntimeError(f"stage {stage.name!r} finished without its {OUTPUTS[stage.kind][0]!r} output")
+        if stage.kind == "fit":  # the config as it ran: the study's overrides, data source and logger applied
+            import yaml
+
+            manifest["resolved_config"] = yaml.safe_load(Path(outputs["config"]).read_text())
         manifest.update(status="done", outputs=outputs, metrics=metrics, command=command,
                         wall_s=round(base_wall + time.perf_counter() - start, 2), finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         write_manifest(stage_dir, manifest)
