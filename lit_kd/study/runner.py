@@ -126,6 +126,9 @@ def validate_fit_configs(study: Study, out: Path, data: str, steps: list[Step]) 
     from lit_kd.cli import LitKDCLI
 
     class ParseOnly(LitKDCLI):
+        def _set_seed(self) -> None:
+            pass
+
         def instantiate_classes(self) -> None:
             pass
 
