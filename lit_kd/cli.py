@@ -75,7 +75,8 @@ class LitKDCLI(LightningCLI):
 
 
     def _default_logger(self) -> TensorBoardLogger:
-        """TensorBoard under ``lightning_logs/<experiment>/version_N``; ``fit --ckpt_path`` of a checkpoint inside
+        """TensorBoard under ``lightning_logs/<experiment>/version_N`` (``<default_root_dir>/<experiment>/version_N``
+        with ``--trainer.default_root_dir``); ``fit --ckpt_path`` of a checkpoint inside
         such a run directory resumes into that same directory, so its curves and checkpoints continue there."""
         subconfig = self.config.get(self.subcommand, self.config)
         ckpt_path = subconfig.get("ckpt_path")
@@ -85,7 +86,8 @@ class LitKDCLI(LightningCLI):
                 run_dir = run_dir.relative_to(Path.cwd())
             if Path(ckpt_path).parent.name == "checkpoints" and run_dir.name.startswith("version_"):
                 return TensorBoardLogger(run_dir.parent.parent, name=run_dir.parent.name, version=run_dir.name, default_hp_metric=False)
-        return TensorBoardLogger(LOG_ROOT, name=experiment_name(subconfig.get("config") or []), default_hp_metric=False)
+        root = (subconfig.get("trainer") or {}).get("default_root_dir") or LOG_ROOT  # Lightning's convention when given
+        return TensorBoardLogger(root, name=experiment_name(subconfig.get("config") or []), default_hp_metric=False)
 
 
 def run(args: Optional[list[str]] = None, extra_callbacks: Optional[list] = None) -> LitKDCLI:

@@ -106,3 +106,10 @@ def test_unknown_model_name_fails_clearly(tiny_zip, workdir):
     config = write_config(workdir / "bad.yaml", tiny_zip, model="resnet7")
     with pytest.raises(ValueError, match=r"unknown model 'resnet7'"):
         run_cli("fit", "--config", config)
+
+
+def test_default_root_dir_is_where_logs_and_checkpoints_go(tiny_zip, workdir):
+    config = write_config(workdir / "rooted.yaml", tiny_zip, epochs=1)
+    run_cli("fit", "--config", config, "--trainer.default_root_dir", workdir / "elsewhere", "--trainer.limit_train_batches", "2")
+    assert (workdir / "elsewhere" / "rooted" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+    assert not (workdir / "lightning_logs" / "rooted").exists()
