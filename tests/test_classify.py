@@ -75,3 +75,30 @@ def test_classify_errors_are_clear(trained_ckpt, tmp_path):
     (tmp_path / "empty").mkdir()
     proc = lit_kd("classify", "--ckpt", trained_ckpt, tmp_path / "empty", cwd=tmp_path)
     assert proc.returncode != 0 and "holds no image files" in proc.stderr
+
+
+class _WritesMarker:
+    """A pickled object whose unpickling would create a file: what a crafted checkpoint can do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_crafted_checkpoint_is_refused_and_runs_nothing(tmp_path, tiny_zip, capsys):
+    import torch
+
+    from lit_kd.classify import main
+    from lit_kd.modules.loading import read_checkpoint
+
+    marker = tmp_path / "pwned"
+    crafted = tmp_path / "crafted.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"model": "resnet8"}, "payload": _WritesMarker(marker)}, crafted)
+    with pytest.raises(ValueError, match="refused to load .* pickled Python objects .* LIT_KD_TRUST_CHECKPOINTS=1"):
+        read_checkpoint(crafted)
+    with pytest.raises(SystemExit) as exit:
+        main(["--ckpt", str(crafted), "--test-set", str(tiny_zip)])
+    assert exit.value.code == 2 and "refused to load" in capsys.readouterr().err
+    assert not marker.exists()

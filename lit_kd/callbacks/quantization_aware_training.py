@@ -49,9 +49,9 @@ def convert_int8(prepared: nn.Module) -> nn.Module:
 
 def load_int8_model(path: Union[str, Path]) -> nn.Module:
     """Rebuild the INT8 model saved by :class:`QuantizationAwareTraining` (``int8_model.pt``)."""
-    from lit_kd.modules.loading import instantiate_network
+    from lit_kd.modules.loading import instantiate_network, safe_load
 
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+    saved = safe_load(path)
     network = instantiate_network(saved["network"], saved["num_classes"], saved.get("network_kwargs"))
     int8 = convert_int8(prepare_qat(network, saved["backend"], saved["input_shape"]))
     int8.load_state_dict(saved["state_dict"])

@@ -8,6 +8,8 @@ use :func:`load_network` so they need neither Lightning nor the teacher of a dis
 
 from __future__ import annotations
 
+import os
+import pickle
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -19,14 +21,34 @@ from lit_kd.models import build_model
 NETWORK_PREFIX = "model."
 
 
-def read_checkpoint(path: Union[str, Path]) -> dict[str, Any]:
+TRUST_ENV = "LIT_KD_TRUST_CHECKPOINTS"
+
+
+def safe_load(path: Union[str, Path]) -> Any:
+    """``torch.load`` of a file a user gave us without running code from it: only tensors and plain data
+    (``weights_only=True``), which is all lit-kd's own checkpoints, INT8 models and weights files hold. A file that
+    needs more (pickled objects) is refused with the name of what it asked for; set ``LIT_KD_TRUST_CHECKPOINTS=1``
+    to load a file you trust anyway."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    trusted = os.environ.get(TRUST_ENV) == "1"
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=not trusted)
+    except pickle.UnpicklingError as err:
+        wanted = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line or "Unsupported" in line), str(err).splitlines()[0])
+        raise ValueError(f"refused to load {str(path)!r}: it holds pickled Python objects ({wanted}), and unpickling a file "
+                         f"runs code from it. lit-kd's own files hold only tensors and plain data; if you trust this file, "
+                         f"set {TRUST_ENV}=1") from None
     except Exception as err:  # truncated or not a torch file
         raise ValueError(f"checkpoint {str(path)!r} could not be read ({type(err).__name__}: {err})") from err
+
+
+def read_checkpoint(path: Union[str, Path]) -> dict[str, Any]:
+    checkpoint = safe_load(path)
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"checkpoint {str(path)!r} holds a {type(checkpoint).__name__}, not a checkpoint or state dict")
+    return checkpoint
 
 
 def instantiate_network(spec: Union[str, dict, nn.Module], num_classes: int = 10, kwargs: Optional[dict] = None) -> nn.Module:
