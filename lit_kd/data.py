@@ -184,6 +184,17 @@ def _cache_path(path: Path, cache_dir: str | Path | None) -> Path:
     return root / f"cifar10-{path.stem}-{key}.npz"
 
 
+def class_interleaved(labels: np.ndarray) -> np.ndarray:
+    """Indices that visit the classes in turn (first image of each class, then the second of each, ...), keeping
+    the stored order within a class: image folders store the test set class by class, and a prefix of it
+    (``limit_val_batches``, a few example images) would otherwise see one or two classes only."""
+    rank = np.empty(len(labels), dtype=np.int64)
+    for c in np.unique(labels):
+        where = np.flatnonzero(labels == c)
+        rank[where] = np.arange(len(where))
+    return np.lexsort((labels, rank))
+
+
 def stratified_split(labels: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices of ``n`` items with each class represented in proportion to its count, and the remaining indices."""
     if not 0 < n <= len(labels):
@@ -337,7 +348,7 @@ class CIFAR10DataModule(L.LightningDataModule):
             return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))), torch.from_numpy(y)
 
         self.splits["train"] = TensorBatches(*tensors(train_x, train_y, train_idx), self.augmentation, hp.seed)
-        self.splits["test"] = TensorBatches(*tensors(test_x, test_y))
+        self.splits["test"] = TensorBatches(*tensors(test_x, test_y, class_interleaved(test_y)))
         self.splits["val"] = TensorBatches(*tensors(train_x, train_y, val_idx)) if val_idx is not None else self.splits["test"]
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:

@@ -233,3 +233,13 @@ def test_bad_datamodule_arguments(tiny_zip):
 def test_fixture_writer_round_trip(tmp_path):
     path = write_image_folder_zip(tmp_path / "one.zip", {"train": 1, "test": 1})
     assert load_cifar10_arrays(path, cache_dir=tmp_path)["test"][1].tolist() == list(range(10))
+
+
+def test_test_split_visits_the_classes_in_turn(tiny_zip):
+    from lit_kd.data import CIFAR10DataModule
+
+    dm = CIFAR10DataModule(str(tiny_zip))
+    dm.setup("test")
+    labels = dm.splits["test"].labels
+    assert labels[:10].tolist() == list(range(10)) and labels[10:20].tolist() == list(range(10))  # any prefix is balanced
+    assert torch.bincount(labels).tolist() == [6] * 10  # nothing lost or repeated

@@ -38,7 +38,7 @@ def small_study(tmp: Path, teacher_state: Path, teacher_arch: str = "resnet8") -
             if key in stage and not stage[key].startswith("$"):
                 stage[key] = str((STUDIES / stage[key]).resolve())
     stages["teacher"].update(weights=str(teacher_state), model=teacher_arch)
-    del stages["kd_features"], stages["kd_combined"]
+    del stages["kd_features"]
     stages["best_student"]["select"] = ["student_data", "kd_logits"]
     stages["report"]["report"]["distillation"]["rows"] = ["kd_logits"]
     stages["ptq"]["ptq"] = {"ckpt": "${teacher.ckpt}", "bits": [8, 4], "observer": ["minmax"], "calib_batches": 1, "batch_size": 32}
