@@ -34,7 +34,8 @@ def safe_load(path: Union[str, Path]) -> Any:
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     trusted = os.environ.get(TRUST_ENV) == "1"
     try:
-        return torch.load(path, map_location="cpu", weights_only=not trusted)
+        with torch.serialization.safe_globals(_optimizer_classes()):
+            return torch.load(path, map_location="cpu", weights_only=not trusted)
     except pickle.UnpicklingError as err:
         wanted = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line or "Unsupported" in line), str(err).splitlines()[0])
         raise ValueError(f"refused to load {str(path)!r}: it holds pickled Python objects ({wanted}), and unpickling a file "
@@ -42,6 +43,16 @@ def safe_load(path: Union[str, Path]) -> Any:
                          f"set {TRUST_ENV}=1") from None
     except Exception as err:  # truncated or not a torch file
         raise ValueError(f"checkpoint {str(path)!r} could not be read ({type(err).__name__}: {err})") from err
+
+
+def _optimizer_classes() -> list[type]:
+    """Classes a checkpoint may name as hyperparameters (a module built in Python records ``optimizer=torch.optim.Adam``):
+    torch's optimizers and LR schedulers. Naming a class runs nothing; the allow-list lets ``weights_only`` read them."""
+    import inspect
+
+    classes = [c for _, c in inspect.getmembers(torch.optim, inspect.isclass) if issubclass(c, torch.optim.Optimizer)]
+    return classes + [c for _, c in inspect.getmembers(torch.optim.lr_scheduler, inspect.isclass)
+                      if c.__module__.startswith("torch.optim")]
 
 
 def read_checkpoint(path: Union[str, Path]) -> dict[str, Any]:
