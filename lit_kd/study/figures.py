@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 CURVE_TAGS = ("train/loss", "val/loss", "train/acc", "val/acc")
 
@@ -41,8 +42,9 @@ def curves_figure(curves_by_stage: dict[str, dict], path: Path) -> Path:
                 points = curves.get(f"{split}/{metric}", [])
                 if points:
                     ax.plot([p[0] + 1 for p in points], [p[1] for p in points], style, marker=".", label=split)
-            ax.set_title(f"{stage}: {metric}", fontsize=10)
+            ax.set_title(f"{stage}: {metric}" + (" (train: the whole training loss)" if metric == "loss" else ""), fontsize=10)
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
     fig.tight_layout()
