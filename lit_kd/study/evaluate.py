@@ -1,5 +1,5 @@
-"""Evaluations the study needs beyond Lightning's test loop: accuracy of a plain network, and every model's
-prediction and confidence on one test image per class (the report's example figure)."""
+"""Evaluations the study needs beyond Lightning's test loop: every model's prediction and confidence on one test
+image per class (the report's example figure)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,6 @@ import torch
 import torch.nn as nn
 
 from lit_kd.data import CIFAR10DataModule
-
-
-def test_accuracy(network: nn.Module, data: str, batch_size: int = 1000) -> float:
-    """Top-1 accuracy on the whole test split."""
-    correct = total = 0
-    with torch.no_grad():
-        for images, labels in CIFAR10DataModule(data).normalized_batches("test", batch_size):
-            correct += int((network(images).argmax(1) == labels).sum())
-            total += len(labels)
-    return correct / total
 
 
 def first_index_per_class(labels: torch.Tensor, num_classes: int) -> list[int]:

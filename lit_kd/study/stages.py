@@ -160,15 +160,16 @@ def network_facts(ckpt: str | Path, int8: Optional[Path] = None) -> dict:
 def run_weights(ctx: Context, stage: Stage, settings: dict, label: str) -> tuple[dict, dict, str]:
     """Shipped weights stand in for a trained stage: a weights file (a plain state dict or a portable checkpoint,
     loaded with ``weights_only=True``) becomes a checkpoint of the named architecture, tested on the full test set."""
+    from lit_kd.classify import accuracy_on_test_set
     from lit_kd.modules.loading import instantiate_network, load_weights, write_weights_file
-    from lit_kd.study.evaluate import test_accuracy
 
     source = ctx.study.here / settings["weights"]
     state = torch.load(source, map_location="cpu", weights_only=True)
     network = load_weights(instantiate_network(settings["model"], 10, settings.get("model_kwargs")), source, state)
     ckpt = write_weights_file(network, settings["model"], ctx.stage_dir(stage.name) / "model.ckpt", 10, settings.get("model_kwargs"))
     ctx.progress(f"{label}: testing shipped weights {source.name}")
-    metrics = {"test_acc": test_accuracy(network.eval(), ctx.data), "epochs": None, "stop_reason": f"shipped weights ({source.name})",
+    correct, total = accuracy_on_test_set(network.eval(), ctx.data, 1000, "cpu")
+    metrics = {"test_acc": correct / total, "epochs": None, "stop_reason": f"shipped weights ({source.name})",
                **network_facts(ckpt)}
     return {"ckpt": str(ckpt)}, metrics, f"lit-kd classify --ckpt {ckpt} --test-set {ctx.data}"
 
