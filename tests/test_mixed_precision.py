@@ -39,6 +39,21 @@ def test_mapping_form_equals_uniform_form(setup):
     assert layers[paths[1]].weight_codes(layers[paths[1]].layer.weight).unique().numel() <= 4
 
 
+def test_none_leaves_a_layer_in_float(setup):
+    model, calib, held_out = setup
+    x = held_out[0][0]
+    paths = [p for p, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    one = quantize(model, calib, {"default": None, paths[-1]: 2}, {"default": None, paths[-1]: 8})
+    assert [p for p, m in one.named_modules() if hasattr(m, "weight_bits")] == [paths[-1]]
+    everything_float = quantize(model, calib, {"default": None}, {"default": None})
+    with torch.no_grad():
+        float_logits = model.eval()(x)
+        assert torch.allclose(everything_float(x), float_logits, atol=1e-4)  # BatchNorm folded, nothing quantized
+        assert not torch.allclose(one(x), float_logits, atol=1e-2)
+    with pytest.raises(ValueError, match="None \\(float\\) is only allowed where the weights stay float"):
+        quantize(model, calib, 4, {"default": None})
+
+
 @pytest.mark.parametrize("bits, message", [
     ({"default": 4, "layer9.conv": 2}, r"\['layer9.conv'\] are not quantizable layers"),
     ({"conv1": 4}, "no width for"),

@@ -1,8 +1,7 @@
 """Accuracy-driven mixed precision: the cheapest per-layer weight widths whose accuracy drop stays within a budget.
 
 1. Sensitivity (:func:`layer_sensitivity`): for every Conv2d/Linear layer and candidate width, quantize that layer
-   alone (its weights at the width, its input at ``act_bits``; every other layer at 16 bits, which is float for
-   practical purposes) and measure the increase of the cross-entropy on the evaluation images over the float model.
+   alone (its weights at the width, its input at ``act_bits``; every other layer left in float) and measure the increase of the cross-entropy on the evaluation images over the float model.
 2. Order: starting from every layer at the widest candidate, a greedy sequence of one-step narrowings (a layer to
    its next smaller candidate), each time the step with the least sensitivity added per unit of cost saved.
 3. Search (:func:`search_bits`): a binary search along that sequence for the longest prefix whose accuracy drop
@@ -32,7 +31,6 @@ from lit_kd.quant.affine import check_bits
 from lit_kd.quant.ptq import calibration_batches, execution_order, fold_batchnorm, quantize
 
 COSTS = ("bits", "bops")
-FLOAT_BITS = 16  # "not quantized" for the layers around the one whose sensitivity is measured
 
 
 @dataclass
@@ -115,7 +113,7 @@ def sensitivity_key(model: nn.Module, candidates: tuple[int, ...], act_bits: int
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    digest.update(json.dumps([list(candidates), act_bits, options], sort_keys=True).encode())
+    digest.update(json.dumps(["others float", list(candidates), act_bits, options], sort_keys=True).encode())
     for x, _ in eval_batches:
         digest.update(x.cpu().numpy().tobytes()[:4096])
         digest.update(str(tuple(x.shape)).encode())
@@ -137,7 +135,7 @@ def layer_sensitivity(model: nn.Module, calib: list, eval_batches: list, candida
     for path in order:
         result[path] = {}
         for bits in candidates:
-            qmodel = quantize(model, calib, {"default": FLOAT_BITS, path: bits}, {"default": FLOAT_BITS, path: act_bits}, **quant_options)
+            qmodel = quantize(model, calib, {"default": None, path: bits}, {"default": None, path: act_bits}, **quant_options)
             result[path][bits] = evaluate(qmodel, eval_batches)[1] - float_loss
         progress(f"sensitivity {path}: " + ", ".join(f"{b} bits {v:+.4f}" for b, v in result[path].items()))
     if cache is not None:

@@ -129,12 +129,12 @@ def _replace(model: nn.Module, path: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, name, new)
 
 
-Bits = Union[int, Mapping[str, int]]
+Bits = Union[int, Mapping[str, Optional[int]]]
 
 
-def bits_per_layer(bits: Bits, order: list[str], what: str) -> dict[str, int]:
+def bits_per_layer(bits: Bits, order: list[str], what: str) -> dict[str, Optional[int]]:
     """Widths by layer path from an int (every layer) or a mapping ``{"default": 4, "layer3.0.conv1": 2, ...}``
-    (``default`` for the layers not named; without it every layer must be named)."""
+    (``default`` for the layers not named; without it every layer must be named). ``None`` leaves a layer in float."""
     if not isinstance(bits, Mapping):
         return {path: check_bits(bits, what) for path in order}
     unknown = sorted(set(bits) - set(order) - {"default"})
@@ -143,7 +143,8 @@ def bits_per_layer(bits: Bits, order: list[str], what: str) -> dict[str, int]:
     missing = [p for p in order if p not in bits]
     if missing and "default" not in bits:
         raise ValueError(f"{what}: no width for {missing}; name every layer or give a 'default'")
-    return {path: check_bits(bits.get(path, bits.get("default")), f"{what} of {path}") for path in order}
+    widths = {path: bits.get(path, bits.get("default")) for path in order}
+    return {path: None if b is None else check_bits(b, f"{what} of {path}") for path, b in widths.items()}
 
 
 def quantize(
@@ -170,7 +171,8 @@ def quantize(
     Args:
         calib_data: iterable of input batches or (input, label) batches, already normalised as the model expects.
         weight_bits, act_bits: bit widths from 2 to 16 for weights and for activations entering weighted layers; an
-            int for every layer, or a mapping from layer path to width with an optional ``default`` (mixed precision).
+            int for every layer, or a mapping from layer path to width with an optional ``default`` (mixed precision);
+            ``None`` as a layer's weight width leaves that layer in float (not wrapped, not calibrated).
         observer: activation observer (``minmax``, ``moving_average``, ``percentile``, ``mse``); weights use the
             same unless ``weight_observer`` is given (``moving_average`` means ``minmax`` for weights).
         per_channel: one scale per output channel for weights (else one per tensor).
@@ -206,6 +208,10 @@ def quantize(
     for path in order:
         wide = keep_first_last_8bit and path in (order[0], order[-1])
         wb, ab = (8, 8) if wide else (wbits[path], abits[path])
+        if wb is None:
+            continue
+        if ab is None:
+            raise ValueError(f"activation bit width of {path}: None (float) is only allowed where the weights stay float too")
         quantizer = ActivationQuantizer(make_observer(observer), ab, symmetric_activations)
         layers[path] = QuantizedLayer(qmodel.get_submodule(path), quantizer, wb, symmetric_weights)
         _replace(qmodel, path, layers[path])

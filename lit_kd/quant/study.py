@@ -25,6 +25,8 @@ from lit_kd.quant.observers import OBSERVERS
 from lit_kd.quant.ptq import ROUNDINGS, quantize
 from lit_kd.quant.torch_ptq import quantize_int8, to_fp16
 
+EVAL_BATCH = 250  # images per evaluation batch: on 2 CPU cores ResNet-20 runs about 3x faster than at 1000
+
 
 def predictions(model: nn.Module, batches: Iterable) -> torch.Tensor:
     with torch.no_grad():
@@ -73,7 +75,7 @@ def run_study(args: argparse.Namespace) -> dict:
     model = load_network(args.ckpt)
     data = CIFAR10DataModule(args.data_dir)
     calib = list(data.normalized_batches("train", args.batch_size, args.calib_batches * args.batch_size, shuffle=True))
-    test = list(data.normalized_batches("test", 1000, args.test_images))
+    test = list(data.normalized_batches("test", EVAL_BATCH, args.test_images))
     labels = torch.cat([y for _, y in test])
     fp32_pred = predictions(model, test)
     fp32 = (fp32_pred == labels).float().mean().item()
@@ -143,8 +145,8 @@ def run_search(args: argparse.Namespace) -> dict:
     model = load_network(args.ckpt)
     data = CIFAR10DataModule(args.data_dir, val_split=args.eval_images)
     calib = list(data.normalized_batches("train", args.batch_size, args.calib_batches * args.batch_size, shuffle=True))
-    held_out = list(data.normalized_batches("val", 1000))
-    test = list(data.normalized_batches("test", 1000, args.test_images))
+    held_out = list(data.normalized_batches("val", EVAL_BATCH))
+    test = list(data.normalized_batches("test", EVAL_BATCH, args.test_images))
     options = {"observer": args.observer[0], "weight_observer": args.weight_observer, "per_channel": args.granularity[0] == "per_channel",
                "rounding": args.rounding[0], "bias_correction": args.bias_correction, "adaround_iterations": args.adaround_iterations}
     start = time.perf_counter()

@@ -267,9 +267,10 @@ def build(study: Study, out: Path, manifests: dict[str, dict], report_settings: 
             sections.append(mixed_precision_section(name, m["metrics"]))
             results.setdefault("mixed_precision", {})[name] = {k: v for k, v in m["metrics"].items() if k != "search"}
         elif m["kind"] == "ptq":
-            table, ptq_data = ptq_table(m)
+            table, rows = ptq_table(m)
             sections.append(Section(f"Post-training quantization ({name})", [table]))
-            results.setdefault("ptq", {})[name] = ptq_data
+            results.setdefault("ptq", {})[name] = rows
+            ptq_data += rows
     qat, qat_data = qat_table(manifests)
     results["qat"] = qat_data
     if qat:
