@@ -12,13 +12,13 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from lit_kd.bench import cpu_model
+from lit_kd.commands.bench import cpu_model
 
 
 def training_speed_parser(description: str, out: str) -> argparse.ArgumentParser:
     """Arguments shared by the training-speed benchmarks (data, batch size, warm-up, timed steps, repeats, threads)."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--data", default=os.environ.get("LIT_KD_CIFAR10", "../shared/data/cifar10-png.zip"))
+    parser.add_argument("--data", default=os.environ.get("LIT_KD_CIFAR10", "data/cifar10"))
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=30)

@@ -35,7 +35,7 @@ def train_and_test(module: L.LightningModule, dm: CIFAR10DataModule, epochs: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=os.environ.get("LIT_KD_CIFAR10", "../shared/data/cifar10-png.zip"))
+    parser.add_argument("--data", default=os.environ.get("LIT_KD_CIFAR10", "data/cifar10"))
     parser.add_argument("--teacher-ckpt", required=True)
     parser.add_argument("--student", default="resnet8")
     parser.add_argument("--train-size", type=int, default=10000)

@@ -1,7 +1,7 @@
 """DeepSparse on a pruned-quantized model versus the dense FP32 model (ONNX Runtime, DeepSparse, PyTorch FP32/INT8).
 
 With ``--baseline``/``--sparse`` (``lit-kd export`` of the dense checkpoint and of the SparseML pruned + QAT one)
-this is ``lit-kd bench`` (see ``lit_kd/bench.py``). Without them it makes both models from an architecture: the
+this is ``lit-kd bench`` (see ``lit_kd/commands/bench.py``). Without them it makes both models from an architecture: the
 dense network with its initial weights, and a copy pruned by SparseML's GMP to ``--sparsity`` with 8-bit QAT
 modules (``experiments/recipes/gmp_qat.yaml`` applied one-shot), activation ranges calibrated on random inputs, then
 exported with integer ops. Speed depends on the sparsity pattern and the ops, not on trained values; accuracy is
@@ -20,8 +20,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from lit_kd import bench
-from lit_kd.export import export_onnx_model
+from lit_kd.commands import bench
+from lit_kd.onnx_export import export_onnx_model
 
 RECIPE = Path(__file__).resolve().parents[1] / "experiments" / "recipes" / "gmp_qat.yaml"
 
@@ -30,7 +30,7 @@ def pruned_quantized(dense: nn.Module, sparsity: float, calib_batches: int = 4) 
     """A copy of ``dense`` pruned by magnitude to ``sparsity`` (every conv and linear) with SparseML QAT modules."""
     from torch.ao.quantization import disable_observer, enable_observer
 
-    from lit_kd.callbacks.sparseml_recipe import build_manager, quiet_loggers, read_recipe
+    from lit_kd.sparse.recipe import build_manager, quiet_loggers, read_recipe
 
     network = copy.deepcopy(dense).train()  # QAT fusion (fuse_modules_qat) happens in training mode, as in a real run
     build_manager(read_recipe(str(RECIPE)), {"final_sparsity": sparsity}).apply(network, loggers=quiet_loggers())

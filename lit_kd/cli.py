@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, RichModelSummary, RichP
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from lit_kd.checkpoint_io import AtomicCheckpointIO
+from lit_kd.checkpoints import AtomicCheckpointIO
 
 LOG_ROOT = "lightning_logs"
 
@@ -105,10 +105,10 @@ def run(args: Optional[list[str]] = None, extra_callbacks: Optional[list] = None
 
 EXTRA_COMMANDS = {  # name -> (module with main(argv), one line for `lit-kd --help`)
     "study": ("lit_kd.commands.study", "run a whole study (stages, checkpoint reuse, resume) and write its report"),
-    "ptq": ("lit_kd.quant.study", "post-training quantization of a checkpoint at several widths and methods"),
-    "export": ("lit_kd.export", "a checkpoint to ONNX, validated in ONNX Runtime and DeepSparse"),
-    "bench": ("lit_kd.bench", "DeepSparse / ONNX Runtime / PyTorch speed at batch 1 and 32"),
-    "classify": ("lit_kd.classify", "predictions for image files, or test accuracy"),
+    "ptq": ("lit_kd.commands.ptq", "post-training quantization of a checkpoint at several widths and methods"),
+    "export": ("lit_kd.commands.export", "a checkpoint to ONNX, validated in ONNX Runtime and DeepSparse"),
+    "bench": ("lit_kd.commands.bench", "DeepSparse / ONNX Runtime / PyTorch speed at batch 1 and 32"),
+    "classify": ("lit_kd.commands.classify", "predictions for image files, or test accuracy"),
 }
 
 

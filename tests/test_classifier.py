@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from lit_kd.checkpoint_io import AtomicCheckpointIO
+from lit_kd.checkpoints import AtomicCheckpointIO
 from lit_kd.modules import ClassifierModule
 from lit_kd.modules.classifier import target_classes
 

@@ -54,7 +54,7 @@ def test_classify_files_and_folders(trained_ckpt, tmp_path):
 
 
 def test_classify_reports_the_same_test_accuracy_as_lit_kd_test(trained_ckpt, tiny_zip, tmp_path, monkeypatch):
-    proc = lit_kd("classify", "--ckpt", trained_ckpt, "--test-set", tiny_zip, cwd=tmp_path)
+    proc = lit_kd("classify", "--ckpt", trained_ckpt, "--data", tiny_zip, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     reported = float(proc.stdout.split("%")[0].split()[-1]) / 100
     monkeypatch.chdir(tmp_path)
@@ -71,7 +71,7 @@ def test_classify_errors_are_clear(trained_ckpt, tmp_path):
     proc = lit_kd("classify", "--ckpt", tmp_path / "nope.ckpt", not_image, cwd=tmp_path)
     assert proc.returncode != 0 and "nope.ckpt' does not exist" in proc.stderr
     proc = lit_kd("classify", "--ckpt", trained_ckpt, cwd=tmp_path)
-    assert proc.returncode != 0 and "or --test-set DATA" in proc.stderr
+    assert proc.returncode != 0 and "or --data DATA" in proc.stderr
     (tmp_path / "empty").mkdir()
     proc = lit_kd("classify", "--ckpt", trained_ckpt, tmp_path / "empty", cwd=tmp_path)
     assert proc.returncode != 0 and "holds no image files" in proc.stderr
@@ -90,8 +90,8 @@ class _WritesMarker:
 def test_a_crafted_checkpoint_is_refused_and_runs_nothing(tmp_path, tiny_zip, capsys):
     import torch
 
-    from lit_kd.classify import main
-    from lit_kd.modules.loading import read_checkpoint
+    from lit_kd.commands.classify import main
+    from lit_kd.checkpoints import read_checkpoint
 
     marker = tmp_path / "pwned"
     crafted = tmp_path / "crafted.ckpt"
@@ -99,6 +99,6 @@ def test_a_crafted_checkpoint_is_refused_and_runs_nothing(tmp_path, tiny_zip, ca
     with pytest.raises(ValueError, match="refused to load .* pickled Python objects .* LIT_KD_TRUST_CHECKPOINTS=1"):
         read_checkpoint(crafted)
     with pytest.raises(SystemExit) as exit:
-        main(["--ckpt", str(crafted), "--test-set", str(tiny_zip)])
+        main(["--ckpt", str(crafted), "--data", str(tiny_zip)])
     assert exit.value.code == 2 and "refused to load" in capsys.readouterr().err
     assert not marker.exists()

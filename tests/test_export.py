@@ -155,9 +155,9 @@ def test_errors_are_clear(ckpts, tiny_zip, tmp_path, capsys, monkeypatch):
 
 
 def test_fp32_disagreement_fails_the_command(ckpts, tiny_zip, tmp_path, monkeypatch):
-    import lit_kd.export
+    import lit_kd.commands.export
 
-    monkeypatch.setattr(lit_kd.export, "MIN_FP32_AGREEMENT", 1.01)  # no export can pass: the failure path runs
+    monkeypatch.setattr(lit_kd.commands.export, "MIN_FP32_AGREEMENT", 1.01)  # no export can pass: the failure path runs
     with pytest.raises(SystemExit, match=r"FP32 export disagrees with PyTorch: top-1 agreement onnxruntime 100.00 %"):
         export(ckpts["dense"], tmp_path / "m.onnx", tiny_zip)
     assert json.loads((tmp_path / "m.validation.json").read_text())["validation"]["onnxruntime"]["agreement"] == 1.0
@@ -168,7 +168,7 @@ def test_sparseml_qat_export_needs_the_export_kwargs(tmp_path):
     stack lacks); ``EXPORT_KWARGS`` (the TorchScript exporter) makes the same call work."""
     from sparseml.pytorch.utils import export_onnx
 
-    from lit_kd.callbacks.sparseml_recipe import build_manager, quiet_loggers
+    from lit_kd.sparse.recipe import build_manager, quiet_loggers
     from lit_kd.compat.sparseml import EXPORT_KWARGS
     from lit_kd.models import build_model
 

@@ -9,7 +9,7 @@ import torch
 
 from lit_kd.data import CIFAR10DataModule
 from lit_kd.models import build_model
-from lit_kd.modules.loading import load_network
+from lit_kd.checkpoints import load_network
 from lit_kd.quant.mixed_precision import allocation_cost, evaluate, greedy_order, pareto_front, Point, search_bits
 from lit_kd.quant.ptq import quantize
 
@@ -109,10 +109,10 @@ def test_search_rejects_bad_input(setup, kwargs, message):
 
 
 def test_ptq_cli_max_drop_writes_front_plot_and_tests_the_choice(trained_ckpt, tiny_zip, tmp_path):
-    from lit_kd.quant.study import main
+    from lit_kd.commands.ptq import main
 
     out = tmp_path / "mp.json"
-    result = main(["--ckpt", str(trained_ckpt), "--data-dir", str(tiny_zip), "--max-drop", "5", "--candidates", "2", "4", "8",
+    result = main(["--ckpt", str(trained_ckpt), "--data", str(tiny_zip), "--max-drop", "5", "--candidates", "2", "4", "8",
                    "--eval-images", "60", "--calib-batches", "2", "--batch-size", "32", "--evaluations", "3", "--out", str(out)])
     saved = json.loads(out.read_text())
     assert saved["test_acc"].keys() == {"fp32", "chosen", "uniform W2A8", "uniform W4A8", "uniform W8A8"}
@@ -124,7 +124,7 @@ def test_ptq_cli_max_drop_writes_front_plot_and_tests_the_choice(trained_ckpt, t
 
 
 def test_ptq_cli_max_drop_usage_errors(trained_ckpt, capsys):
-    from lit_kd.quant.study import main
+    from lit_kd.commands.ptq import main
 
     for args, message in ((["--max-drop", "-1"], "--max-drop is an accuracy budget"), (["--max-drop", "1", "--candidates", "1"], "from 2 to 16")):
         with pytest.raises(SystemExit) as exit:

@@ -9,11 +9,11 @@ import torch
 import yaml
 
 from lit_kd.callbacks import load_int8_model
-from lit_kd.callbacks.quantization_aware_training import INT8_FILE, convert_int8, prepare_qat
+from lit_kd.quant.torch_qat import INT8_FILE, convert_int8, prepare_qat
 from lit_kd.data import CIFAR10DataModule
 from lit_kd.models import build_model
-from lit_kd.modules.loading import load_weights
-from lit_kd.quant.study import accuracy
+from lit_kd.checkpoints import load_weights
+from lit_kd.commands.ptq import accuracy
 from tests.helpers import load_state, run_cli, scalars, write_config
 
 QAT_CALLBACK = {"class_path": "lit_kd.callbacks.QuantizationAwareTraining", "init_args": {"freeze_bn_epoch": 2}}

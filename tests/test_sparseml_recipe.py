@@ -13,7 +13,8 @@ import pytest
 import torch
 import yaml
 
-from lit_kd.callbacks.sparseml_recipe import SparseMLRecipe, read_recipe
+from lit_kd.callbacks.sparseml_recipe import SparseMLRecipe
+from lit_kd.sparse.recipe import read_recipe
 from tests.helpers import load_state, run_cli, write_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,7 +141,7 @@ def qat_structure_output(network: torch.nn.Module, x: torch.Tensor) -> torch.Ten
     """The output of ``network`` (eval mode) after SparseML's QAT structure, with fake quantization switched off."""
     from torch.ao.quantization import disable_fake_quant, disable_observer
 
-    from lit_kd.callbacks.sparseml_recipe import build_manager, quiet_loggers
+    from lit_kd.sparse.recipe import build_manager, quiet_loggers
 
     network = copy.deepcopy(network).train()
     build_manager(QAT_ONLY_RECIPE).apply_structure(network, epoch=0.0, loggers=quiet_loggers())

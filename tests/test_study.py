@@ -71,7 +71,7 @@ def manifests(out: Path) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def teacher_state(trained_ckpt, tmp_path_factory) -> Path:
     """A plain state dict of a trained network (what weights/ ships): the resnet8 of the shared fixture."""
-    from lit_kd.modules.loading import load_network
+    from lit_kd.checkpoints import load_network
 
     path = tmp_path_factory.mktemp("weights") / "teacher.pt"
     torch.save(load_network(trained_ckpt).state_dict(), path)

@@ -115,7 +115,7 @@ class IterativePruning(L.Callback):
             return
         network = pl_module.model
         if self.init_ckpt:
-            from lit_kd.modules.loading import load_weights
+            from lit_kd.checkpoints import load_weights
 
             load_weights(network, self.init_ckpt)
         self._targets = self.prunable(network)

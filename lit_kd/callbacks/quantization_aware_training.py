@@ -25,38 +25,8 @@ import torch
 import torch.nn as nn
 from lightning.pytorch.utilities import rank_zero_info
 
-INT8_FILE = "int8_model.pt"
-
-
-def prepare_qat(network: nn.Module, backend: str, input_shape) -> nn.Module:
-    from torch.ao.quantization import get_default_qat_qconfig_mapping
-    from torch.ao.quantization.quantize_fx import prepare_qat_fx
-
-    if backend not in torch.backends.quantized.supported_engines:
-        raise ValueError(f"quantized backend {backend!r} is not available; this build has {torch.backends.quantized.supported_engines}")
-    torch.backends.quantized.engine = backend
-    device = next(network.parameters()).device
-    example = torch.zeros(*input_shape, device=device)
-    return prepare_qat_fx(network.train(), get_default_qat_qconfig_mapping(backend), (example,))
-
-
-def convert_int8(prepared: nn.Module) -> nn.Module:
-    """The real INT8 model of a QAT-prepared network (a copy, on the CPU, in eval mode)."""
-    from torch.ao.quantization.quantize_fx import convert_fx
-
-    return convert_fx(copy.deepcopy(prepared).cpu().eval()).eval()
-
-
-def load_int8_model(path: Union[str, Path]) -> nn.Module:
-    """Rebuild the INT8 model saved by :class:`QuantizationAwareTraining` (``int8_model.pt``)."""
-    from lit_kd.modules.loading import instantiate_network, safe_load
-
-    saved = safe_load(path)
-    network = instantiate_network(saved["network"], saved["num_classes"], saved.get("network_kwargs"))
-    int8 = convert_int8(prepare_qat(network, saved["backend"], saved["input_shape"]))
-    int8.load_state_dict(saved["state_dict"])
-    return int8
-
+from lit_kd.checkpoints import load_weights, network_key
+from lit_kd.quant.torch_qat import INT8_FILE, convert_int8, load_int8_model, prepare_qat
 
 class QuantizationAwareTraining(L.Callback):
     """Prepare the module's network for QAT at setup, convert it to INT8 at fit end and for testing.
@@ -93,8 +63,6 @@ class QuantizationAwareTraining(L.Callback):
         if isinstance(network, torch.fx.GraphModule) and any("activation_post_process" in n for n, _ in network.named_modules()):
             return  # already prepared (a second trainer call on the same module)
         if stage == "fit" and self.init_ckpt:
-            from lit_kd.modules.loading import load_weights
-
             load_weights(network, self.init_ckpt)
         setattr(pl_module, self.attribute, prepare_qat(network, self.backend, self.input_shape))
 
@@ -137,7 +105,7 @@ class QuantizationAwareTraining(L.Callback):
 
     def _recipe(self, pl_module: L.LightningModule) -> dict[str, Any]:
         hp = pl_module.hparams
-        key = "student" if "student" in hp else "model"
+        key = network_key(hp)
         if isinstance(hp.get(key), nn.Module) or hp.get(key) is None:
             raise ValueError("QAT can save the INT8 model only for networks given by name or class_path (not in-memory modules)")
         return {"network": hp[key], "network_kwargs": hp.get(f"{key}_kwargs"), "num_classes": hp.get("num_classes", 10),

@@ -26,70 +26,17 @@ recipe's structure (``manager.apply_structure``) to the fresh network, from a st
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
 import torch.nn as nn
-import yaml
 from lightning.pytorch.callbacks import EarlyStopping
 
-from lit_kd.compat.sparseml import apply_sparseml_compat
+from lit_kd.checkpoints import QAT_MARKERS, load_weights
+from lit_kd.sparse.counts import sparsity_counts
+from lit_kd.sparse.recipe import build_manager, quiet_loggers, read_recipe, structure_epoch
+from lit_kd.sparse.resume import renamed_masks, schedule_state
 
-QAT_KEY_MARKERS = ("activation_post_process", "weight_fake_quant")
-# SparseML's private schedule state per modifier; a pruning modifier's masks are only applied once they are enabled,
-# which happens in the step where it starts, so a run resumed after that step must enable them itself
-SCHEDULE_ATTRS = ("_started", "_ended", "_last_update_epoch", "_applied_sparsity", "_sparsity_applied")
-
-
-def read_recipe(recipe: str) -> str:
-    """The recipe's YAML text from a file path or an inline string; clear errors for a missing file or bad YAML."""
-    text = recipe
-    looks_like_path = "\n" not in recipe and recipe.strip().endswith((".yaml", ".yml", ".md"))
-    if looks_like_path:
-        path = Path(os.path.expandvars(recipe)).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"SparseML recipe file {str(path)!r} does not exist")
-        text = path.read_text()
-    body = text.split("---")[1] if text.lstrip().startswith("---") else text  # a recipe .md holds YAML front matter
-    try:
-        yaml.load(body, Loader=_TagTolerantLoader)
-    except yaml.YAMLError as err:
-        where = f" (line {err.problem_mark.line + 1})" if getattr(err, "problem_mark", None) else ""
-        raise ValueError(f"SparseML recipe {recipe if looks_like_path else '<inline>'} does not parse{where}: {err}") from err
-    return text
-
-
-class _TagTolerantLoader(yaml.SafeLoader):
-    """SafeLoader that accepts SparseML's ``!ModifierName`` tags (only for checking the syntax)."""
-
-
-_TagTolerantLoader.add_multi_constructor("!", lambda loader, suffix, node: loader.construct_mapping(node) if isinstance(node, yaml.MappingNode) else None)
-
-
-def build_manager(recipe_text: str, recipe_args: Optional[dict] = None):
-    apply_sparseml_compat()
-    import sparseml.pytorch.sparsification  # noqa: F401  (registers the modifier YAML tags)
-    from sparseml.pytorch.optim import ScheduledModifierManager
-
-    return ScheduledModifierManager.from_yaml(recipe_text, recipe_variables=dict(recipe_args or {}))
-
-
-def quiet_loggers():
-    """SparseML's modifier logs go to the ``lit_kd.sparseml`` Python logger. Without a logger of its own, SparseML
-    would create one that writes files under ``sparse_logs/`` in the working directory."""
-    import logging
-
-    from sparseml.pytorch.utils import LoggerManager, PythonLogger
-
-    return LoggerManager([PythonLogger(logger=logging.getLogger("lit_kd.sparseml"))], log_python=False)
-
-
-def structure_epoch(manager) -> Optional[float]:
-    """Epoch at which the recipe changes the network's structure (QAT starts), or None."""
-    starts = [m.start_epoch for m in manager.iter_modifiers() if type(m).__name__ == "QuantizationModifier"]
-    return min(starts) if starts else None
 
 
 class SparseMLRecipe(L.Callback):
@@ -132,8 +79,6 @@ class SparseMLRecipe(L.Callback):
             trainer.fit_loop.max_epochs = self.max_epochs
         network = self.network(pl_module)
         if stage == "fit" and self.init_ckpt:
-            from lit_kd.modules.loading import load_weights
-
             load_weights(network, self.init_ckpt)
         if self._hooked is not network:  # once per network, however many stages (fit, then test) set it up
             network.register_load_state_dict_pre_hook(self._apply_structure_for_checkpoint)
@@ -141,8 +86,8 @@ class SparseMLRecipe(L.Callback):
 
     def _apply_structure_for_checkpoint(self, module, state_dict, prefix, *args) -> None:
         """Before a state dict with QAT modules loads into the fresh network, give the network that structure."""
-        has_qat = any(k.startswith(prefix) and any(m in k for m in QAT_KEY_MARKERS) for k in state_dict)
-        built = any(any(m in name for m in QAT_KEY_MARKERS) for name, _ in module.named_modules())
+        has_qat = any(k.startswith(prefix) and any(m in k for m in QAT_MARKERS) for k in state_dict)
+        built = any(any(m in name for m in QAT_MARKERS) for name, _ in module.named_modules())
         start = structure_epoch(self.manager)
         if has_qat and not built and start is not None:
             self.manager.apply_structure(module, epoch=start, loggers=quiet_loggers())
@@ -212,38 +157,3 @@ class SparseMLRecipe(L.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.epoch = state_dict.get("epoch", 0.0)
         self._resume_state = {k: state_dict[k] for k in ("schedules", "masks") if k in state_dict}
-
-
-def renamed_masks(manager, saved: dict[str, dict]) -> dict[str, dict]:
-    """Saved mask states keyed by the names the freshly initialized modifiers use. Masks are named after the
-    parameters when pruning started (``conv1.weight``); a run resumed after QAT wrapped the layers initializes its
-    modifiers on the wrapped network (``conv1.module.weight``), so names are matched with the wrappers left out."""
-    def plain(name: str) -> str:
-        return name.replace(".module.", ".")
-
-    renamed = {}
-    for modifier in manager.iter_modifiers():
-        masks = saved.get(modifier.identifier())
-        if not masks or getattr(modifier, "_module_masks", None) is None:
-            continue
-        current = {plain(n): n for n in modifier._module_masks.names}
-        renamed[modifier.identifier()] = {current.get(plain(k), k): v for k, v in masks.items()}
-    return renamed
-
-
-def schedule_state(modifier) -> dict[str, Any]:
-    """What decides a modifier's next scheduled action: its private schedule attributes, and whether its masks apply."""
-    state = {a: getattr(modifier, a) for a in SCHEDULE_ATTRS if hasattr(modifier, a)}
-    if getattr(modifier, "_module_masks", None) is not None:
-        state["masks_enabled"] = bool(modifier._module_masks.enabled)
-    return state
-
-
-def sparsity_counts(network: nn.Module) -> tuple[int, int]:
-    """Zeros and total elements over the weights of every Conv2d and Linear (what pruning recipes target)."""
-    zeros = total = 0
-    for m in network.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            zeros += int((m.weight == 0).sum())
-            total += m.weight.numel()
-    return zeros, total

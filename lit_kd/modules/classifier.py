@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics.classification import MulticlassAccuracy
 
-from lit_kd.callbacks.sample_predictions import SamplePredictions
 from lit_kd.models import build_model
 
 
@@ -129,4 +128,6 @@ class ClassifierModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval}}
 
     def configure_callbacks(self):
+        from lit_kd.callbacks.sample_predictions import SamplePredictions  # a module does not depend on callbacks at import
+
         return [SamplePredictions(self.hparams.num_example_images)] if self.hparams.num_example_images else []

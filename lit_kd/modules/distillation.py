@@ -14,7 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from lit_kd.losses import TERMS, DistillationLoss, DistillContext, FeatureTerm, build_term
 from lit_kd.models.feature_taps import FeatureTaps
 from lit_kd.modules.classifier import ClassifierModule, save_hparams_without_modules, target_classes
-from lit_kd.modules.loading import instantiate_network, load_network, load_weights
+from lit_kd.checkpoints import instantiate_network, load_network, load_weights
 
 TEACHER = "teacher."
 

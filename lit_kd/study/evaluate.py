@@ -25,10 +25,10 @@ def load_stage_network(manifest: dict) -> nn.Module:
     network of anything else, in eval mode."""
     outputs = manifest["outputs"]
     if "int8" in outputs:
-        from lit_kd.callbacks.quantization_aware_training import load_int8_model
+        from lit_kd.quant.torch_qat import load_int8_model
 
         return load_int8_model(outputs["int8"]).eval()
-    from lit_kd.export import load_for_export
+    from lit_kd.checkpoints import load_for_export
 
     return load_for_export(outputs["ckpt"])[0].eval()
 

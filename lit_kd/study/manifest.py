@@ -94,7 +94,7 @@ def environment() -> dict:
             versions[package] = version(package)
         except PackageNotFoundError:
             versions[package] = None
-    from lit_kd.bench import cpu_info
+    from lit_kd.commands.bench import cpu_info
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"host": socket.gethostname(), "python": platform.python_version(), "cpu": cpu_info(cores), "versions": versions}

@@ -210,7 +210,7 @@ def bench_accuracies(manifests: dict[str, dict], bench: Optional[dict]) -> dict[
     PyTorch FP32 from the checkpoint's stage; PyTorch's dense INT8 (calibrated on random data) is not measured."""
     if not bench:
         return {}
-    from lit_kd.bench import BASELINE, SPARSE
+    from lit_kd.commands.bench import BASELINE, SPARSE
 
     out = {}
     files = bench["inputs"]["settings"]["bench"]

@@ -131,12 +131,10 @@ def network_facts(ckpt: str | Path, int8: Optional[Path] = None) -> dict:
     INT8 model's when the run saved one."""
     from lit_kd.models import model_summary
     from lit_kd.models.summary import summary_totals
-    from lit_kd.modules.loading import instantiate_network, network_state, read_checkpoint
+    from lit_kd.checkpoints import build_network, network_key, network_state, read_checkpoint
 
     checkpoint = read_checkpoint(ckpt)
-    hparams = checkpoint.get("hyper_parameters") or {}
-    key = "student" if "student" in hparams else "model"
-    network = instantiate_network(hparams[key], hparams.get("num_classes", 10), hparams.get(f"{key}_kwargs"))
+    network = build_network(checkpoint, ckpt)
     totals = summary_totals(model_summary(network))
     state = network_state(checkpoint)
     layers = {}
@@ -151,7 +149,8 @@ def network_facts(ckpt: str | Path, int8: Optional[Path] = None) -> dict:
     buffer = io.BytesIO()
     torch.save({k: v for k, v in state.items()}, buffer)
     size = int8.stat().st_size if int8 is not None else buffer.tell()
-    return {"architecture": hparams[key] if isinstance(hparams[key], str) else hparams[key].get("class_path"),
+    spec = checkpoint["hyper_parameters"][network_key(checkpoint["hyper_parameters"])]
+    return {"architecture": spec if isinstance(spec, str) else spec.get("class_path"),
             "params": totals["params"], "nonzero_params": min(nonzero, totals["params"]), "macs": totals["macs"],
             "size_bytes": size, "layer_sparsity": layers}
 
@@ -160,8 +159,8 @@ def network_facts(ckpt: str | Path, int8: Optional[Path] = None) -> dict:
 def run_weights(ctx: Context, stage: Stage, settings: dict, label: str) -> tuple[dict, dict, str]:
     """Shipped weights stand in for a trained stage: a weights file (a plain state dict or a portable checkpoint,
     loaded with ``weights_only=True``) becomes a checkpoint of the named architecture, tested on the full test set."""
-    from lit_kd.classify import accuracy_on_test_set
-    from lit_kd.modules.loading import instantiate_network, load_weights, write_weights_file
+    from lit_kd.commands.classify import accuracy_on_test_set
+    from lit_kd.checkpoints import instantiate_network, load_weights, write_weights_file
 
     source = ctx.study.here / settings["weights"]
     state = torch.load(source, map_location="cpu", weights_only=True)
@@ -171,7 +170,7 @@ def run_weights(ctx: Context, stage: Stage, settings: dict, label: str) -> tuple
     correct, total = accuracy_on_test_set(network.eval(), ctx.data, 250, "cpu")
     metrics = {"test_acc": correct / total, "epochs": None, "stop_reason": f"shipped weights ({source.name})",
                **network_facts(ckpt)}
-    return {"ckpt": str(ckpt)}, metrics, f"lit-kd classify --ckpt {ckpt} --test-set {ctx.data}"
+    return {"ckpt": str(ckpt)}, metrics, f"lit-kd classify --ckpt {ckpt} --data {ctx.data}"
 
 
 def run_select(ctx: Context, stage: Stage, settings: dict, label: str) -> tuple[dict, dict, str]:
@@ -202,9 +201,9 @@ def flags(settings: dict) -> list[str]:
 
 
 STEP_COMMANDS = {  # kind -> (module with main(argv), data flag, output flag, output file, outputs)
-    "ptq": ("lit_kd.quant.study", "--data-dir", "--out", "ptq.json", {"json": "ptq.json"}),
-    "export": ("lit_kd.export", "--data", "--out", "model.onnx", {"onnx": "model.onnx", "json": "model.validation.json"}),
-    "bench": ("lit_kd.bench", None, "--out", "bench.json", {"json": "bench.json"}),
+    "ptq": ("lit_kd.commands.ptq", "--data", "--out", "ptq.json", {"json": "ptq.json"}),
+    "export": ("lit_kd.commands.export", "--data", "--out", "model.onnx", {"onnx": "model.onnx", "json": "model.validation.json"}),
+    "bench": ("lit_kd.commands.bench", None, "--out", "bench.json", {"json": "bench.json"}),
 }
 
 

@@ -1,4 +1,4 @@
-"""Getting trained networks back out of files: lit-kd checkpoints and plain state-dict files.
+"""The one place that reads and writes checkpoint files: lit-kd checkpoints, plain state-dict files, weights files.
 
 A lit-kd checkpoint stores the trained network under the ``model.`` prefix of its state dict and how to build it
 in its hyperparameters (``model`` for a ClassifierModule, ``student`` for a DistillationModule: an architecture
@@ -15,10 +15,19 @@ from typing import Any, Optional, Union
 
 import torch
 import torch.nn as nn
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lit_kd.models import build_model
 
 NETWORK_PREFIX = "model."
+QAT_MARKERS = ("activation_post_process", "weight_fake_quant")  # state-dict keys of fake-quantize modules
+
+
+def network_key(hparams: dict) -> str:
+    """Which hyperparameter (or config ``init_args`` key) names the trained network: ``student`` for a
+    DistillationModule, ``model`` for a ClassifierModule."""
+    return "student" if "student" in hparams else "model"
 
 
 TRUST_ENV = "LIT_KD_TRUST_CHECKPOINTS"
@@ -105,18 +114,22 @@ def load_weights(network: nn.Module, path: Union[str, Path], checkpoint: Optiona
     return network
 
 
-def load_network(path: Union[str, Path]) -> nn.Module:
-    """The trained network of a lit-kd checkpoint (a distilled checkpoint gives its student), in eval mode."""
-    checkpoint = read_checkpoint(path)
+def build_network(checkpoint: dict[str, Any], path: Union[str, Path] = "<checkpoint>") -> nn.Module:
+    """A fresh (untrained) instance of the network a lit-kd checkpoint's hyperparameters name."""
     hparams = checkpoint.get("hyper_parameters") or {}
-    key = "student" if "student" in hparams else "model"
+    key = network_key(hparams)
     if key not in hparams:
         raise ValueError(
             f"checkpoint {str(path)!r} does not say which network it holds (no 'model' or 'student' hyperparameter); "
             "give the architecture explicitly and load the weights with load_weights(model, path)"
         )
-    network = instantiate_network(hparams[key], hparams.get("num_classes", 10), hparams.get(f"{key}_kwargs"))
-    return load_weights(network, path, checkpoint).eval()
+    return instantiate_network(hparams[key], hparams.get("num_classes", 10), hparams.get(f"{key}_kwargs"))
+
+
+def load_network(path: Union[str, Path]) -> nn.Module:
+    """The trained network of a lit-kd checkpoint (a distilled checkpoint gives its student), in eval mode."""
+    checkpoint = read_checkpoint(path)
+    return load_weights(build_network(checkpoint, path), path, checkpoint).eval()
 
 
 def write_weights_file(network: nn.Module, architecture: str, path: Union[str, Path], num_classes: int = 10,
@@ -136,3 +149,81 @@ def write_weights_file(network: nn.Module, architecture: str, path: Union[str, P
                 "pytorch-lightning_version": lightning.__version__}, tmp)
     tmp.replace(path)
     return path
+
+
+def config_sources(config_path: str) -> tuple[dict, Optional[dict]]:
+    """From a run's config.yaml: the network ``{"spec", "num_classes", "kwargs"}`` and the SparseMLRecipe
+    callback's ``{"recipe", "recipe_args"}`` (None without one)."""
+    import yaml
+
+    config = yaml.safe_load(Path(config_path).read_text()) or {}
+    init = (config.get("model") or {}).get("init_args") or {}
+    key = network_key(init)
+    if not isinstance(init.get(key), (str, dict)):
+        raise ValueError(f"config {config_path!r} names no network (model.init_args.model or .student)")
+    network = {"spec": init[key], "num_classes": init.get("num_classes", 10), "kwargs": init.get(f"{key}_kwargs")}
+    callbacks = (config.get("trainer") or {}).get("callbacks") or []
+    recipe = next(({"recipe": c["init_args"]["recipe"], "recipe_args": c["init_args"].get("recipe_args")}
+                   for c in callbacks if isinstance(c, dict) and str(c.get("class_path", "")).endswith("SparseMLRecipe")), None)
+    return network, recipe
+
+
+def checkpoint_sources(checkpoint: dict) -> tuple[Optional[dict], Optional[dict]]:
+    """The same two from the checkpoint: its hyperparameters and its SparseMLRecipe callback state."""
+    hparams = checkpoint.get("hyper_parameters") or {}
+    key = network_key(hparams)
+    network = None
+    if isinstance(hparams.get(key), (str, dict)):
+        network = {"spec": hparams[key], "num_classes": hparams.get("num_classes", 10), "kwargs": hparams.get(f"{key}_kwargs")}
+    state = next((v for k, v in (checkpoint.get("callbacks") or {}).items() if "SparseMLRecipe" in k), None)
+    recipe = {"recipe": state["recipe"], "recipe_args": state.get("recipe_args")} if state and "recipe" in state else None
+    return network, recipe
+
+
+def load_for_export(ckpt: str, config: Optional[str] = None) -> tuple[nn.Module, bool]:
+    """The checkpoint's network in eval mode, and whether it holds (SparseML) QAT modules. The config, when
+    given, names the architecture and the recipe; the checkpoint fills in what the config lacks."""
+    from lit_kd.sparse.recipe import build_manager, quiet_loggers, read_recipe, structure_epoch
+
+    checkpoint = read_checkpoint(ckpt)
+    network_src, recipe = checkpoint_sources(checkpoint)
+    if config is not None:
+        config_network, config_recipe = config_sources(config)
+        network_src, recipe = config_network, config_recipe or recipe
+    if network_src is None:
+        raise ValueError(f"checkpoint {ckpt!r} does not say which architecture it holds; give the run's config with --config")
+    network = instantiate_network(network_src["spec"], network_src["num_classes"], network_src["kwargs"])
+    qat = any(m in k for k in network_state(checkpoint) for m in QAT_MARKERS)
+    if qat:
+        if recipe is None:
+            raise ValueError(
+                f"checkpoint {ckpt!r} holds fake-quantize modules but no SparseML recipe. A QuantizationAwareTraining "
+                "(torch.ao FX) checkpoint cannot be exported: its fused observer op has no ONNX form. Export the float "
+                "checkpoint it started from, or run its int8_model.pt in PyTorch (lit_kd.callbacks.load_int8_model)")
+        manager = build_manager(read_recipe(recipe["recipe"]), recipe["recipe_args"])
+        start = structure_epoch(manager)
+        if start is None:
+            raise ValueError(f"checkpoint {ckpt!r} holds QAT modules but its recipe has no QuantizationModifier")
+        manager.apply_structure(network, epoch=start, loggers=quiet_loggers())
+    return load_weights(network, ckpt, checkpoint).eval(), qat
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Local checkpoints appear complete or not at all: a crash while saving never leaves a truncated ``.ckpt``.
+
+    ``os.replace`` within one directory is atomic on POSIX and Windows; remote paths (``s3://`` ...) go through
+    Lightning's own transactional writer.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
+        protocol = get_filesystem(path).protocol
+        if "file" not in (protocol if isinstance(protocol, tuple) else (protocol,)):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
+            torch.save(checkpoint, tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)

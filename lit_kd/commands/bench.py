@@ -204,7 +204,7 @@ def inputs_from_args(cli: argparse.ArgumentParser, args: argparse.Namespace) -> 
     onnx_files = {label: path for label, path in ((BASELINE, args.baseline), (SPARSE, args.sparse)) if path}
     torch_model = None
     if args.ckpt:
-        from lit_kd.export import load_for_export
+        from lit_kd.checkpoints import load_for_export
 
         try:
             torch_model, qat = load_for_export(args.ckpt)

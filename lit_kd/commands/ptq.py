@@ -41,7 +41,7 @@ def accuracy(model: nn.Module, batches: Iterable) -> float:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lit-kd ptq", description=__doc__)
     p.add_argument("--ckpt", required=True, help="lit-kd checkpoint (classifier or distilled student)")
-    p.add_argument("--data-dir", default=os.environ.get("LIT_KD_CIFAR10", "data/cifar10"), help="CIFAR-10 source (see CIFAR10DataModule)")
+    p.add_argument("--data", default=os.environ.get("LIT_KD_CIFAR10", "data/cifar10"), help="CIFAR-10 source (default $LIT_KD_CIFAR10, else data/cifar10)")
     p.add_argument("--bits", type=int, nargs="+", default=[16, 8, 4, 2], help="bit widths, weights and activations alike")
     p.add_argument("--weight-only-bits", type=int, nargs="*", default=[], help="also weight-only rows at these widths (activations at 8 bits)")
     p.add_argument("--observer", nargs="+", default=["minmax"], choices=OBSERVERS)
@@ -69,11 +69,11 @@ def parser() -> argparse.ArgumentParser:
 
 def run_study(args: argparse.Namespace) -> dict:
     from lit_kd.data import CIFAR10DataModule
-    from lit_kd.modules.loading import load_network
+    from lit_kd.checkpoints import load_network
 
     torch.set_num_threads(args.threads)
     model = load_network(args.ckpt)
-    data = CIFAR10DataModule(args.data_dir)
+    data = CIFAR10DataModule(args.data)
     calib = list(data.normalized_batches("train", args.batch_size, args.calib_batches * args.batch_size, shuffle=True))
     test = list(data.normalized_batches("test", EVAL_BATCH, args.test_images))
     labels = torch.cat([y for _, y in test])
@@ -138,12 +138,12 @@ def run_search(args: argparse.Namespace) -> dict:
     """``--max-drop``: the cheapest per-layer weight widths within the budget on held-out training images (never the
     test set), then test accuracy of FP32, the chosen allocation and the uniform widths."""
     from lit_kd.data import CIFAR10DataModule
-    from lit_kd.modules.loading import load_network
+    from lit_kd.checkpoints import load_network
     from lit_kd.quant.mixed_precision import average_bits, pareto_plot, search_bits, size_bytes
 
     torch.set_num_threads(args.threads)
     model = load_network(args.ckpt)
-    data = CIFAR10DataModule(args.data_dir, val_split=args.eval_images)
+    data = CIFAR10DataModule(args.data, val_split=args.eval_images)
     calib = list(data.normalized_batches("train", args.batch_size, args.calib_batches * args.batch_size, shuffle=True))
     held_out = list(data.normalized_batches("val", EVAL_BATCH))
     test = list(data.normalized_batches("test", EVAL_BATCH, args.test_images))

@@ -1,7 +1,7 @@
 """``lit-kd classify``: the predicted classes of image files with a trained checkpoint, or its test-set accuracy.
 
     lit-kd classify --ckpt best.ckpt cat.png photos/ [--top-k 3]
-    lit-kd classify --ckpt best.ckpt --test-set data/cifar10-png.zip
+    lit-kd classify --ckpt best.ckpt --data data/cifar10-png.zip
 
 Any lit-kd checkpoint works (dense, distilled, pruned): its network is loaded with ``load_network``. Folders are
 searched recursively for image files (by suffix). An image that is not 32x32 is centre-cropped to a square and
@@ -30,7 +30,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="*", help="image files (PNG, JPEG, ...) and folders of them")
     p.add_argument("--ckpt", required=True, help="lit-kd checkpoint (classifier, distilled student, pruned)")
     p.add_argument("--top-k", type=int, default=1, help="show the K most probable classes per image")
-    p.add_argument("--test-set", metavar="DATA", help="report accuracy on the test split of this CIFAR-10 source instead")
+    p.add_argument("--data", metavar="DATA", help="report accuracy on the test split of this CIFAR-10 source instead")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return p
@@ -117,20 +117,20 @@ def print_rows(rows: list[dict], ckpt: str) -> None:
 def main(argv: Optional[list[str]] = None) -> None:
     cli = parser()
     args = cli.parse_args(argv)
-    if bool(args.paths) == bool(args.test_set):
-        cli.error("give image files or folders to classify, or --test-set DATA (not both)")
+    if bool(args.paths) == bool(args.data):
+        cli.error("give image files or folders to classify, or --data DATA (not both)")
     if args.top_k < 1:
         cli.error(f"--top-k must be >= 1, got {args.top_k}")
     if not Path(args.ckpt).is_file():
         cli.error(f"checkpoint {args.ckpt!r} does not exist")
-    from lit_kd.modules.loading import load_network
+    from lit_kd.checkpoints import load_network
 
     try:
         files = image_files(args.paths)
         network = load_network(args.ckpt).to(args.device)
-        if args.test_set:
-            correct, total = accuracy_on_test_set(network, args.test_set, args.batch_size, args.device)
-            print(f"test accuracy of {args.ckpt} on {args.test_set}: {100 * correct / total:.2f} % ({correct} of {total} test images correct)")
+        if args.data:
+            correct, total = accuracy_on_test_set(network, args.data, args.batch_size, args.device)
+            print(f"test accuracy of {args.ckpt} on {args.data}: {100 * correct / total:.2f} % ({correct} of {total} test images correct)")
         else:
             print_rows(classify(network, files, args.top_k, args.batch_size, args.device), args.ckpt)
     except (FileNotFoundError, ValueError) as err:

@@ -1,0 +1,99 @@
+"""ONNX export of a trained network and its validation in ONNX Runtime and DeepSparse (``lit-kd export`` drives it)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+MIN_FP32_AGREEMENT = 0.995
+INTEGER_OPS = ("QuantizeLinear", "QLinearConv", "ConvInteger", "MatMulInteger", "QLinearMatMul")
+
+
+def export_onnx_model(network: nn.Module, out: str | Path, opset: int = 13, qat: bool = False) -> Path:
+    """Export ``network`` (eval mode) with a dynamic batch dimension; a QAT network becomes integer ops."""
+    from lit_kd.compat.sparseml import EXPORT_KWARGS, apply_sparseml_compat
+
+    apply_sparseml_compat()
+    from sparseml.pytorch.utils import export_onnx
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sample = torch.zeros(1, 3, 32, 32)
+    sparseml_log = logging.getLogger("sparseml")
+    level = sparseml_log.level
+    sparseml_log.setLevel(logging.WARNING)  # one INFO line per graph transform otherwise
+    try:
+        with warnings.catch_warnings():  # the TorchScript exporter's tracing notes are expected here, not news
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
+            export_onnx(network.eval(), sample, str(out), opset=opset, convert_qat=qat, input_names=["input"],
+                        output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, **EXPORT_KWARGS)
+    finally:
+        sparseml_log.setLevel(level)
+    return out
+
+
+def graph_facts(path: Path) -> dict:
+    """``onnx.checker`` passes; the opset, op counts and dynamic batch of the written model."""
+    import onnx
+
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    ops = Counter(node.op_type for node in model.graph.node)
+    batch_dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    return {"opset": next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+            "inputs": [i.name for i in model.graph.input], "outputs": [o.name for o in model.graph.output],
+            "dynamic_batch": bool(batch_dim.dim_param), "integer_ops": {op: ops[op] for op in INTEGER_OPS if ops[op]},
+            "op_counts": dict(sorted(ops.items()))}
+
+
+# ---------------------------------------------------------------------------------------------- validation
+def padded(x: np.ndarray, batch_size: int) -> np.ndarray:
+    """``x`` padded with zero images to a full batch (DeepSparse engines have a fixed batch size)."""
+    missing = batch_size - len(x)
+    return x if missing == 0 else np.concatenate([x, np.zeros((missing, *x.shape[1:]), dtype=x.dtype)])
+
+
+def validate(path: Path, network: nn.Module, batches: list, batch_size: int, cores: int) -> dict:
+    """Top-1 agreement with ``network`` and accuracy of ONNX Runtime and DeepSparse on ``batches``."""
+    import onnxruntime as ort
+    from deepsparse import compile_model
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = cores, 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    engine = compile_model(str(path), batch_size=batch_size, num_cores=cores)
+    logits = {"pytorch": [], "onnxruntime": [], "deepsparse": []}
+    with torch.no_grad():
+        for images, _ in batches:
+            x = images.numpy().astype(np.float32)
+            logits["pytorch"].append(network(images).numpy())
+            logits["onnxruntime"].append(session.run(["logits"], {"input": x})[0])
+            logits["deepsparse"].append(engine([padded(x, batch_size)])[0][: len(x)])
+    labels = torch.cat([y for _, y in batches]).numpy()
+    reference = np.concatenate(logits["pytorch"])
+    result = {"images": len(labels), "batch_size": batch_size, "cores": cores,
+              "pytorch": {"acc": float((reference.argmax(1) == labels).mean())}}
+    for runtime in ("onnxruntime", "deepsparse"):
+        out = np.concatenate(logits[runtime])
+        result[runtime] = {"acc": float((out.argmax(1) == labels).mean()),
+                           "agreement": float((out.argmax(1) == reference.argmax(1)).mean()),
+                           "max_abs_logit_diff": float(np.abs(out - reference).max())}
+    return result
+
+
+def weight_sparsity(network: nn.Module) -> float:
+    from lit_kd.sparse.counts import sparsity_counts
+
+    zeros, total = sparsity_counts(network)
+    return zeros / total if total else 0.0

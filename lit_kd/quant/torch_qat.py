@@ -1,0 +1,42 @@
+"""torch.ao quantization-aware training (FX, x86): prepare a network, convert it to INT8, rebuild a saved INT8 model."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Union
+
+import torch
+import torch.nn as nn
+
+INT8_FILE = "int8_model.pt"
+
+
+def prepare_qat(network: nn.Module, backend: str, input_shape) -> nn.Module:
+    from torch.ao.quantization import get_default_qat_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import prepare_qat_fx
+
+    if backend not in torch.backends.quantized.supported_engines:
+        raise ValueError(f"quantized backend {backend!r} is not available; this build has {torch.backends.quantized.supported_engines}")
+    torch.backends.quantized.engine = backend
+    device = next(network.parameters()).device
+    example = torch.zeros(*input_shape, device=device)
+    return prepare_qat_fx(network.train(), get_default_qat_qconfig_mapping(backend), (example,))
+
+
+def convert_int8(prepared: nn.Module) -> nn.Module:
+    """The real INT8 model of a QAT-prepared network (a copy, on the CPU, in eval mode)."""
+    from torch.ao.quantization.quantize_fx import convert_fx
+
+    return convert_fx(copy.deepcopy(prepared).cpu().eval()).eval()
+
+
+def load_int8_model(path: Union[str, Path]) -> nn.Module:
+    """Rebuild the INT8 model saved by :class:`QuantizationAwareTraining` (``int8_model.pt``)."""
+    from lit_kd.checkpoints import instantiate_network, safe_load
+
+    saved = safe_load(path)
+    network = instantiate_network(saved["network"], saved["num_classes"], saved.get("network_kwargs"))
+    int8 = convert_int8(prepare_qat(network, saved["backend"], saved["input_shape"]))
+    int8.load_state_dict(saved["state_dict"])
+    return int8

@@ -1,0 +1,1 @@
+"""SparseML helpers shared by the SparseMLRecipe callback, ONNX export and the benchmarks."""
