@@ -1,0 +1,201 @@
+"""The README headline table (lit_kd.study.headline): numbers formatted from a study's results.json, rows only where
+their data exist, and the replacement between the README markers."""
+
+import copy
+import json
+
+import pytest
+
+from lit_kd.study import headline
+from lit_kd.study.headline import END, START, HeadlineError, render, replace_between_markers
+
+
+def model(stage, acc, params=1000, nonzero=1000, arch="resnet20_trunc"):
+    return {"stage": stage, "architecture": arch, "params": params, "nonzero_params": nonzero, "test_acc": acc}
+
+
+def ptq_row(runtime, wb, ab, method, acc, fp32):
+    return {
+        "runtime": runtime,
+        "weight_bits": wb,
+        "act_bits": ab,
+        "method": method,
+        "granularity": "per_channel",
+        "first_last_8bit": runtime == "ours",
+        "acc": acc,
+        "drop": fp32 - acc,
+    }
+
+
+RESULTS = {
+    "study": "tiny.yaml",
+    "machine": {"cpu": {"cpu": "Test CPU", "isa": "avx2", "vnni": False, "cores_used": 2}},
+    "stages": {
+        "teacher": {"kind": "fit"},
+        "student_data.seed0": {"kind": "fit", "group": "student_data"},
+        "student_data.seed1": {"kind": "fit", "group": "student_data"},
+        "kd_features.seed0": {"kind": "fit", "group": "kd_features"},
+        "kd_features.seed1": {"kind": "fit", "group": "kd_features"},
+        "best_student": {"kind": "select", "metrics": {"chosen": "kd_features.seed1"}},
+        "ptq": {"kind": "ptq", "metrics": {"test_images": 10000}},
+        "ptq_adaround": {"kind": "ptq", "metrics": {"test_images": 4000}},
+        "mixed": {
+            "kind": "ptq",
+            "metrics": {"search": {"act_bits": 8, "max_drop": 0.01, "chosen": {"weight_bits": {"conv1": 8, "a": 4, "b": 4, "c": 2}}}},
+        },
+        "sparse": {"kind": "fit", "outputs": {"ckpt": "/o/sparse/last.ckpt", "last": "/o/sparse/last.ckpt"}},
+        "prune": {"kind": "fit", "outputs": {"ckpt": "/o/prune/best.ckpt"}},
+        "export_sparse": {"kind": "export", "metrics": {"checkpoint": "/o/sparse/last.ckpt"}},
+    },
+    "models": [
+        model("teacher", 0.9113, 269722, 269722, "resnet20"),
+        model("student_data.seed0", 0.8801),
+        model("student_data.seed1", 0.8823),
+        model("kd_features.seed0", 0.8911),
+        model("kd_features.seed1", 0.8937),
+        model("sparse", 0.8712, 232602, 23261),
+        model("prune", 0.8805, 232602, 100000),
+    ],
+    "distillation": [
+        {"stage": "student_data", "seeds": 2, "mean": 0.8812, "std": 0.00156, "delta_vs_baseline": None},
+        {"stage": "kd_logits", "seeds": 1, "mean": 0.8850, "std": None, "delta_vs_baseline": 0.0038},
+        {"stage": "kd_features", "seeds": 2, "mean": 0.8924, "std": 0.00184, "delta_vs_baseline": 0.0112},
+    ],
+    "ptq": {
+        "ptq": [
+            ptq_row("fp32", 32, 32, "-", 0.9113, 0.9113),
+            ptq_row("pytorch", 8, 8, "fx x86 histogram", 0.9101, 0.9113),
+            ptq_row("ours", 8, 8, "minmax", 0.9090, 0.9113),
+            ptq_row("ours", 8, 8, "percentile", 0.9107, 0.9113),
+            ptq_row("ours", 4, 4, "percentile", 0.8987, 0.9113),
+            ptq_row("ours", 2, 8, "percentile", 0.3120, 0.9113),
+        ],
+        "ptq_adaround": [ptq_row("fp32", 32, 32, "-", 0.9110, 0.9110), ptq_row("ours", 2, 8, "percentile + adaround", 0.8642, 0.9110)],
+    },
+    "mixed_precision": {
+        "mixed": {
+            "test_acc": {"fp32": 0.9113, "chosen": 0.9051},
+            "test_images": 10000,
+            "chosen_average_weight_bits": 3.4567,
+            "chosen_weight_bytes": 51200.0,
+            "uniform_int8_weight_bytes": 102400.0,
+        }
+    },
+    "qat": [{"stage": "qat", "started_from": "kd_features.seed1", "fp32_acc": 0.8937, "int8_test_acc": 0.8921, "drop": 0.0016}],
+    "exports": [{"stage": "export_sparse", "precision": "int8", "weight_sparsity": 0.9, "images": 10000, "deepsparse": {"acc": 0.8709}}],
+    "speed": {
+        "rows": [
+            {"model": "pruned-quantized", "runtime": "deepsparse", "batch": 32, "images_per_s": 2345.6},
+            {"model": "pruned-quantized", "runtime": "deepsparse", "batch": 1, "images_per_s": 999.0},
+            {"model": "dense int8", "runtime": "pytorch int8 (fx, x86)", "batch": 32, "images_per_s": 1172.8},
+            {"model": "dense fp32", "runtime": "pytorch fp32 eager", "batch": 32, "images_per_s": 781.9},
+        ]
+    },
+}
+
+
+def rows_of(markdown):
+    return {line.split(" | ")[0].lstrip("| "): line for line in markdown.splitlines() if line.startswith("| ")}
+
+
+def test_every_row_is_formatted_from_the_results():
+    md = render(RESULTS, "results/tiny/report.md", "results/tiny/results.json")
+    rows = rows_of(md)
+    teacher = next(v for k, v in rows.items() if k.startswith("Teacher"))
+    assert "91.13 %" in teacher and "269,722 parameters" in teacher
+    data_only = next(v for k, v in rows.items() if k.startswith("Student on data only"))
+    assert "88.12 ± 0.16 %" in data_only and "2 seeds" in data_only
+    best = next(v for k, v in rows.items() if k.startswith("Best distilled"))
+    assert "`kd_features`" in best and "89.24 ± 0.18 %" in best and "+1.12 points vs data only" in best and "best of 2" in best
+    w8 = next(v for k, v in rows.items() if k.startswith("Our PTQ W8A8"))
+    assert "91.07 %" in w8 and "-0.06 points vs FP32 91.13 %" in w8 and "best of 2" in w8 and "percentile" in w8
+    assert "test images" not in w8  # the full test set needs no note
+    assert "91.01 %" in next(v for k, v in rows.items() if k.startswith("PyTorch INT8"))
+    assert "89.87 %" in next(v for k, v in rows.items() if k.startswith("Our PTQ W4A4"))
+    w2 = next(v for k, v in rows.items() if k.startswith("Our PTQ W2A8 with AdaRound"))
+    assert "86.42 %" in w2 and "`ptq_adaround`" in w2 and "-4.68 points vs FP32 91.10 % (on 4,000 test images)" in w2
+    assert "31.20 %" not in md  # W2A8 without AdaRound is not a headline row
+    mixed = next(v for k, v in rows.items() if k.startswith("Mixed precision"))
+    assert "3.46 bits" in mixed and "1 at 8 bits, 2 at 4 bits, 1 at 2 bits" in mixed and "90.51 %" in mixed
+    assert "50.0 KiB vs 100.0 KiB" in mixed and "budget 1.0 points" in mixed
+    qat = next(v for k, v in rows.items() if k.startswith("QAT"))
+    assert "89.21 %" in qat and "-0.16 points vs its FP32 start `kd_features.seed1` 89.37 %" in qat
+    sparse = next(v for k, v in rows.items() if k.startswith("90 % sparse + INT8"))
+    assert (
+        "23,261 non-zero" in sparse and "87.12 % (PyTorch); DeepSparse 87.09 %" in sparse and "-2.25 points vs the best student" in sparse
+    )
+    pruned = next(v for k, v in rows.items() if k.startswith("Pruned to 100,000 non-zero"))
+    assert "88.05 %" in pruned and "`prune`" in pruned
+    speed = next(v for k, v in rows.items() if k.startswith("DeepSparse"))
+    assert "2,346 images/s" in speed and "2.00x PyTorch dense int8 at 1,173 images/s" in speed and "3.00x PyTorch dense fp32" in speed
+    assert "[results/tiny/report.md](results/tiny/report.md)" in md and "Test CPU (avx2, VNNI no)" in md
+
+
+def test_rows_without_data_are_absent():
+    results = copy.deepcopy(RESULTS)
+    for key in ("speed", "qat", "mixed_precision", "exports"):
+        del results[key]
+    del results["ptq"]["ptq_adaround"]
+    results["models"] = [m for m in results["models"] if m["stage"] not in ("prune", "sparse")]
+    md = render(results, "report.md")
+    for absent in ("DeepSparse", "QAT", "Mixed precision", "AdaRound", "Pruned to", "sparse + INT8"):
+        assert absent not in md
+    assert "91.13 %" in md and "Our PTQ W4A4" in md
+    # the sparse model without an INT8 export is still a pruned model
+    results["models"].append(model("sparse2", 0.85, 1000, 500))
+    assert "Pruned to 500 non-zero parameters `sparse2`" in render(results, "report.md")
+    # without the data-only baseline's accuracy there is no delta, and no distillation row
+    results["distillation"] = [{**r, "delta_vs_baseline": None} for r in results["distillation"][1:]]
+    assert "distilled" not in render(results, "report.md") and "data only" not in render(results, "report.md")
+    with pytest.raises(HeadlineError, match="none of the results"):
+        render({"study": "empty.yaml", "stages": {}}, "report.md")
+
+
+def test_markers_replace_only_what_lies_between_them():
+    before = "# Title\r\n\nintro ✓ \n" + START + "\nold table\nold line\n" + END + "\n\ntail\n  trailing   \n"
+    after = replace_between_markers(before, "| new |\n|---|")
+    head, tail = before.split(START)[0], before.split(END)[1]
+    assert after.startswith(head + START) and after.endswith(END + tail)
+    assert "old table" not in after and "| new |" in after
+    assert replace_between_markers(after, "| new |\n|---|") == after  # idempotent
+
+
+def test_markers_mentioned_inside_a_sentence_are_not_markers():
+    text = f"Write between `{START}` and `{END}`.\n{START}\nold\n{END}\nSee `{END}`.\n"
+    assert replace_between_markers(text, "new") == f"Write between `{START}` and `{END}`.\n{START}\nnew\n{END}\nSee `{END}`.\n"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("no markers here\n", "exactly once"),
+        (START + "\nonly the start\n", "exactly once"),
+        (END + "\n" + START + "\n", "comes before"),
+        (f"{START}\n{START}\n{END}\n", "exactly once"),
+        (f"mentioned in a sentence: `{START}` and `{END}`\n", "alone on its line"),
+    ],
+)
+def test_missing_or_misplaced_markers_are_a_clear_error(text, message):
+    with pytest.raises(HeadlineError, match=message):
+        replace_between_markers(text, "table")
+
+
+def test_cli_updates_the_readme_atomically_and_refuses_one_without_markers(tmp_path, capsys):
+    study = tmp_path / "results" / "tiny"
+    study.mkdir(parents=True)
+    (study / "results.json").write_text(json.dumps(RESULTS))
+    (study / "report.md").write_text("# report\n")
+    readme = tmp_path / "README.md"
+    readme.write_bytes(f"# lit-kd\n\n{START}\nThe study is running.\n{END}\n\n## Layout\n".encode())
+    assert headline.main([str(study / "results.json"), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith(f"# lit-kd\n\n{START}\n<!-- generated by") and text.endswith(f"{END}\n\n## Layout\n")
+    assert "The study is running." not in text and "[results/tiny/report.md](results/tiny/report.md)" in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "results"]  # no temporary file left behind
+
+    bare = tmp_path / "BARE.md"
+    bare.write_text("# no markers\n")
+    assert headline.main([str(study / "results.json"), "--readme", str(bare)]) == 2
+    assert "exactly once" in capsys.readouterr().err and bare.read_text() == "# no markers\n"
+    assert headline.main([str(tmp_path / "missing.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err
