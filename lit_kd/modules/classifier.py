@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import override
 
 from lit_kd.models import build_model
 
@@ -87,6 +88,7 @@ class ClassifierModule(L.LightningModule):
             {f"{stage}_acc": MulticlassAccuracy(num_classes, average="micro") for stage in ("train", "val", "test")}
         )
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
@@ -103,15 +105,19 @@ class ClassifierModule(L.LightningModule):
         self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(images))
         return loss, logits
 
+    @override
     def training_step(self, batch, batch_idx: int):
         return self._shared_step(batch, "train")[0]
 
+    @override
     def validation_step(self, batch, batch_idx: int):
         return self._shared_step(batch, "val")[1]
 
+    @override
     def test_step(self, batch, batch_idx: int):
         return self._shared_step(batch, "test")[1]
 
+    @override
     def predict_step(self, batch, batch_idx: int):
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
         return self(images).argmax(dim=1)
@@ -120,6 +126,7 @@ class ClassifierModule(L.LightningModule):
         """What the optimizer updates (subclasses leave out frozen parts such as a teacher)."""
         return self.parameters()
 
+    @override
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.trainable_parameters())
         if self.scheduler_factory is None:
@@ -127,6 +134,7 @@ class ClassifierModule(L.LightningModule):
         scheduler = self.scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval}}
 
+    @override
     def configure_callbacks(self):
         from lit_kd.callbacks.sample_predictions import SamplePredictions  # a module does not depend on callbacks at import
 

@@ -10,6 +10,7 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import override
 
 from lit_kd.losses import TERMS, DistillationLoss, DistillContext, FeatureTerm, build_term
 from lit_kd.models.feature_taps import FeatureTaps
@@ -118,6 +119,7 @@ class DistillationModule(ClassifierModule):
         self.criterion = criterion.to(self.device)
         self.teacher.to(self.device)
 
+    @override
     def setup(self, stage: str) -> None:
         if stage == "fit":
             self.configure_teacher()
@@ -151,12 +153,14 @@ class DistillationModule(ClassifierModule):
 
     # -- the teacher stays frozen and out of checkpoints ------------------------------------------------------
 
+    @override
     def train(self, mode: bool = True):
         super().train(mode)
         if self.teacher is not None:
             self.teacher.eval()
         return self
 
+    @override
     def state_dict(self, *args, **kwargs):
         state = super().state_dict(*args, **kwargs)
         prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
@@ -164,6 +168,7 @@ class DistillationModule(ClassifierModule):
             del state[key]
         return state
 
+    @override
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         state = {k: v for k, v in state_dict.items() if not k.startswith(TEACHER)}
         if self.teacher is not None:
@@ -177,6 +182,7 @@ class DistillationModule(ClassifierModule):
 
     # -- training --------------------------------------------------------------------------------------------------
 
+    @override
     def on_fit_start(self) -> None:
         pairs = self.criterion.feature_pairs
         if pairs:
@@ -184,9 +190,11 @@ class DistillationModule(ClassifierModule):
         if self.hparams.teacher_check_batches != 0:
             self.check_teacher()
 
+    @override
     def on_fit_end(self) -> None:
         self.remove_feature_hooks()
 
+    @override
     def teardown(self, stage: str) -> None:
         self.remove_feature_hooks()
 
@@ -216,6 +224,7 @@ class DistillationModule(ClassifierModule):
         rank_zero_info(f"teacher accuracy on the validation set: {accuracy:.4f}")
         return accuracy
 
+    @override
     def training_step(self, batch, batch_idx: int):
         images, target = batch
         for taps in self._taps:
