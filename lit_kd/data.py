@@ -24,6 +24,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
+from lit_kd.atomic import atomic_path
 from lit_kd.augment import BatchAugmentation
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -45,7 +46,10 @@ class _FolderTree:
 
     def __init__(self, path: Path):
         self.path = path
-        self.zip = zipfile.ZipFile(path) if path.suffix.lower() == ".zip" else None
+        try:
+            self.zip = zipfile.ZipFile(path) if path.is_file() else None
+        except (zipfile.BadZipFile, OSError) as err:
+            raise ValueError(f"data_dir {str(path)!r} is not a readable zip file ({err})") from err
         if self.zip is not None:
             names = [n for n in self.zip.namelist() if not n.endswith("/")]
         else:
@@ -83,9 +87,13 @@ class _FolderTree:
         return {c: sorted(v) for c, v in by_class.items()}
 
     def read(self, name: str) -> bytes:
-        if self.zip is not None:
-            return self.zip.read(name)
-        return (self.path / name).read_bytes()
+        try:
+            if self.zip is not None:
+                return self.zip.read(name)
+            return (self.path / name).read_bytes()
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, OSError) as err:
+            damaged = " (the zip is damaged: copy or download it again)" if self.zip is not None else ""
+            raise ValueError(f"{self.path}: {name} cannot be read: {err}{damaged}") from err
 
 
 def _is_hidden(name: str) -> bool:
@@ -148,7 +156,12 @@ def read_torchvision_cifar10(root: str | Path, download: bool) -> Arrays:
 
 def load_cifar10_arrays(data_dir: str | Path, download: bool = False, cache_dir: str | Path | None = None) -> Arrays:
     """Load CIFAR-10 from any supported source; image folders are decoded once and cached in ``cache_dir``."""
+    if not isinstance(data_dir, (str, os.PathLike)):
+        raise TypeError(f"data_dir must be a path, got {type(data_dir).__name__}")
     path = Path(data_dir).expanduser()
+    if path.is_file() and path.suffix.lower() != ".zip":
+        raise ValueError(f"data_dir {str(path)!r} is a file but not a .zip: expected a torchvision CIFAR-10 root directory, "
+                         "an image-folder directory with train/<class>/* and test/<class>/*, or a .zip of such a tree")
     is_folder_tree = path.suffix.lower() == ".zip" or (path.is_dir() and (path / "train").is_dir())
     if not is_folder_tree:
         if not path.exists() and not download:
@@ -167,11 +180,8 @@ def load_cifar10_arrays(data_dir: str | Path, download: bool = False, cache_dir:
         with np.load(cache) as npz:
             return {s: (npz[f"{s}_x"], npz[f"{s}_y"]) for s in SPLITS}
     arrays = read_image_folder(path)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_path(cache) as tmp, open(tmp, "wb") as f:  # a concurrent or interrupted run never sees half a cache
         np.savez(f, **{f"{s}_{k}": a for s, (x, y) in arrays.items() for k, a in (("x", x), ("y", y))})
-    os.replace(tmp, cache)  # atomic: a concurrent or interrupted run never sees half a cache
     return arrays
 
 
@@ -305,6 +315,12 @@ class CIFAR10DataModule(L.LightningDataModule):
             raise ValueError(f"batch sizes must be >= 1, got batch_size={batch_size}, eval_batch_size={eval_batch_size}")
         if val_split < 0:
             raise ValueError(f"val_split must be 0 (validate on the test set) or a positive count, got {val_split}")
+        if train_size is not None and train_size < 1:
+            raise ValueError(f"train_size must be >= 1 (or None: all training images), got {train_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if not isinstance(data_dir, (str, os.PathLike)):
+            raise TypeError(f"data_dir must be a path, got {type(data_dir).__name__}")
         self.save_hyperparameters()
         self.augmentation = BatchAugmentation(
             padding=padding,

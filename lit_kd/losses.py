@@ -12,6 +12,8 @@ bring features to a common size without parameters; ``regressor`` learns a conv 
 
 from __future__ import annotations
 
+import inspect
+import math
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -37,6 +39,17 @@ def target_probabilities(target: Tensor, num_classes: int) -> Tensor:
     return target if target.ndim == 2 else F.one_hot(target, num_classes).to(torch.float32)
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_temperature(term: str, temperature) -> float:
+    """A softmax temperature: a finite number > 0 (0 divides the logits by zero: NaN losses)."""
+    if not _is_number(temperature) or not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"{term} temperature must be a finite number > 0, got {temperature!r}")
+    return float(temperature)
+
+
 class LossTerm(nn.Module):
     """A named loss term; ``forward(ctx)`` returns ``{summand name: scalar}``."""
 
@@ -53,6 +66,8 @@ class CrossEntropy(LossTerm):
 
     def __init__(self, label_smoothing: float = 0.0):
         super().__init__()
+        if not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError(f"ce label_smoothing must be in [0, 1], got {label_smoothing}")
         self.label_smoothing = label_smoothing
 
     def forward(self, ctx: DistillContext) -> dict[str, Tensor]:
@@ -73,9 +88,7 @@ class SoftCrossEntropy(LossTerm):
 
     def __init__(self, temperature: float = 4.0):
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.temperature = temperature
+        self.temperature = check_temperature(self.name, temperature)
 
     def forward(self, ctx: DistillContext) -> dict[str, Tensor]:
         t = self.temperature
@@ -109,7 +122,10 @@ class DecoupledKD(LossTerm):
 
     def __init__(self, temperature: float = 4.0, alpha: float = 1.0, beta: float = 8.0):
         super().__init__()
-        self.temperature, self.alpha, self.beta = temperature, alpha, beta
+        for what, value in (("alpha", alpha), ("beta", beta)):
+            if not _is_number(value) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"dkd {what} must be a finite number >= 0, got {value!r}")
+        self.temperature, self.alpha, self.beta = check_temperature(self.name, temperature), alpha, beta
 
     def forward(self, ctx: DistillContext) -> dict[str, Tensor]:
         t = self.temperature
@@ -161,6 +177,9 @@ class FeatureTerm(LossTerm):
         super().__init__()
         if not pairs:
             raise ValueError(f"loss term {self.name!r} compares features and needs feature pairs (student: ..., teacher: ...)")
+        for p in pairs:
+            if isinstance(p, str) or len(p) != 2 or not all(isinstance(path, str) and path for path in p):
+                raise ValueError(f"loss term {self.name!r}: a feature pair is (student module path, teacher module path), got {p!r}")
         self.pairs = [tuple(p) for p in pairs]
 
     def summand(self, pair: Pair) -> str:
@@ -271,6 +290,10 @@ def build_term(name: str, pairs: Optional[Sequence[Pair]] = None, **kwargs) -> L
     if name not in TERMS:
         raise ValueError(f"unknown loss term {name!r}; available: {sorted(TERMS)}")
     cls = TERMS[name]
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "pairs")]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise TypeError(f"loss term {name!r} has no option {unknown[0]!r}; its options are {accepted}")
     if issubclass(cls, FeatureTerm):
         return cls(pairs or [], **kwargs)
     return cls(**kwargs)
@@ -288,14 +311,32 @@ class DistillationLoss(nn.Module):
             raise ValueError("weights apply to reduction 'sum'; reduction 'mean' is the plain average of all terms")
         if not terms:
             raise ValueError("at least one loss term is needed")
+        wrong = [t for t in terms if not isinstance(t, LossTerm)]
+        if wrong:
+            raise TypeError(f"terms must be LossTerm modules (build them with build_term(name, ...)), got {wrong[0]!r}")
+        if weights is not None and not isinstance(weights, dict):
+            raise TypeError(f"weights must be a dict of term or summand name -> weight, got {type(weights).__name__}")
         names = [t.name for t in terms]
         if len(set(names)) != len(names):
             raise ValueError(f"each loss term may appear once (give a feature term several pairs instead): {names}")
         self.terms = nn.ModuleList(terms)
         self.reduction, self.weights = reduction, dict(weights or {})
-        unknown = set(self.weights) - set(names)
-        if unknown and not all(any(k.startswith(n + "_") for n in names) for k in unknown):
-            raise ValueError(f"weights name unknown terms {sorted(unknown)}; terms are {names}")
+        valid = self.weight_names()
+        unknown = sorted(set(self.weights) - set(valid))
+        if unknown:
+            raise ValueError(f"weights name unknown terms or summands {unknown}; expected some of {valid}")
+        for key, value in self.weights.items():
+            if not _is_number(value) or not math.isfinite(value):
+                raise ValueError(f"weight of {key!r} must be a finite number, got {value!r}")
+
+    def weight_names(self) -> list[str]:
+        """What ``weights`` may name: each term, and each summand of a feature term (``feature_mse_layer2``)."""
+        names = []
+        for term in self.terms:
+            names.append(term.name)
+            if isinstance(term, FeatureTerm):
+                names += [term.summand(pair) for pair in term.pairs if term.summand(pair) != term.name]
+        return names
 
     @property
     def feature_pairs(self) -> list[Pair]:

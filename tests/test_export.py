@@ -130,14 +130,19 @@ def test_distilled_checkpoint_exports_its_student(ckpts, tiny_zip):
 
 
 def test_errors_are_clear(ckpts, tiny_zip, tmp_path, capsys, monkeypatch):
-    def fails(*args) -> str:
-        """The usage error (exit status 2) that ``lit-kd export`` reports."""
+    def fails(*args, status: int = 1) -> str:
+        """The error that ``lit-kd export`` reports: a usage error (exit status 2, on stderr) or a failure (exit status
+        1: the message is the SystemExit's, printed by the interpreter); never an ONNX file."""
         with pytest.raises(SystemExit) as exit_info:
             main(["export", "--out", str(tmp_path / "m.onnx"), "--data", str(tiny_zip), *map(str, args)])
-        assert exit_info.value.code == 2
-        return capsys.readouterr().err
+        assert not (tmp_path / "m.onnx").exists()
+        if status == 2:
+            assert exit_info.value.code == 2
+            return capsys.readouterr().err
+        assert isinstance(exit_info.value.code, str) and exit_info.value.code.startswith("lit-kd export: error: ")
+        return exit_info.value.code
 
-    assert "checkpoint '" + str(tmp_path / "missing.ckpt") + "' does not exist" in fails("--ckpt", tmp_path / "missing.ckpt")
+    assert "checkpoint '" + str(tmp_path / "missing.ckpt") + "' does not exist" in fails("--ckpt", tmp_path / "missing.ckpt", status=2)
     wrong = write_config(tmp_path / "resnet20.yaml", tiny_zip, model="resnet20")
     assert "does not fit CifarResNet" in fails("--ckpt", ckpts["dense"], "--config", wrong)
     checkpoint = torch.load(ckpts["dense"], weights_only=False)
@@ -161,6 +166,7 @@ def test_fp32_disagreement_fails_the_command(ckpts, tiny_zip, tmp_path, monkeypa
     with pytest.raises(SystemExit, match=r"FP32 export disagrees with PyTorch: top-1 agreement onnxruntime 100.00 %"):
         export(ckpts["dense"], tmp_path / "m.onnx", tiny_zip)
     assert json.loads((tmp_path / "m.validation.json").read_text())["validation"]["onnxruntime"]["agreement"] == 1.0
+    assert [p.name for p in tmp_path.iterdir()] == ["m.validation.json"]  # the report, and neither --out nor a temp file
 
 
 def test_sparseml_qat_export_needs_the_export_kwargs(tmp_path):
@@ -201,6 +207,5 @@ def test_bench_cli_on_the_exports(exported, ckpts, tmp_path):
 
 
 def test_bench_refuses_a_qat_checkpoint_for_the_pytorch_rows(exported, ckpts, capsys):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match=r"is a SparseML pruning \+ QAT checkpoint: .* Give the dense checkpoint"):
         main(["bench", "--baseline", str(exported["dense"][0]), "--ckpt", str(ckpts["sparse"])])
-    assert "holds QAT modules: give the dense checkpoint" in capsys.readouterr().err

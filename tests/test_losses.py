@@ -164,6 +164,6 @@ def test_term_errors():
         build_term("hint")
     with pytest.raises(ValueError, match="needs feature pairs"):
         build_term("feature_mse")
-    with pytest.raises(ValueError, match="temperature must be > 0"):
+    with pytest.raises(ValueError, match="soft_ce temperature must be a finite number > 0, got 0"):
         SoftCrossEntropy(0)
     assert math.isclose(build_term("soft_ce", temperature=2.0).temperature, 2.0)

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from lit_kd.commands.classify import fail, load_float_network, require_file, require_output, require_positive
+
 BATCHES = (1, 32)
 BASELINE, SPARSE = "dense fp32", "pruned-quantized"
 # what DeepSparse on the pruned-quantized model is compared with: name -> (model, runtime) of a row
@@ -184,34 +186,47 @@ def print_result(result: dict) -> None:
 
 
 def report(result: dict, out: str) -> dict:
-    """Print the table, ratios and command lines; write the JSON."""
+    """Print the table, ratios and command lines; write the JSON (atomically)."""
+    from lit_kd.atomic import write_text
+
     print_result(result)
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    path = write_text(out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}")
     return result
 
 
+def check_onnx(prog: str, flag: str, path: str) -> None:
+    """``path`` is an ONNX model that passes ``onnx.checker`` and takes ``input`` (as ``lit-kd export`` writes them);
+    one line and exit status 1 otherwise."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(path)
+        inputs = [i.name for i in onnx.load(path, load_external_data=False).graph.input]
+    except Exception as err:  # protobuf's DecodeError, onnx's ValidationError, OSError ...: all mean "not a usable model"
+        detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        fail(prog, f"{flag} {path!r} is not a valid ONNX model ({detail}); expected an export of lit-kd export")
+    if "input" not in inputs:
+        fail(prog, f"{flag} {path!r} takes inputs {inputs}; expected one named 'input' (N x 3 x 32 x 32), as lit-kd export writes")
+
+
 def inputs_from_args(cli: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[dict[str, str], Optional[nn.Module]]:
-    """The ONNX files by label and the dense PyTorch model (None without ``--ckpt``); usage errors through ``cli``."""
+    """The ONNX files by label and the dense PyTorch model (None without ``--ckpt``); usage errors through ``cli``
+    (exit status 2), unusable files as one line with exit status 1."""
     for name in ("baseline", "sparse", "ckpt"):
         value = getattr(args, name)
-        if value and not Path(value).is_file():
-            cli.error(f"--{name} {value!r} does not exist")
-    if args.cores < 1 or args.iterations_b1 < 1 or args.iterations_b32 < 1 or args.warmup < 0:
-        cli.error("--cores and --iterations-* must be >= 1, --warmup >= 0")
+        if value:
+            require_file(cli, f"--{name}", value, "checkpoint" if name == "ckpt" else "ONNX model")
+    require_positive(cli, args, "cores", "iterations_b1", "iterations_b32")
+    require_positive(cli, args, "warmup", minimum=0)
+    require_output(cli, args.out)
     onnx_files = {label: path for label, path in ((BASELINE, args.baseline), (SPARSE, args.sparse)) if path}
+    for label, path in onnx_files.items():
+        check_onnx(cli.prog, "--baseline" if label == BASELINE else "--sparse", path)
     torch_model = None
     if args.ckpt:
-        from lit_kd.checkpoints import load_for_export
-
-        try:
-            torch_model, qat = load_for_export(args.ckpt)
-        except ValueError as err:
-            cli.error(str(err))
-        if qat:
-            cli.error(f"--ckpt {args.ckpt!r} holds QAT modules: give the dense checkpoint (PyTorch INT8 is made from it)")
+        torch_model = load_float_network(cli.prog, args.ckpt, "Give the dense checkpoint the baseline was exported from "
+                                                             "(PyTorch INT8 is made from it).")
     return onnx_files, torch_model
 
 

@@ -13,8 +13,11 @@ instead of the checkpoint. Every export goes through sparseml's exporter with to
 Every export is validated: ``onnx.checker``, then test images (``--images``, a stratified subset of the test split)
 through PyTorch, ONNX Runtime and DeepSparse (batch size fixed per engine; the last batch is padded). The top-1
 agreement of each runtime with PyTorch and each one's accuracy go to a table and to ``<out>.validation.json``
-(``model.onnx`` -> ``model.validation.json``). An FP32 export agreeing on fewer than 99.5 % of the images is an
-error (exit status 1); an INT8 export is compared with its fake-quantized PyTorch model and only reported.
+(``model.onnx`` -> ``model.validation.json``). The model is exported to a temporary file beside ``--out`` and
+renamed to ``--out`` only after it passed. An FP32 export agreeing on fewer than 99.5 % of the images is an
+error (exit status 1; the validation JSON is written, ``--out`` is not); an INT8 export is compared with its
+fake-quantized PyTorch model and only reported. Bad arguments exit with status 2, unreadable or unsuitable files
+with status 1, each with one line on stderr.
 """
 
 from __future__ import annotations
@@ -26,8 +29,12 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from lit_kd.atomic import atomic_path, write_text
 from lit_kd.checkpoints import load_for_export
+from lit_kd.commands.classify import checkpoint_error, fail, require_data, require_file, require_output, require_positive
 from lit_kd.onnx_export import MIN_FP32_AGREEMENT, export_onnx_model, graph_facts, validate, weight_sparsity
+
+MIN_OPSET, MAX_OPSET = 7, 20  # torch's TorchScript exporter (the one sparseml's exporter is driven with)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -60,40 +67,67 @@ def print_table(result: dict) -> None:
     Console(width=None if sys.stdout.isatty() else 160).print(table)
 
 
+def read_config(prog: str, path: str) -> None:
+    """A run's config.yaml must be a YAML mapping; its syntax errors are reported with their line (exit status 1)."""
+    import yaml
+
+    try:
+        config = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        fail(prog, f"--config {path!r} is not valid YAML{where}: {getattr(err, 'problem', None) or err}")
+    except (OSError, UnicodeDecodeError) as err:
+        fail(prog, f"--config {path!r} cannot be read ({type(err).__name__}: {err})")
+    if not isinstance(config, dict):
+        fail(prog, f"--config {path!r} holds no mapping; expected a run's config.yaml (model:, data:, trainer:)")
+
+
 def main(argv: Optional[list[str]] = None) -> dict:
     cli = parser()
     args = cli.parse_args(argv)
-    if not Path(args.ckpt).is_file():
-        cli.error(f"checkpoint {args.ckpt!r} does not exist")
-    if args.config and not Path(args.config).is_file():
-        cli.error(f"config {args.config!r} does not exist")
+    require_file(cli, "--ckpt", args.ckpt)
+    if args.config:
+        require_file(cli, "--config", args.config, "config")
     if not args.data:
         cli.error("every export is validated on test images: give --data (a CIFAR-10 source) or set LIT_KD_CIFAR10")
-    if args.images < 1 or args.batch_size < 1:
-        cli.error("--images and --batch-size must be >= 1")
+    require_data(cli, args.data)
+    require_positive(cli, args, "images", "batch_size", "cores")
+    if not MIN_OPSET <= args.opset <= MAX_OPSET:
+        cli.error(f"--opset must be from {MIN_OPSET} to {MAX_OPSET} (the range of torch's TorchScript ONNX exporter), got {args.opset}")
+    out = require_output(cli, args.out)
+    if args.config:
+        read_config(cli.prog, args.config)
     from lit_kd.data import CIFAR10DataModule
 
     try:
         network, qat = load_for_export(args.ckpt, args.config)
-        batches = list(CIFAR10DataModule(args.data).normalized_batches("test", args.batch_size, max_images=args.images))
-    except (FileNotFoundError, ValueError, TypeError) as err:
-        cli.error(str(err))
+    except (FileNotFoundError, ValueError, TypeError, KeyError) as err:
+        message = checkpoint_error(args.ckpt, err)
+        fail(cli.prog, message.replace("--ckpt:", "--ckpt / --config:") if args.config else message)
     if qat and args.opset < 13:
         cli.error(f"a QAT network is exported with integer ops from opset 13 on; got --opset {args.opset}")
-    out = export_onnx_model(network, args.out, args.opset, qat)
-    facts = graph_facts(out)
-    if qat and not facts["integer_ops"]:
-        raise SystemExit(f"error: the QAT export {out} holds no integer ops; sparseml's conversion did not apply")
-    result = {"checkpoint": str(args.ckpt), "onnx": str(out), "precision": "int8" if qat else "fp32",
-              "weight_sparsity": weight_sparsity(network), **facts,
-              "validation": validate(out, network, batches, args.batch_size, args.cores)}
-    print_table(result)
-    json_path = out.with_suffix(".validation.json")
-    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    try:
+        batches = list(CIFAR10DataModule(args.data).normalized_batches("test", args.batch_size, max_images=args.images))
+    except (FileNotFoundError, ValueError) as err:
+        fail(cli.prog, f"--data: {err}")
+    with atomic_path(out) as tmp:  # renamed to --out only once validated; removed on every error
+        export_onnx_model(network, tmp, args.opset, qat)
+        facts = graph_facts(tmp)
+        if qat and not facts["integer_ops"]:
+            fail(cli.prog, f"the QAT export of {args.ckpt} holds no integer ops; sparseml's conversion did not apply (nothing written)")
+        result = {"checkpoint": str(args.ckpt), "onnx": str(out), "precision": "int8" if qat else "fp32",
+                  "weight_sparsity": weight_sparsity(network), **facts,
+                  "validation": validate(tmp, network, batches, args.batch_size, args.cores)}
+        print_table(result)
+        low = {rt: result["validation"][rt]["agreement"] for rt in ("onnxruntime", "deepsparse")
+               if result["validation"][rt]["agreement"] < MIN_FP32_AGREEMENT}
+        json_path = out.with_suffix(".validation.json")
+        if low and not qat:  # the report stays, the model does not
+            write_text(json_path, json.dumps(result | {"written": False}, indent=2) + "\n")
+            fail(cli.prog, "the FP32 export disagrees with PyTorch: top-1 agreement "
+                 + ", ".join(f"{rt} {100 * a:.2f} %" for rt, a in low.items()) + f" < {100 * MIN_FP32_AGREEMENT} %; "
+                 f"{out} not written, validation in {json_path}")
+    write_text(json_path, json.dumps(result, indent=2) + "\n")
     print(f"wrote {out} (opset {facts['opset']}, {result['precision']}, input 'input' with dynamic batch, output 'logits') and {json_path}")
-    low = {rt: result["validation"][rt]["agreement"] for rt in ("onnxruntime", "deepsparse")
-           if result["validation"][rt]["agreement"] < MIN_FP32_AGREEMENT}
-    if low and not qat:
-        raise SystemExit("error: the FP32 export disagrees with PyTorch: top-1 agreement "
-                         + ", ".join(f"{rt} {100 * a:.2f} %" for rt, a in low.items()) + f" < {100 * MIN_FP32_AGREEMENT} %")
     return result

@@ -19,12 +19,15 @@ from typing import Iterable, Optional
 import torch
 import torch.nn as nn
 
+from lit_kd.atomic import write_text
+from lit_kd.commands.classify import fail, load_float_network, require_data, require_file, require_output, require_positive
 from lit_kd.quant.affine import check_bits
 from lit_kd.quant.integer_model import to_int8_model
 from lit_kd.quant.observers import OBSERVERS
 from lit_kd.quant.ptq import ROUNDINGS, quantize
 from lit_kd.quant.torch_ptq import quantize_int8, to_fp16
 
+PROG = "lit-kd ptq"
 EVAL_BATCH = 250  # images per evaluation batch: on 2 CPU cores ResNet-20 runs about 3x faster than at 1000
 
 
@@ -39,7 +42,7 @@ def accuracy(model: nn.Module, batches: Iterable) -> float:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lit-kd ptq", description=__doc__)
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__)
     p.add_argument("--ckpt", required=True, help="lit-kd checkpoint (classifier or distilled student)")
     p.add_argument("--data", default=os.environ.get("LIT_KD_CIFAR10", "data/cifar10"), help="CIFAR-10 source (default $LIT_KD_CIFAR10, else data/cifar10)")
     p.add_argument("--bits", type=int, nargs="+", default=[16, 8, 4, 2], help="bit widths, weights and activations alike")
@@ -67,13 +70,26 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def run_study(args: argparse.Namespace) -> dict:
-    from lit_kd.data import CIFAR10DataModule
-    from lit_kd.checkpoints import load_network
+QAT_ADVICE = ("Give the float checkpoint the QAT run started from (its init_ckpt); the QAT run's own INT8 model is its "
+              "int8_model.pt (lit_kd.quant.torch_qat.load_int8_model).")
 
+
+def load_data(source: str, val_split: int = 0):
+    """The CIFAR-10 data module, read now: a source that cannot be read is a one-line error (exit status 1)."""
+    from lit_kd.data import CIFAR10DataModule
+
+    data = CIFAR10DataModule(source, val_split=val_split)
+    try:
+        data.setup()
+    except (FileNotFoundError, ValueError) as err:
+        fail(PROG, f"--data: {err}")
+    return data
+
+
+def run_study(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
-    model = load_network(args.ckpt)
-    data = CIFAR10DataModule(args.data)
+    model = load_float_network(PROG, args.ckpt, QAT_ADVICE)
+    data = load_data(args.data)
     calib = list(data.normalized_batches("train", args.batch_size, args.calib_batches * args.batch_size, shuffle=True))
     test = list(data.normalized_batches("test", EVAL_BATCH, args.test_images))
     labels = torch.cat([y for _, y in test])
@@ -137,13 +153,14 @@ def print_table(result: dict) -> None:
 def run_search(args: argparse.Namespace) -> dict:
     """``--max-drop``: the cheapest per-layer weight widths within the budget on held-out training images (never the
     test set), then test accuracy of FP32, the chosen allocation and the uniform widths."""
-    from lit_kd.data import CIFAR10DataModule
-    from lit_kd.checkpoints import load_network
     from lit_kd.quant.mixed_precision import average_bits, pareto_plot, search_bits, size_bytes
 
     torch.set_num_threads(args.threads)
-    model = load_network(args.ckpt)
-    data = CIFAR10DataModule(args.data, val_split=args.eval_images)
+    model = load_float_network(PROG, args.ckpt, QAT_ADVICE)
+    available = len(load_data(args.data).splits["train"])
+    if args.eval_images >= available:
+        fail(PROG, f"--eval-images {args.eval_images} leaves no training images to calibrate on ({available} in --data)")
+    data = load_data(args.data, val_split=args.eval_images)
     calib = list(data.normalized_batches("train", args.batch_size, args.calib_batches * args.batch_size, shuffle=True))
     held_out = list(data.normalized_batches("val", EVAL_BATCH))
     test = list(data.normalized_batches("test", EVAL_BATCH, args.test_images))
@@ -194,19 +211,22 @@ def main(argv: Optional[list[str]] = None) -> dict:
     search = args.max_drop is not None
     if search and args.max_drop < 0:
         cli.error(f"--max-drop is an accuracy budget in points, >= 0; got {args.max_drop}")
-    widths = [*args.candidates, args.act_bits] if search else [*args.bits, *args.weight_only_bits]
-    for bits in widths:
+    require_positive(cli, args, "calib_batches", "batch_size", "threads", "test_images", "adaround_iterations")
+    if search:
+        require_positive(cli, args, "eval_images", "evaluations")
+    widths = [("--candidates", b) for b in args.candidates] + [("--act-bits", args.act_bits)] if search else \
+        [("--bits", b) for b in args.bits] + [("--weight-only-bits", b) for b in args.weight_only_bits]
+    for flag, bits in widths:
         try:
-            check_bits(bits)
+            check_bits(bits, f"{flag} width")
         except ValueError as err:
             cli.error(str(err))
-    if not Path(args.ckpt).is_file():
-        cli.error(f"checkpoint {args.ckpt!r} does not exist")
+    require_file(cli, "--ckpt", args.ckpt)
+    require_data(cli, args.data)
+    out = require_output(cli, args.out)
     result = run_search(args) if search else run_study(args)
     if not search:
         print_table(result)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    write_text(out, json.dumps(result, indent=2))
     print(f"wrote {out}" + (f" and {result['plot']}" if search else ""))
     return result

@@ -193,13 +193,27 @@ def quantize(
             raise ValueError(f"unknown observer {name!r}; expected one of {list(OBSERVERS)}")
     if rounding not in ROUNDINGS:
         raise ValueError(f"unknown rounding {rounding!r}; expected one of {list(ROUNDINGS)}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    counts = {"calib_batches": calib_batches, "adaround_iterations": adaround_iterations, "adaround_samples": adaround_samples}
+    for what, value in counts.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{what} must be an integer >= 1, got {value!r}")
     check_supported(model)
-    device = next(model.parameters()).device
+    first = next(model.parameters(), None)
+    if first is None:
+        raise ValueError(f"model {type(model).__name__} has no parameters: nothing to quantize "
+                         "(expected a network with Conv2d or Linear layers)")
+    device = first.device
     batches = [x.to(device) for x in calibration_batches(calib_data, calib_batches)]
 
     float_model = fold_batchnorm(model) if fold_bn else copy.deepcopy(model).eval()
     qmodel = copy.deepcopy(float_model)
-    order = execution_order(qmodel, batches[0][:2])
+    try:
+        order = execution_order(qmodel, batches[0][:2])
+    except RuntimeError as err:
+        raise ValueError(f"calibration batches of shape {tuple(batches[0].shape)} do not fit {type(model).__name__}: "
+                         f"{str(err).splitlines()[0]}") from err
     if not order:
         raise ValueError(f"{type(model).__name__} has no Conv2d or Linear layer to quantize")
 

@@ -10,22 +10,45 @@ import yaml
 
 from lit_kd.compat.sparseml import apply_sparseml_compat
 
+RECIPE_SUFFIXES = (".yaml", ".yml", ".md")
+
 
 def read_recipe(recipe: str) -> str:
-    """The recipe's YAML text from a file path or an inline string; clear errors for a missing file or bad YAML."""
+    """The recipe's YAML text from a file path (``.yaml``, ``.yml``, or ``.md`` with YAML front matter) or an inline
+    YAML string; clear errors for a missing file, a file of another kind, bad YAML, and a text that is no recipe."""
+    if not isinstance(recipe, str):
+        raise TypeError(f"SparseML recipe must be a file path or inline YAML text, got {type(recipe).__name__}")
     text = recipe
-    looks_like_path = "\n" not in recipe and recipe.strip().endswith((".yaml", ".yml", ".md"))
+    single_line = "\n" not in recipe.strip()
+    looks_like_path = single_line and recipe.strip().endswith(RECIPE_SUFFIXES)
     if looks_like_path:
-        path = Path(os.path.expandvars(recipe)).expanduser()
+        path = Path(os.path.expandvars(recipe.strip())).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"SparseML recipe file {str(path)!r} does not exist")
-        text = path.read_text()
-    body = text.split("---")[1] if text.lstrip().startswith("---") else text  # a recipe .md holds YAML front matter
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as err:
+            raise ValueError(f"SparseML recipe file {str(path)!r} cannot be read as text ({type(err).__name__}: {err})") from err
+    elif single_line and Path(os.path.expandvars(recipe.strip())).expanduser().is_file():
+        raise ValueError(f"SparseML recipe {recipe.strip()!r} is a file without a recipe suffix: expected a "
+                         f"{', '.join(RECIPE_SUFFIXES)} file (or inline recipe YAML)")
+    name = recipe.strip() if looks_like_path else "<inline>"
+    body = text.split("---")[1] if text.lstrip().startswith("---") and text.count("---") >= 2 else text  # .md: YAML front matter
     try:
-        yaml.load(body, Loader=_TagTolerantLoader)
+        parsed = yaml.load(body, Loader=_TagTolerantLoader)
     except yaml.YAMLError as err:
-        where = f" (line {err.problem_mark.line + 1})" if getattr(err, "problem_mark", None) else ""
-        raise ValueError(f"SparseML recipe {recipe if looks_like_path else '<inline>'} does not parse{where}: {err}") from err
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(f"SparseML recipe {name} does not parse{where}: {problem}") from err
+    if not isinstance(parsed, dict):
+        if single_line and not looks_like_path:
+            what = f"{recipe.strip()!r} is neither a recipe file ({', '.join(RECIPE_SUFFIXES)}) nor inline"
+        else:
+            what = f"{name} is not"
+        got = type(parsed).__name__ if parsed is not None else "nothing"
+        raise ValueError(f"SparseML recipe {what} recipe YAML: expected a mapping with modifiers "
+                         f"(modifiers: [!GMPruningModifier ...]), got {got}")
     return text
 
 
