@@ -1,17 +1,23 @@
 """Atomic file outputs: written to a temporary file in the target's directory, flushed to disk, then renamed.
 
 A reader (or a resumed run) sees the old file or the complete new one, never a truncated one; the temporary file
-is removed on every error path. ``os.replace`` within one directory is atomic on POSIX and Windows.
+is removed on every error path. ``os.replace`` within one directory is atomic on POSIX and Windows. A process killed
+mid-write (SIGKILL, power loss) cannot remove its temporary file: :func:`remove_stale_temps` removes those of
+processes that no longer run (a checkpoint directory is cleaned so at the start of every run; a temporary file whose
+pid now belongs to another live process stays until that one ends).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Any, Iterator, Union
 
 TMP_MARK = ".tmp"  # temporary files are named ``.<name>.tmp<pid>`` beside the target
+_TEMP_NAME = re.compile(r"^\..+" + re.escape(TMP_MARK) + r"(\d+)$")
 
 
 def temp_path(path: Union[str, Path]) -> Path:
@@ -54,6 +60,44 @@ def write_text(path: Union[str, Path], text: str) -> Path:
 
 
 def write_bytes(path: Union[str, Path], data: bytes) -> Path:
+    """``Path.write_bytes``, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+def write_json(path: Union[str, Path], payload: Any, indent: int = 2) -> Path:
+    """``payload`` as JSON (non-JSON values as ``str``), with a final newline, atomically."""
+    return write_text(path, json.dumps(payload, indent=indent, default=str) + "\n")
+
+
+def _alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process there: treat every pid as alive
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temps(directory: Union[str, Path], include_own: bool = False) -> list[Path]:
+    """Remove the temporary files (``.<name>.tmp<pid>``) that processes killed mid-write left in ``directory``: those
+    of processes that no longer run (and this process's own with ``include_own``, for a caller that knows none of
+    its writes is under way, e.g. at the start of a run). Returns the removed paths."""
+    directory = Path(directory)
+    removed = []
+    if not directory.is_dir():
+        return removed
+    for entry in directory.iterdir():
+        match = _TEMP_NAME.match(entry.name)
+        if not match or not entry.is_file():
+            continue
+        pid = int(match.group(1))
+        if (pid == os.getpid() and include_own) or (pid != os.getpid() and not _alive(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+                removed.append(entry)
+    return removed

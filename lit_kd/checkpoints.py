@@ -33,18 +33,23 @@ def network_key(hparams: dict) -> str:
 TRUST_ENV = "LIT_KD_TRUST_CHECKPOINTS"
 
 
-def safe_load(path: Union[str, Path]) -> Any:
+def safe_load(path: Union[str, Path], map_location: Any = "cpu", trust: bool = False) -> Any:
     """``torch.load`` of a file a user gave us without running code from it: only tensors and plain data
     (``weights_only=True``), which is all lit-kd's own checkpoints, INT8 models and weights files hold. A file that
     needs more (pickled objects) is refused with the name of what it asked for; set ``LIT_KD_TRUST_CHECKPOINTS=1``
-    to load a file you trust anyway."""
+    to load a file you trust anyway (``trust=True`` does the same for one call: :class:`AtomicCheckpointIO` passes it
+    when Lightning's own ``weights_only=False`` is given explicitly, e.g. ``lit-kd fit --weights_only false``).
+
+    Every reader of a user-supplied file goes through here: :func:`read_checkpoint` (``load_network``,
+    ``load_weights``, ``teacher_ckpt``, ``init_ckpt``, ``lit-kd classify/ptq/export``), ``load_int8_model``, and
+    ``fit/validate/test/predict --ckpt_path`` (:class:`AtomicCheckpointIO`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    trusted = os.environ.get(TRUST_ENV) == "1"
+    trusted = trust or os.environ.get(TRUST_ENV) == "1"
     try:
         with torch.serialization.safe_globals(_optimizer_classes()):
-            return torch.load(path, map_location="cpu", weights_only=not trusted)
+            return torch.load(path, map_location=map_location, weights_only=not trusted)
     except pickle.UnpicklingError as err:
         wanted = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line or "Unsupported" in line), str(err).splitlines()[0])
         raise ValueError(f"refused to load {str(path)!r}: it holds pickled Python objects ({wanted}), and unpickling a file "
@@ -141,13 +146,13 @@ def write_weights_file(network: nn.Module, architecture: str, path: Union[str, P
     version key Lightning's loader checks)."""
     import lightning
 
+    from lit_kd.atomic import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"state_dict": {NETWORK_PREFIX + k: v.detach().cpu() for k, v in network.state_dict().items()},
-                "hyper_parameters": {"model": architecture, "num_classes": num_classes, "model_kwargs": model_kwargs},
-                "pytorch-lightning_version": lightning.__version__}, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": {NETWORK_PREFIX + k: v.detach().cpu() for k, v in network.state_dict().items()},
+                    "hyper_parameters": {"model": architecture, "num_classes": num_classes, "model_kwargs": model_kwargs},
+                    "pytorch-lightning_version": lightning.__version__}, tmp)
     return path
 
 
@@ -208,22 +213,48 @@ def load_for_export(ckpt: str, config: Optional[str] = None) -> tuple[nn.Module,
     return load_weights(network, ckpt, checkpoint).eval(), qat
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Local checkpoints appear complete or not at all: a crash while saving never leaves a truncated ``.ckpt``.
+def is_local_path(path) -> bool:
+    """Whether ``path`` is on the local file system (not ``s3://``, ``http://`` ...)."""
+    protocol = get_filesystem(path).protocol
+    return "file" in (protocol if isinstance(protocol, tuple) else (protocol,)) and not str(path).startswith("http")
 
-    ``os.replace`` within one directory is atomic on POSIX and Windows; remote paths (``s3://`` ...) go through
-    Lightning's own transactional writer.
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoint IO of every ``lit-kd`` run: local checkpoints appear complete or not at all, and are read safely.
+
+    - Saving writes to ``.<name>.tmp<pid>`` beside the target, fsyncs it, renames it over the target and fsyncs the
+      directory (:func:`lit_kd.atomic.atomic_path`): a crash or SIGKILL while saving leaves the previous checkpoint
+      intact, never a truncated ``.ckpt``. Temporary files of processes killed mid-write are removed the first time
+      this IO writes into a directory (and by :class:`~lit_kd.callbacks.BestAndLastCheckpoint` at the start of a run).
+    - Loading (``fit/validate/test/predict --ckpt_path``) goes through :func:`safe_load`: tensors and plain data
+      only, a file with pickled objects is refused unless ``LIT_KD_TRUST_CHECKPOINTS=1`` (or Lightning's own
+      ``weights_only=False`` is passed explicitly).
+    - Remote paths (``s3://`` ...) go through Lightning's own writer and reader (``weights_only=True`` unless trusted).
+
+    ``lit-kd`` adds it to the trainer's plugins unless the user gives a ``CheckpointIO`` of their own (then theirs is
+    used as given, without these guarantees); a wrapping IO given without a base (``AsyncCheckpointIO()``) gets this
+    one as its base. Precision, environment and other plugins are kept.
     """
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._cleaned: set[str] = set()
+
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
-        protocol = get_filesystem(path).protocol
-        if "file" not in (protocol if isinstance(protocol, tuple) else (protocol,)):
+        if not is_local_path(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
+        from lit_kd.atomic import atomic_path, remove_stale_temps
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
+        if str(path.parent) not in self._cleaned:
+            remove_stale_temps(path.parent)
+            self._cleaned.add(str(path.parent))
+        with atomic_path(path) as tmp:
             torch.save(checkpoint, tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+
+    def load_checkpoint(self, path, map_location: Optional[Any] = None, weights_only: Optional[bool] = None) -> dict[str, Any]:
+        trusted = weights_only is False or os.environ.get(TRUST_ENV) == "1"
+        if not is_local_path(path):
+            return super().load_checkpoint(path, **({"map_location": map_location} if map_location is not None else {}),
+                                           weights_only=not trusted)
+        return safe_load(path, map_location="cpu" if map_location is None else map_location, trust=trusted)

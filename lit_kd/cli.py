@@ -3,8 +3,22 @@
 Besides what a config asks for, every run gets: a TensorBoard logger writing to
 ``lightning_logs/<experiment>/version_N`` (experiment = the config file's name unless the config sets a logger),
 checkpoints of the best ``val/acc`` (``best.ckpt``) and of the last epoch (``last.ckpt``, after every epoch:
-:class:`~lit_kd.callbacks.BestAndLastCheckpoint`) under ``checkpoints/`` there, written atomically, and rich
-progress bar and model summary.
+:class:`~lit_kd.callbacks.BestAndLastCheckpoint`) under ``checkpoints/`` there, written atomically and read safely
+(:class:`~lit_kd.checkpoints.AtomicCheckpointIO`, added to the user's plugins), and rich progress bar and model
+summary.
+
+Nothing a run made is overwritten by another run:
+
+- ``fit --ckpt_path <run>/checkpoints/X.ckpt`` continues in ``<run>`` only when that run is of the same experiment
+  (its directory's parent is this config's experiment name) and was run with the same config: its ``config.yaml``
+  parses to the config of this run except for the keys in :data:`RESUME_IGNORED` (the checkpoint to resume from,
+  the training budget ``max_epochs``/``max_steps``/``max_time``, whether bars and summaries are shown, and the seed
+  when ``seed_everything: true`` draws a new one each run), a missing key counting as null. Otherwise the run logs to
+  a new ``version_N`` of its own experiment (training state is still restored from the checkpoint) and says why.
+- ``config.yaml`` is written atomically, and an existing ``config.yaml`` of a different config (by the same rule) is
+  never overwritten: a ``fit`` stops before writing anything there (this guards runs whose logger directory is given
+  explicitly, e.g. the study runner's ``<stage>/run``; a resume there with the same config updates it), and
+  ``validate``/``test``/``predict`` logging into a run directory leave its ``config.yaml`` as it is.
 """
 
 from __future__ import annotations
@@ -13,17 +27,128 @@ import importlib
 import os
 import sys
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any, Optional
 
 import lightning as L
 import torch
+import yaml
+from lightning.fabric.plugins import CheckpointIO
+from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import ModelCheckpoint, RichModelSummary, RichProgressBar
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lit_kd.checkpoints import AtomicCheckpointIO
+from lit_kd.checkpoints import AtomicCheckpointIO, is_local_path
 
 LOG_ROOT = "lightning_logs"
+
+# config keys that may differ between a run and its resumption (``fit --ckpt_path``): what to resume from, how
+# long to train, and what is shown; everything else (model, data, optimizer, callbacks, seed, ...) must be equal
+RESUME_IGNORED = ("ckpt_path", "trainer.max_epochs", "trainer.max_steps", "trainer.max_time",
+                  "trainer.enable_progress_bar", "trainer.enable_model_summary")
+
+
+def _flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(config, dict) or (prefix and not config):
+        return {prefix: config}
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def config_differences(saved: dict, current: dict, ignore: Iterable[str] = RESUME_IGNORED) -> list[str]:
+    """The dotted keys whose values differ between two parsed configs, leaving out ``ignore`` (and keys below
+    them); a key missing on one side counts as null (a newer Lightning adds trainer arguments)."""
+    ignore = tuple(ignore)
+    a, b = _flatten(saved or {}), _flatten(current or {})
+    return sorted(k for k in set(a) | set(b)
+                  if not any(k == i or k.startswith(i + ".") for i in ignore) and a.get(k) != b.get(k))
+
+
+class SaveRunConfig(SaveConfigCallback):
+    """Lightning's ``SaveConfigCallback`` that writes ``config.yaml`` atomically and never replaces an existing one
+    of a different config (:func:`config_differences` with ``ignore``): a ``fit`` fails before writing anything
+    instead, and an existing file of the same config is updated (a resumed run records its budget and checkpoint).
+    ``validate``/``test``/``predict`` into a directory that has a ``config.yaml`` (a fit run's, e.g. ``lit-kd test
+    --config <run>/config.yaml`` with that run's logger) leave it as it is and save none."""
+
+    def __init__(self, parser, config, config_filename: str = "config.yaml", overwrite: bool = False,
+                 multifile: bool = False, save_to_log_dir: bool = True, ignore: Iterable[str] = RESUME_IGNORED):
+        super().__init__(parser, config, config_filename, overwrite=True, multifile=multifile, save_to_log_dir=save_to_log_dir)
+        self.ignore = tuple(ignore)
+
+    def _conflict(self, config_path: str, text: str) -> Optional[str]:
+        fs = get_filesystem(config_path)
+        if not fs.isfile(config_path):
+            return None
+        try:
+            with fs.open(config_path, "r") as f:
+                saved = yaml.safe_load(f.read())
+            differences = config_differences(saved, yaml.safe_load(text), self.ignore)
+        except yaml.YAMLError as err:
+            differences = [f"<the file does not parse: {err}>"]
+        if not differences:
+            return None
+        shown = ", ".join(differences[:8]) + (f" and {len(differences) - 8} more" if len(differences) > 8 else "")
+        return (f"{config_path} belongs to a run with a different config (differs in: {shown}); lit-kd does not "
+                "overwrite another run's files. Log this run elsewhere (another trainer.logger save_dir/version, or "
+                "the default logger, which picks a new version directory), or move that run away")
+
+    def refuse_conflict(self, trainer: L.Trainer) -> None:
+        """Raise if the run directory holds a config.yaml of another config. Called by ``lit-kd fit`` right after the
+        trainer is built, before Lightning creates anything there (the logger's event file comes before ``setup``)."""
+        if self.save_to_log_dir and trainer.log_dir is not None:
+            conflict = self._conflict(os.path.join(trainer.log_dir, self.config_filename), self.parser.dump(self.config, skip_unset=False))
+            if conflict:
+                raise ValueError(conflict)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.already_saved:
+            return
+        if self.save_to_log_dir:
+            log_dir = trainer.log_dir  # broadcast by Lightning
+            assert log_dir is not None
+            config_path = os.path.join(log_dir, self.config_filename)
+            text = self.parser.dump(self.config, skip_unset=False)
+            exists = get_filesystem(config_path).isfile(config_path) if trainer.is_global_zero else False
+            # checked again here: a run directory written since the trainer was built
+            conflict = self._conflict(config_path, text) if exists and stage == "fit" else None
+            conflict = trainer.strategy.broadcast(conflict)
+            if conflict:
+                raise ValueError(conflict)
+            if trainer.is_global_zero and exists and stage != "fit":
+                rank_zero_info(f"{config_path} exists and is kept as it is; this {stage} run's config is not saved there")
+            elif trainer.is_global_zero:
+                if is_local_path(config_path) and not self.multifile:
+                    from lit_kd.atomic import write_text
+
+                    write_text(config_path, text)
+                else:
+                    get_filesystem(log_dir).makedirs(log_dir, exist_ok=True)
+                    self.parser.save(self.config, config_path, skip_unset=False, overwrite=True, multifile=self.multifile)
+        if trainer.is_global_zero:
+            self.save_config(trainer, pl_module, stage)
+            self.already_saved = True
+        self.already_saved = trainer.strategy.broadcast(self.already_saved)
+
+
+def with_atomic_checkpoint_io(plugins: Any, strategy: Any = None) -> list:
+    """The trainer's plugins with :class:`AtomicCheckpointIO` added: precision, environment and layer-sync plugins
+    are kept as given; a wrapping IO without a base (``AsyncCheckpointIO()``) gets it as its base; a ``CheckpointIO``
+    of the user's own (or one set on a strategy object) is left as it is, and is then responsible for its writes."""
+    from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
+
+    plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    ios = [p for p in plugins if isinstance(p, CheckpointIO)]
+    for io in ios:
+        if isinstance(io, _WrappingCheckpointIO) and io.checkpoint_io is None:
+            io.checkpoint_io = AtomicCheckpointIO()
+    if not ios and getattr(strategy, "_checkpoint_io", None) is None:
+        plugins.append(AtomicCheckpointIO())
+    return plugins
 
 
 def experiment_name(config_paths: list) -> str:
@@ -51,7 +176,7 @@ class LitKDCLI(LightningCLI):
             datamodule_class=L.LightningDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
-            save_config_kwargs={"overwrite": True},
+            save_config_callback=SaveRunConfig,
             args=args,
             **kwargs,
         )
@@ -69,22 +194,98 @@ class LitKDCLI(LightningCLI):
         config["callbacks"] = given + defaults
         if config.get("logger") in (None, True):
             config["logger"] = self._default_logger()
-        if not config.get("plugins"):
-            config["plugins"] = [AtomicCheckpointIO()]
-        return super()._instantiate_trainer(config, [])
+        config["plugins"] = with_atomic_checkpoint_io(config.get("plugins"), config.get("strategy"))
+        self.save_config_kwargs = {**self.save_config_kwargs, "ignore": self._resume_ignored()}
+        trainer = super()._instantiate_trainer(config, [])
+        for callback in trainer.callbacks:
+            if isinstance(callback, SaveRunConfig) and self.subcommand == "fit":
+                callback.refuse_conflict(trainer)
+        return trainer
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning's (the checkpoint's hyperparameters replace the config's model arguments), with the checkpoint
+        read by :func:`~lit_kd.checkpoints.safe_load` (a file with pickled objects is refused with a clear message,
+        unless trusted as in :class:`~lit_kd.checkpoints.AtomicCheckpointIO`), and the config as given kept for the
+        resume decision (:meth:`_resume_run_dir`)."""
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        self._given_config = self.config[subcommand].clone()
+        ckpt_path = self.config[subcommand].get("ckpt_path")
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        from lit_kd.checkpoints import safe_load
+
+        checkpoint = safe_load(ckpt_path, trust=self.config[subcommand].get("weights_only") is False)  # as Lightning's load
+        hparams = dict((checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None) or {})
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
+            raise
+
+    def _set_seed(self) -> None:
+        self._random_seed = self._get(self.config, "seed_everything") is True  # replaced by the drawn seed below
+        super()._set_seed()
+
+    def _resume_ignored(self) -> tuple[str, ...]:
+        """:data:`RESUME_IGNORED`, plus the seed when this run drew one (``seed_everything: true``)."""
+        return RESUME_IGNORED + (("seed_everything",) if getattr(self, "_random_seed", False) else ())
+
+    def _resume_run_dir(self, ckpt_path: str, subconfig) -> Optional[Path]:
+        """The run directory ``fit --ckpt_path`` continues in: the checkpoint's own, when it is a
+        ``<experiment>/version_N/checkpoints/`` of this run's experiment whose ``config.yaml`` is this run's config
+        (see the module docstring); otherwise None, and a warning that says why."""
+        ckpt = Path(ckpt_path)
+        if ckpt.parent.name != "checkpoints" or not is_local_path(ckpt_path):
+            return None
+        run_dir = ckpt.resolve().parent.parent
+        if not run_dir.name.startswith("version_"):
+            return None
+        experiment = experiment_name(subconfig.get("config") or [])
+        why = None
+        if run_dir.parent.name != experiment:
+            why = f"it belongs to experiment {run_dir.parent.name!r}, this run is {experiment!r}"
+        elif not (run_dir / "config.yaml").is_file():
+            why = f"{run_dir} has no config.yaml to show it was run with this config"
+        else:
+            try:
+                saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+                parser = self._parser(self.subcommand)
+                differences = set()
+                # the config as given and as run (the checkpoint's hyperparameters replace the model's arguments)
+                for config in (getattr(self, "_given_config", None) or subconfig, subconfig):
+                    current = yaml.safe_load(parser.dump(config, skip_unset=False))
+                    differences |= set(config_differences(saved, current, self._resume_ignored()))
+                differences = sorted(differences)
+            except Exception as err:  # an unreadable config.yaml (or one that cannot be dumped): not provably the same
+                differences = [f"<cannot compare: {type(err).__name__}: {err}>"]
+            if differences:
+                shown = ", ".join(differences[:8]) + (f" and {len(differences) - 8} more" if len(differences) > 8 else "")
+                why = f"its run was made with a different config (differs in: {shown})"
+        if why:
+            rank_zero_warn(f"fit --ckpt_path {ckpt_path}: {why}; training state is restored from it, but this run "
+                           f"logs to a new version directory and {run_dir} is left as it is")
+            return None
+        if run_dir.is_relative_to(Path.cwd()):  # our runs log under the relative LOG_ROOT: keep paths comparable
+            run_dir = run_dir.relative_to(Path.cwd())
+        return run_dir
 
 
     def _default_logger(self) -> TensorBoardLogger:
         """TensorBoard under ``lightning_logs/<experiment>/version_N`` (``<default_root_dir>/<experiment>/version_N``
-        with ``--trainer.default_root_dir``); ``fit --ckpt_path`` of a checkpoint inside
-        such a run directory resumes into that same directory, so its curves and checkpoints continue there."""
+        with ``--trainer.default_root_dir``); ``fit --ckpt_path`` of a checkpoint inside such a run directory of the
+        same experiment and config resumes into that same directory, so its curves and checkpoints continue there."""
         subconfig = self.config.get(self.subcommand, self.config)
         ckpt_path = subconfig.get("ckpt_path")
         if self.subcommand == "fit" and ckpt_path:
-            run_dir = Path(ckpt_path).resolve().parent.parent
-            if run_dir.is_relative_to(Path.cwd()):  # our runs log under the relative LOG_ROOT: keep paths comparable
-                run_dir = run_dir.relative_to(Path.cwd())
-            if Path(ckpt_path).parent.name == "checkpoints" and run_dir.name.startswith("version_"):
+            run_dir = self._resume_run_dir(str(ckpt_path), subconfig)
+            if run_dir is not None:
                 return TensorBoardLogger(run_dir.parent.parent, name=run_dir.parent.name, version=run_dir.name, default_hp_metric=False)
         root = (subconfig.get("trainer") or {}).get("default_root_dir") or LOG_ROOT  # Lightning's convention when given
         return TensorBoardLogger(root, name=experiment_name(subconfig.get("config") or []), default_hp_metric=False)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import lightning as L
-import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
@@ -53,3 +52,19 @@ def test_plain_model_checkpoint_of_lightning_2_6_keeps_a_stale_last(tmp_path):
     """The behaviour the subclass exists for; if Lightning changes it back, this test says so."""
     fit(tmp_path, ModelCheckpoint(monitor="val/acc", mode="max", filename="best", save_last=True))
     assert epoch_of(tmp_path / "last.ckpt") == 0
+
+
+def test_temporary_files_of_killed_runs_are_removed_when_a_fit_starts(tmp_path):
+    """A run killed while writing a checkpoint leaves ``.<name>.tmp<pid>``; the next fit in that directory removes
+    the files of processes that no longer run (and never a checkpoint or another file)."""
+    import os
+    import subprocess
+    import sys
+
+    dead_pid = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout)
+    stale = [tmp_path / f".last.ckpt.tmp{dead_pid}", tmp_path / f".best.ckpt.tmp{os.getpid()}"]
+    kept = [tmp_path / "notes.txt", tmp_path / "old.ckpt"]
+    for path in stale + kept:
+        path.write_bytes(b"half a checkpoint")
+    fit(tmp_path, best_checkpoint_callback(), epochs=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt", "last.ckpt", "notes.txt", "old.ckpt"]

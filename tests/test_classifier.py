@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn as nn
@@ -69,3 +71,19 @@ def test_atomic_checkpoint_keeps_old_file_when_saving_fails(tmp_path, monkeypatc
     monkeypatch.undo()
     assert torch.load(path)["step"] == 1
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temporary file left behind
+
+
+def test_atomic_checkpoint_is_fsynced_before_the_rename(tmp_path, monkeypatch):
+    """The data reaches the disk before the new name points at it (then the directory entry is synced too)."""
+    import os
+
+    import lit_kd.atomic as atomic
+
+    calls = []
+    fsync, replace = os.fsync, os.replace
+    monkeypatch.setattr(atomic.os, "fsync", lambda fd: calls.append("fsync") or fsync(fd))
+    monkeypatch.setattr(atomic.os, "replace",
+                        lambda src, dst: calls.append(("replace", Path(src).name, Path(dst).name)) or replace(src, dst))
+    AtomicCheckpointIO().save_checkpoint({"step": 1}, tmp_path / "last.ckpt")
+    assert calls == ["fsync", ("replace", f".last.ckpt.tmp{os.getpid()}", "last.ckpt"), "fsync"]
+    assert torch.load(tmp_path / "last.ckpt")["step"] == 1

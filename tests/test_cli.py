@@ -113,3 +113,87 @@ def test_default_root_dir_is_where_logs_and_checkpoints_go(tiny_zip, workdir):
     run_cli("fit", "--config", config, "--trainer.default_root_dir", workdir / "elsewhere", "--trainer.limit_train_batches", "2")
     assert (workdir / "elsewhere" / "rooted" / "version_0" / "checkpoints" / "last.ckpt").is_file()
     assert not (workdir / "lightning_logs" / "rooted").exists()
+
+
+def _snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_fit_ckpt_path_of_another_run_never_writes_into_it(tiny_zip, workdir):
+    """`fit --ckpt_path <another run's best.ckpt>` with another config (same experiment name or not) logs to a new
+    version directory and leaves that run byte-identical; a logger pointed into it explicitly is refused; the same
+    config resumes in place."""
+    config = write_config(workdir / "a.yaml", tiny_zip, model="resnet8", epochs=1, train_size=64, lr_scheduler=None)
+    run_cli("fit", "--config", config)
+    run_a = workdir / "lightning_logs" / "a" / "version_0"
+    before = _snapshot(run_a)
+    assert {"config.yaml", "hparams.yaml", "checkpoints/best.ckpt", "checkpoints/last.ckpt"} <= set(before)
+    best = run_a / "checkpoints" / "best.ckpt"
+
+    # same experiment name, another config (a data setting: the checkpoint's hyperparameters replace model settings)
+    cli = run_cli("fit", "--config", config, "--data.init_args.batch_size", "16", "--trainer.max_epochs", "2", "--ckpt_path", best)
+    assert Path(cli.trainer.log_dir).resolve() == (workdir / "lightning_logs" / "a" / "version_1").resolve()
+    assert cli.trainer.global_step > 0 and (workdir / "lightning_logs/a/version_1/checkpoints/last.ckpt").is_file()
+    # another experiment, its config otherwise identical
+    other = workdir / "b.yaml"
+    other.write_text(config.read_text())
+    cli = run_cli("fit", "--config", other, "--trainer.max_epochs", "2", "--ckpt_path", best)
+    assert Path(cli.trainer.log_dir).resolve() == (workdir / "lightning_logs" / "b" / "version_0").resolve()
+    # a logger pointed into run A with another config: refused before anything is written there
+    with pytest.raises(ValueError, match=r"config.yaml belongs to a run with a different config \(differs in: .*data.init_args.batch_size"):
+        run_cli("fit", "--config", config, "--data.init_args.batch_size", "16", "--trainer.max_epochs", "2", "--ckpt_path", best,
+                "--trainer.logger", "lightning.pytorch.loggers.TensorBoardLogger", "--trainer.logger.save_dir", "lightning_logs",
+                "--trainer.logger.name", "a", "--trainer.logger.version", "version_0")
+    assert _snapshot(run_a) == before
+    # `test` logging into run A (the study's reproduction command does) leaves its config.yaml as it is
+    run_cli("test", "--config", run_a / "config.yaml", "--ckpt_path", best,
+            "--trainer.logger", "lightning.pytorch.loggers.TensorBoardLogger", "--trainer.logger.save_dir", "lightning_logs",
+            "--trainer.logger.name", "a", "--trainer.logger.version", "version_0")
+    assert (run_a / "config.yaml").read_bytes() == before["config.yaml"]
+
+    # the same config (a longer budget) continues in run A
+    cli = run_cli("fit", "--config", config, "--trainer.max_epochs", "2", "--ckpt_path", run_a / "checkpoints" / "last.ckpt")
+    assert Path(cli.trainer.log_dir).resolve() == run_a.resolve()
+    assert sorted(p.name for p in (workdir / "lightning_logs" / "a").iterdir()) == ["version_0", "version_1"]
+    assert yaml.safe_load((run_a / "config.yaml").read_text())["trainer"]["max_epochs"] == 2
+    assert torch.load(run_a / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
+
+
+def test_config_differences_ignore_only_the_resume_keys():
+    from lit_kd.cli import config_differences
+
+    saved = {"seed_everything": 0, "ckpt_path": None, "trainer": {"max_epochs": 3, "enable_progress_bar": True, "callbacks": None},
+             "model": {"init_args": {"lr": 0.1}}}
+    resumed = {"seed_everything": 0, "ckpt_path": "x/last.ckpt", "trainer": {"max_epochs": 9, "enable_progress_bar": False,
+               "callbacks": None, "model_registry": None}, "model": {"init_args": {"lr": 0.1}}}
+    assert config_differences(saved, resumed) == []  # a new trainer argument of a newer Lightning counts as null
+    assert config_differences(saved, resumed | {"seed_everything": 1}) == ["seed_everything"]
+    assert config_differences(saved, {**resumed, "model": {"init_args": {"lr": 0.2}}}) == ["model.init_args.lr"]
+    callbacks = {**resumed["trainer"], "callbacks": [{"class_path": "X"}]}
+    assert config_differences(saved, {**resumed, "trainer": callbacks}) == ["trainer.callbacks"]
+
+
+def test_atomic_checkpoint_io_composes_with_user_plugins(tiny_zip, workdir):
+    from lightning.fabric.plugins.environments import LightningEnvironment
+    from lightning.pytorch.plugins import AsyncCheckpointIO, DoublePrecision, TorchCheckpointIO
+
+    from lit_kd.checkpoints import AtomicCheckpointIO
+    from lit_kd.cli import with_atomic_checkpoint_io
+
+    assert [type(p) for p in with_atomic_checkpoint_io(None)] == [AtomicCheckpointIO]
+    env, precision = LightningEnvironment(), DoublePrecision()
+    plugins = with_atomic_checkpoint_io([env, precision])
+    assert plugins[:2] == [env, precision] and isinstance(plugins[2], AtomicCheckpointIO)
+    assert with_atomic_checkpoint_io(env)[0] is env
+    own = TorchCheckpointIO()
+    assert with_atomic_checkpoint_io([own]) == [own]  # the user's own IO is theirs
+    wrapped = with_atomic_checkpoint_io([AsyncCheckpointIO()])
+    assert len(wrapped) == 1 and isinstance(wrapped[0].checkpoint_io, AtomicCheckpointIO)
+
+    # through the CLI: an environment plugin given with --trainer.plugins keeps the checkpoints atomic
+    config = write_config(workdir / "plugins.yaml", tiny_zip, model="resnet8", epochs=1, train_size=32, lr_scheduler=None)
+    cli = run_cli("fit", "--config", config, "--trainer.plugins", "lightning.fabric.plugins.environments.LightningEnvironment",
+                  "--trainer.limit_val_batches", "1")
+    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    assert isinstance(cli.trainer._accelerator_connector.cluster_environment, LightningEnvironment)
+    assert (workdir / "lightning_logs/plugins/version_0/checkpoints/last.ckpt").is_file()

@@ -16,9 +16,8 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import lightning as L
 import torch
@@ -26,7 +25,7 @@ import torch.nn as nn
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_kd.checkpoints import load_weights, network_key
-from lit_kd.quant.torch_qat import INT8_FILE, convert_int8, load_int8_model, prepare_qat
+from lit_kd.quant.torch_qat import INT8_FILE, convert_int8, prepare_qat, save_int8_model
 
 class QuantizationAwareTraining(L.Callback):
     """Prepare the module's network for QAT at setup, convert it to INT8 at fit end and for testing.
@@ -98,9 +97,7 @@ class QuantizationAwareTraining(L.Callback):
         ckpt_dir = Path(trainer.checkpoint_callback.dirpath) if trainer.checkpoint_callback else Path(trainer.default_root_dir)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         self.int8_path = ckpt_dir / INT8_FILE
-        tmp = self.int8_path.with_suffix(".tmp")
-        torch.save(self._recipe(pl_module) | {"state_dict": int8.state_dict()}, tmp)
-        tmp.replace(self.int8_path)
+        save_int8_model(int8, self._recipe(pl_module), self.int8_path)
         rank_zero_info(f"QAT: converted INT8 model saved to {self.int8_path}")
 
     def _recipe(self, pl_module: L.LightningModule) -> dict[str, Any]:

@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lit_kd.atomic import atomic_path, write_text
 from lit_kd.quant.affine import check_bits
 from lit_kd.quant.ptq import calibration_batches, execution_order, fold_batchnorm, quantize
 
@@ -125,8 +126,11 @@ def layer_sensitivity(model: nn.Module, calib: list, eval_batches: list, candida
     """``{layer: {bits: loss increase}}`` with each layer quantized alone; read from / written to ``cache``."""
     key = sensitivity_key(model, candidates, act_bits, eval_batches, quant_options)
     if cache is not None and cache.is_file():
-        stored = json.loads(cache.read_text())
-        if stored.get("key") == key:
+        try:
+            stored = json.loads(cache.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            stored = {}  # unreadable (written by a version that did not write it atomically): computed again
+        if isinstance(stored, dict) and stored.get("key") == key:
             progress(f"sensitivities from {cache}")
             return {p: {int(b): v for b, v in s.items()} for p, s in stored["sensitivity"].items()}
     _, float_loss = evaluate(model, eval_batches)
@@ -139,8 +143,7 @@ def layer_sensitivity(model: nn.Module, calib: list, eval_batches: list, candida
             result[path][bits] = evaluate(qmodel, eval_batches)[1] - float_loss
         progress(f"sensitivity {path}: " + ", ".join(f"{b} bits {v:+.4f}" for b, v in result[path].items()))
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps({"key": key, "sensitivity": {p: {str(b): v for b, v in s.items()} for p, s in result.items()}}, indent=1))
+        write_text(cache, json.dumps({"key": key, "sensitivity": {p: {str(b): v for b, v in s.items()} for p, s in result.items()}}, indent=1))
     return result
 
 
@@ -279,7 +282,9 @@ def pareto_plot(result: SearchResult, path: Path, test_acc: Optional[dict[str, f
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format=Path(path).suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
     return path

@@ -31,8 +31,20 @@ def convert_int8(prepared: nn.Module) -> nn.Module:
     return convert_fx(copy.deepcopy(prepared).cpu().eval()).eval()
 
 
+def save_int8_model(int8: nn.Module, recipe: dict, path: Union[str, Path]) -> Path:
+    """Write ``int8_model.pt`` atomically: the converted state dict plus ``recipe`` (``network``,
+    ``network_kwargs``, ``num_classes``, ``backend``, ``input_shape``: what :func:`load_int8_model` rebuilds it
+    from). Tensors and plain data only, so it loads with ``weights_only=True``."""
+    from lit_kd.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(dict(recipe) | {"state_dict": int8.state_dict()}, tmp)
+    return Path(path)
+
+
 def load_int8_model(path: Union[str, Path]) -> nn.Module:
-    """Rebuild the INT8 model saved by :class:`QuantizationAwareTraining` (``int8_model.pt``)."""
+    """Rebuild the INT8 model saved by :class:`QuantizationAwareTraining` (``int8_model.pt``); read with
+    :func:`lit_kd.checkpoints.safe_load` (a file with pickled objects is refused)."""
     from lit_kd.checkpoints import instantiate_network, safe_load
 
     saved = safe_load(path)

@@ -81,7 +81,12 @@ def examples_figure(images, classes: list[str], labels: list[int], path: Path) -
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    """Save ``fig`` atomically (a temporary file renamed into place; the format from ``path``'s suffix)."""
+    from lit_kd.atomic import atomic_path
+
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format=Path(path).suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
     return path

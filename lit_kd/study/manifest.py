@@ -15,22 +15,15 @@ import socket
 from pathlib import Path
 from typing import Any, Optional
 
+from lit_kd.atomic import write_json
+
 MANIFEST = "manifest.json"
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON to a temporary file in the same folder, flush it to disk, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(payload, f, indent=2, default=str)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write JSON to a temporary file in the same folder, flush it to disk, then rename it into place
+    (:func:`lit_kd.atomic.write_json`)."""
+    write_json(path, payload)
 
 
 def read_manifest(stage_dir: Path) -> Optional[dict]:

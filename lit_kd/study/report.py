@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from lit_kd.atomic import write_text
 from lit_kd.study.manifest import write_json_atomic
 from lit_kd.study.spec import Study
 
@@ -388,8 +389,8 @@ def write_report(study: Study, out: Path, manifests: dict[str, dict], report_set
     sections, results = build(study, out, manifests, report_settings or {}, images)
     title = f"lit-kd study: {study.path.stem}"
     paths = {"md": out / "report.md", "html": out / "report.html", "json": out / "results.json"}
-    paths["md"].write_text(to_markdown(title, sections, out))
-    paths["html"].write_text(to_html(title, sections))
+    write_text(paths["md"], to_markdown(title, sections, out))
+    write_text(paths["html"], to_html(title, sections))
     write_json_atomic(paths["json"], results)
     return paths
 

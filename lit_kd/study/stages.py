@@ -17,6 +17,7 @@ import lightning as L
 import torch
 import yaml
 
+from lit_kd.atomic import write_text
 from lit_kd.study.spec import Stage, Study, set_dotted
 
 RUN_DIR = "run"  # the Lightning run of a fit stage: <out>/<stage>/run/{checkpoints,events,config.yaml}
@@ -89,7 +90,7 @@ def run_fit(ctx: Context, stage: Stage, settings: dict, label: str) -> tuple[dic
 
     stage_dir = ctx.stage_dir(stage.name)
     config_path = stage_dir / "stage_config.yaml"
-    config_path.write_text(yaml.safe_dump(stage_config(ctx, stage, settings), sort_keys=False))
+    write_text(config_path, yaml.safe_dump(stage_config(ctx, stage, settings), sort_keys=False))
     ckpt_dir = stage_dir / RUN_DIR / "checkpoints"
     # Lightning's bars under the study's per-epoch lines in a terminal; in logs, only the study's lines
     args = ["fit", "--config", str(config_path), "--trainer.enable_progress_bar", str(sys.stdout.isatty()).lower()]
@@ -160,10 +161,10 @@ def run_weights(ctx: Context, stage: Stage, settings: dict, label: str) -> tuple
     """Shipped weights stand in for a trained stage: a weights file (a plain state dict or a portable checkpoint,
     loaded with ``weights_only=True``) becomes a checkpoint of the named architecture, tested on the full test set."""
     from lit_kd.commands.classify import accuracy_on_test_set
-    from lit_kd.checkpoints import instantiate_network, load_weights, write_weights_file
+    from lit_kd.checkpoints import instantiate_network, load_weights, read_checkpoint, write_weights_file
 
     source = ctx.study.here / settings["weights"]
-    state = torch.load(source, map_location="cpu", weights_only=True)
+    state = read_checkpoint(source)  # weights_only: a file with pickled objects is refused
     network = load_weights(instantiate_network(settings["model"], 10, settings.get("model_kwargs")), source, state)
     ckpt = write_weights_file(network, settings["model"], ctx.stage_dir(stage.name) / "model.ckpt", 10, settings.get("model_kwargs"))
     ctx.progress(f"{label}: testing shipped weights {source.name}")
@@ -231,7 +232,7 @@ def run_examples(ctx: Context, stage: Stage, settings: dict, label: str) -> tupl
     ctx.progress(f"{label}: predictions of {len(models)} models on one test image per class")
     result = one_image_per_class(models, ctx.data)
     path = ctx.stage_dir(stage.name) / "examples.json"
-    path.write_text(json.dumps(result, indent=2))
+    write_text(path, json.dumps(result, indent=2))
     return {"json": str(path)}, result, f"lit_kd.study.evaluate.one_image_per_class over {', '.join(models)}"
 
 
