@@ -51,12 +51,24 @@ def safe_load(path: Union[str, Path], map_location: Any = "cpu", trust: bool = F
         with torch.serialization.safe_globals(_optimizer_classes()):
             return torch.load(path, map_location=map_location, weights_only=not trusted)
     except pickle.UnpicklingError as err:
+        if not _looks_like_torch_file(path):
+            raise ValueError(f"checkpoint {str(path)!r} is not a checkpoint (not a file written by torch.save)") from None
         wanted = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line or "Unsupported" in line), str(err).splitlines()[0])
         raise ValueError(f"refused to load {str(path)!r}: it holds pickled Python objects ({wanted}), and unpickling a file "
                          f"runs code from it. lit-kd's own files hold only tensors and plain data; if you trust this file, "
                          f"set {TRUST_ENV}=1") from None
     except Exception as err:  # truncated or not a torch file
         raise ValueError(f"checkpoint {str(path)!r} could not be read ({type(err).__name__}: {err})") from err
+
+
+def _looks_like_torch_file(path: Path) -> bool:
+    """The zip format of ``torch.save``, or a legacy file (it starts with a pickle protocol opcode)."""
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"
 
 
 def _optimizer_classes() -> list[type]:
@@ -114,6 +126,11 @@ def load_weights(network: nn.Module, path: Union[str, Path], checkpoint: Optiona
             for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape differs", wrong))
             if keys
         )
+        if any(m in k for k in unexpected for m in QAT_MARKERS):
+            raise ValueError(f"checkpoint {str(path)!r} is a quantization-aware-training (QAT) checkpoint: its network holds "
+                             f"fake-quantize modules that a float {type(network).__name__} lacks; load the float checkpoint "
+                             "the QAT run started from, its int8_model.pt (lit_kd.quant.torch_qat.load_int8_model), or "
+                             "test it with its run's config (lit-kd test --config <run>/config.yaml --ckpt_path ...)")
         raise ValueError(f"checkpoint {str(path)!r} does not fit {type(network).__name__} ({detail}): is it from another architecture?")
     network.load_state_dict(state)
     return network
