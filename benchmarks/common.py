@@ -18,7 +18,8 @@ from lit_kd.commands.bench import cpu_model
 def training_speed_parser(description: str, out: str) -> argparse.ArgumentParser:
     """Arguments shared by the training-speed benchmarks (data, batch size, warm-up, timed steps, repeats, threads)."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--data", default=os.environ.get("LIT_KD_CIFAR10", "data/cifar10"))
+    parser.add_argument("--data", default=os.environ.get("LIT_KD_CIFAR10", "data/cifar10"),
+                        help="CIFAR-10 source (default $LIT_KD_CIFAR10, else data/cifar10)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=30)
@@ -29,10 +30,16 @@ def training_speed_parser(description: str, out: str) -> argparse.ArgumentParser
 
 
 def machine_info(threads: int) -> dict:
+    """The machine, and the torch thread count the benchmark ran with: read back from torch (not the requested
+    ``threads``), so a run whose pinning was lost on the way says so (and fails)."""
+    actual = torch.get_num_threads()
+    if actual != threads:
+        raise RuntimeError(f"the benchmark pinned torch to {threads} threads, but torch now runs {actual}: "
+                           "the timings are not what --threads asked for")
     return {
         "cpu": cpu_model(),
         "logical_cpus": os.cpu_count(),
-        "torch_threads": threads,
+        "torch_threads": actual,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,

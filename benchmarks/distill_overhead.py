@@ -13,7 +13,7 @@ import statistics
 import lightning as L
 import torch
 
-from benchmarks.common import training_speed_parser, lightning_images_per_second, machine_info, write_json
+from benchmarks.common import lightning_images_per_second, machine_info, training_speed_parser, write_json
 from lit_kd.data import CIFAR10DataModule
 from lit_kd.models import build_model
 from lit_kd.modules import ClassifierModule, DistillationModule

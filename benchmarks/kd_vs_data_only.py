@@ -35,7 +35,8 @@ def train_and_test(module: L.LightningModule, dm: CIFAR10DataModule, epochs: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=os.environ.get("LIT_KD_CIFAR10", "data/cifar10"))
+    parser.add_argument("--data", default=os.environ.get("LIT_KD_CIFAR10", "data/cifar10"),
+                        help="CIFAR-10 source (default $LIT_KD_CIFAR10, else data/cifar10)")
     parser.add_argument("--teacher-ckpt", required=True)
     parser.add_argument("--student", default="resnet8")
     parser.add_argument("--train-size", type=int, default=10000)
@@ -80,7 +81,7 @@ def main() -> None:
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "optimizer": f"SGD nesterov lr {args.lr} wd 5e-4, one-cycle over {steps} steps",
-        "losses": "data only: ce; distilled: mean(ce, soft_ce), T = %g" % args.temperature,
+        "losses": f"data only: ce; distilled: mean(ce, soft_ce), T = {args.temperature:g}",
         "machine": machine_info(args.threads),
         "runs": runs,
         "data_only_mean": statistics.mean(r["data_only"] for r in runs),

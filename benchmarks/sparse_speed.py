@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -46,12 +45,13 @@ def synthetic_models(name: str, sparsity: float, onnx_dir: Path, opset: int = 13
 
     torch.manual_seed(0)
     dense = build_model(name).eval()
+    sparse_path = onnx_dir / f"{name}_pruned{round(100 * sparsity)}_quant.onnx"
     files = {bench.BASELINE: export_onnx_model(dense, onnx_dir / f"{name}_dense.onnx", opset),
-             bench.SPARSE: export_onnx_model(pruned_quantized(dense, sparsity), onnx_dir / f"{name}_pruned{round(100 * sparsity)}_quant.onnx", opset, qat=True)}
+             bench.SPARSE: export_onnx_model(pruned_quantized(dense, sparsity), sparse_path, opset, qat=True)}
     return {label: str(path) for label, path in files.items()}, dense
 
 
-def main(argv: Optional[list[str]] = None) -> dict:
+def main(argv: list[str] | None = None) -> dict:
     cli = bench.parser("python -m benchmarks.sparse_speed", "results/sparse_speed.json")
     cli.description = __doc__
     cli.add_argument("--model", default="resnet20", help="architecture for the models made here (without --baseline/--sparse)")

@@ -10,7 +10,7 @@ Lightning / plain >= 0.95).
 Compilation happens in each repeat's warm-up steps (use ``--warmup`` >= 3 with ``--compile``: the first steps of
 each new module compile, the timed ones run the compiled code).
 
-    python -m benchmarks.train_throughput --data ../shared/data/cifar10-png.zip --out results/train_throughput.json
+    python -m benchmarks.train_throughput --data $LIT_KD_CIFAR10 --out results/train_throughput.json
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from torchmetrics.classification import MulticlassAccuracy
 
-from benchmarks.common import training_speed_parser, lightning_images_per_second, machine_info, sync, write_json
+from benchmarks.common import lightning_images_per_second, machine_info, sync, training_speed_parser, write_json
 from lit_kd.data import CIFAR10DataModule
 from lit_kd.modules import ClassifierModule
 
@@ -98,7 +98,7 @@ def main() -> None:
         "plain_median": statistics.median(plain),
         "lightning_median": statistics.median(lightning),
         "ratio_of_medians": statistics.median(lightning) / statistics.median(plain),
-        "median_paired_ratio": statistics.median(l / p for l, p in zip(lightning, plain)),
+        "median_paired_ratio": statistics.median(lit / p for lit, p in zip(lightning, plain)),
     }
     if compiled:
         result |= {"lightning_compiled_images_per_s": compiled, "compiled_median": statistics.median(compiled),
@@ -106,7 +106,8 @@ def main() -> None:
     write_json(args.out, result)
     print(f"median plain {result['plain_median']:.1f} img/s, lightning {result['lightning_median']:.1f} img/s, "
           f"ratio {result['ratio_of_medians']:.3f} (paired median {result['median_paired_ratio']:.3f})"
-          + (f"; compiled {result['compiled_median']:.1f} img/s, {result['compiled_vs_eager_paired_median']:.2f}x eager" if compiled else "")
+          + (f"; compiled {result['compiled_median']:.1f} img/s, {result['compiled_vs_eager_paired_median']:.2f}x eager"
+             if compiled else "")
           + f" -> {args.out}")
 
 

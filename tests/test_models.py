@@ -49,7 +49,25 @@ def test_truncated_resnet101_student():
     assert len(student.layer3) == 1 and len(teacher.layer3) == 23
     block = student.layer3[0]
     assert block.conv1.in_channels == 512 and block.conv3.out_channels == 1024 and block.conv2.stride == (2, 2)
-    assert block.downsample is not None
+    downsample = block.downsample[0]  # the branch that maps layer2's output to the block's shape
+    assert (downsample.in_channels, downsample.out_channels, downsample.kernel_size, downsample.stride) == (512, 1024, (1, 1), (2, 2))
+    # a downsample branch (1x1 conv + BN) exactly where a block changes resolution or width, the first block of each
+    # stage; elsewhere the fusion-safe blocks hold an Identity (never None, so "is not None" would always hold)
+    for model in (student, teacher):
+        for layer in ("layer1", "layer2", "layer3", "layer4"):
+            for i, b in enumerate(getattr(model, layer)):
+                changes = b.conv2.stride != (1, 1) or b.conv1.in_channels != b.conv3.out_channels
+                assert changes == (i == 0), f"{layer}.{i}"
+                if changes:
+                    conv, bn = b.downsample
+                    assert (conv.in_channels, conv.out_channels, conv.kernel_size) == (b.conv1.in_channels, b.conv3.out_channels, (1, 1))
+                    assert conv.stride == b.conv2.stride and isinstance(bn, nn.BatchNorm2d), f"{layer}.{i}"
+                else:
+                    assert isinstance(b.downsample, nn.Identity), f"{layer}.{i}"
+    # the student is the teacher less 22 of layer3's 23 blocks (identical blocks, 1024 -> 256 -> 256 -> 1024)
+    per_block = 1024 * 256 + 256 * 256 * 9 + 256 * 1024 + 2 * (256 + 256 + 1024)
+    assert sum(p.numel() for p in teacher.layer3[1].parameters()) == per_block
+    assert sum(p.numel() for p in student.parameters()) == sum(p.numel() for p in teacher.parameters()) - 22 * per_block
     for layer in ("layer1", "layer2", "layer4"):
         assert [p.shape for p in getattr(student, layer).parameters()] == [
             p.shape for p in getattr(teacher, layer).parameters()
@@ -83,8 +101,34 @@ def test_zero_pad_shortcut_subsamples_and_pads_channels():
     assert out.shape == (2, 8, 2, 2)
     assert torch.equal(out[:, 2:6], x[:, :, ::2, ::2])
     assert not out[:, :2].any() and not out[:, 6:].any()
-    option_b = build_model("resnet20", shortcut="B")
-    assert sum(p.numel() for p in option_b.parameters()) > 269_722
+
+
+
+@pytest.mark.parametrize("shortcut", ["A", "B"])
+def test_cifar_resnet_shortcut_changes_shape_only_between_stages(shortcut):
+    """Identity where a block keeps resolution and width; option A (zero padding, no parameters) or option B (1x1
+    conv with stride 2 + BatchNorm) exactly where it halves the resolution and doubles the width."""
+    model = build_model("resnet20", shortcut=shortcut)
+    for layer in ("layer1", "layer2", "layer3"):
+        for i, block in enumerate(getattr(model, layer)):
+            changes = block.conv1.stride != (1, 1) or block.conv1.in_channels != block.conv2.out_channels
+            assert changes == (layer != "layer1" and i == 0), f"{layer}.{i}"
+            if not changes:
+                assert isinstance(block.shortcut, nn.Identity)
+            elif shortcut == "A":
+                assert isinstance(block.shortcut, ZeroPadShortcut) and not list(block.shortcut.parameters())
+            else:
+                conv, bn = block.shortcut
+                assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride) == (
+                    block.conv1.in_channels, block.conv2.out_channels, (1, 1), (2, 2))
+                assert isinstance(bn, nn.BatchNorm2d) and bn.num_features == conv.out_channels
+            x = torch.zeros(2, block.conv1.in_channels, 16, 16)
+            assert block.eval()(x).shape == (2, block.conv2.out_channels, *((8, 8) if changes else (16, 16)))
+    # option B adds a 1x1 conv + BN at the two stage transitions (16 -> 32, 32 -> 64): 269,722 + 2,752 = 272,474
+    extra = 0 if shortcut == "A" else sum(c_in * c_out + 2 * c_out for c_in, c_out in ((16, 32), (32, 64)))
+    assert sum(p.numel() for p in model.parameters()) == 269_722 + extra == {"A": 269_722, "B": 272_474}[shortcut]
+    with pytest.raises(ValueError, match="shortcut must be 'A'"):
+        build_model("resnet20", shortcut="C")
 
 
 def test_unknown_model_name_lists_choices():

@@ -1,4 +1,8 @@
-"""QuantizationAwareTraining through the real CLI: trains, resumes mid-QAT, converts to INT8, tests from checkpoint."""
+"""QuantizationAwareTraining through the real CLI: trains, resumes mid-QAT, converts to INT8, tests from checkpoint.
+
+The INT8 checks compare logits on the 60 test images of the fixture. Measured values (torch 2.14, x86 engine, this
+fixture, deterministic training) are quoted next to each bound; the bounds fail when conversion or the observers are
+broken (the INT8 model of ranges never observed, the zero-epoch case below, is off by 0.87 in relative logit error)."""
 
 from __future__ import annotations
 
@@ -6,15 +10,18 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn as nn
 import yaml
+from torch.ao.quantization import disable_observer
+from torch.ao.quantization.fake_quantize import FakeQuantizeBase
 
 from lit_kd.callbacks import load_int8_model
-from lit_kd.quant.torch_qat import INT8_FILE, convert_int8, prepare_qat
-from lit_kd.data import CIFAR10DataModule
-from lit_kd.models import build_model
 from lit_kd.checkpoints import load_weights
 from lit_kd.commands.ptq import accuracy
-from tests.helpers import load_state, run_cli, scalars, write_config
+from lit_kd.data import CIFAR10DataModule
+from lit_kd.models import build_model
+from lit_kd.quant.torch_qat import INT8_FILE, convert_int8, prepare_qat
+from tests.helpers import load_state, run_cli, run_cli_in, scalars, write_config
 
 QAT_CALLBACK = {"class_path": "lit_kd.callbacks.QuantizationAwareTraining", "init_args": {"freeze_bn_epoch": 2}}
 
@@ -33,10 +40,67 @@ def int8_accuracy(model, batches) -> float:
     return accuracy(model, batches)
 
 
-def test_qat_trains_resumes_converts_and_tests_int8(in_tmp, tiny_zip):
-    config = qat_config(in_tmp / "qat.yaml", tiny_zip, epochs=3)
-    full = run_cli("fit", "--config", config)
-    run_dir = Path(full.trainer.logger.log_dir)
+def logits_on_test_set(model: nn.Module, data: CIFAR10DataModule) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels) of the fixture's 60 test images."""
+    torch.use_deterministic_algorithms(False)  # quantized kernels are not flagged deterministic
+    batches = list(data.normalized_batches("test", 64))
+    with torch.no_grad():
+        return torch.cat([model(x) for x, _ in batches]), torch.cat([y for _, y in batches])
+
+
+def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Share of images whose top-1 prediction is the same."""
+    return (a.argmax(1) == b.argmax(1)).float().mean().item()
+
+
+def relative_error(a: torch.Tensor, reference: torch.Tensor) -> float:
+    return ((a - reference).norm() / reference.norm()).item()
+
+
+def fake_quantized(ckpt: Path) -> nn.Module:
+    """The QAT network of a checkpoint as it trained: fake-quantized, eval mode, ranges fixed."""
+    network = prepare_qat(build_model("resnet8"), "x86", (1, 3, 32, 32))
+    network.load_state_dict({k[len("model."):]: v for k, v in load_state(ckpt).items() if k.startswith("model.")})
+    return network.eval().apply(disable_observer)
+
+
+class FullCodeRange(nn.Module):
+    """An activation fake-quantizer with the INT8 model's view of a range: the QAT scale and zero point (what
+    ``convert_fx`` takes from the observer), but all 256 uint8 codes. torch's x86 QAT config observes activations
+    with ``reduce_range`` (codes 0..127): the fake-quantizer saturates at the observed maximum, the converted quint8
+    kernels only at 255 codes, about twice that."""
+
+    def __init__(self, fake_quant: FakeQuantizeBase):
+        super().__init__()
+        scale, zero_point = fake_quant.calculate_qparams()
+        self.scale, self.zero_point = float(scale), int(zero_point)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, 0, 255)
+
+
+def on_int8_code_range(network: nn.Module) -> nn.Module:
+    """``network`` (a prepared QAT GraphModule) with every activation fake-quantizer replaced by FullCodeRange."""
+    replaced = 0
+    for name, module in list(network.named_children()):
+        if name.startswith("activation_post_process_") and isinstance(module, FakeQuantizeBase) and module.dtype == torch.quint8:
+            setattr(network, name, FullCodeRange(module))
+            replaced += 1
+    assert replaced > 10  # resnet8: input, every conv/add output, pooling, linear
+    return network
+
+
+@pytest.fixture(scope="module")
+def qat_run(tiny_zip, tmp_path_factory):
+    """3 QAT epochs of resnet8 from scratch on the fixture: (config, run directory, best checkpoint)."""
+    root = tmp_path_factory.mktemp("qat")
+    config = qat_config(root / "qat.yaml", tiny_zip, epochs=3)
+    cli = run_cli_in(root, "fit", "--config", config)
+    return config, root / cli.trainer.logger.log_dir, root / cli.trainer.checkpoint_callback.best_model_path
+
+
+def test_qat_trains_resumes_converts_and_tests_int8(in_tmp, tiny_zip, qat_run):
+    config, run_dir, best = qat_run
     losses = scalars(run_dir, "train/loss")
     assert losses[-1] < losses[0]
     state = load_state(run_dir / "checkpoints" / "last.ckpt")
@@ -56,27 +120,80 @@ def test_qat_trains_resumes_converts_and_tests_int8(in_tmp, tiny_zip):
     int8 = load_int8_model(run_dir / "checkpoints" / INT8_FILE)
     assert any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in int8.modules())
     data = CIFAR10DataModule(str(tiny_zip))
-    int8_acc = int8_accuracy(int8, data.normalized_batches("test", 64))
-    assert int8_acc > 0.2  # far above chance (0.1) on the learnable fixture
+    int8_logits, labels = logits_on_test_set(int8, data)
+    # it is the conversion of the final QAT state (last.ckpt): the saved copy was converted with the observers on, so
+    # conversion observed the weights once more and moved their per-channel ranges slightly; this one converts with
+    # them off (measured: top-1 agreement 1.0, relative logit error 0.0095)
+    converted, _ = logits_on_test_set(convert_int8(fake_quantized(run_dir / "checkpoints" / "last.ckpt")), data)
+    assert agreement(int8_logits, converted) >= 0.98 and relative_error(int8_logits, converted) < 0.03
+    # INT8 computes what the fake-quantized network computes on the INT8 code range: conv + BatchNorm folded,
+    # per-channel int8 weights, the activation scales and zero points of the observers
+    # (measured: top-1 agreement 1.0, relative logit error 0.0093; the same comparison against an untrained network's
+    # INT8 model: agreement 0.17, relative error 1.06)
+    simulated, _ = logits_on_test_set(on_int8_code_range(fake_quantized(run_dir / "checkpoints" / "last.ckpt")), data)
+    assert agreement(int8_logits, simulated) >= 0.95 and relative_error(int8_logits, simulated) < 0.03
+    # far above chance (0.1) after 3 epochs on the learnable fixture (measured 0.50; an untrained network's INT8: 0.10)
+    assert (int8_logits.argmax(1) == labels).float().mean().item() >= 0.35
 
     # lit-kd test with the QAT config evaluates the checkpoint converted to INT8
-    best = full.trainer.checkpoint_callback.best_model_path
     tested = run_cli("test", "--config", config, "--ckpt_path", best, "--trainer.logger", "false")
-    prepared = prepare_qat(build_model("resnet8"), "x86", (1, 3, 32, 32))
-    prepared.load_state_dict({k[len("model."):]: v for k, v in load_state(Path(best)).items() if k.startswith("model.")})
-    expected = int8_accuracy(convert_int8(prepared), data.normalized_batches("test", 64))
+    expected = int8_accuracy(convert_int8(fake_quantized(best)), data.normalized_batches("test", 64))
     assert tested.trainer.callback_metrics["test/acc"].item() == pytest.approx(expected)
 
 
-def test_qat_starts_from_the_float_checkpoint(in_tmp, tiny_zip, trained_ckpt):
-    """With zero QAT epochs the saved INT8 model is the float student quantized: its accuracy stays close."""
-    config = qat_config(in_tmp / "qat_init.yaml", tiny_zip, epochs=0, init_ckpt=str(trained_ckpt))
-    cli = run_cli("fit", "--config", config)
+@pytest.mark.xfail(strict=True, reason=(
+    "x86 QAT fake-quantizes activations on 7-bit ranges (reduce_range: codes 0..127, saturating at the observed "
+    "maximum) while the converted quint8 kernels saturate at 255 codes; after 24 steps the moving-average ranges lag "
+    "the activations, so the trained network and its INT8 model disagree (measured: 73 % top-1 agreement, relative "
+    "logit error 0.81). Remove the xfail when the callback makes the two agree."))
+def test_int8_model_agrees_with_the_fake_quantized_network_it_was_trained_as(qat_run, tiny_zip):
+    _, run_dir, _ = qat_run
     data = CIFAR10DataModule(str(tiny_zip))
-    float_acc = accuracy(load_weights(build_model("resnet8"), trained_ckpt).eval(), data.normalized_batches("test", 64))
-    int8 = load_int8_model(Path(cli.trainer.checkpoint_callback.dirpath) / INT8_FILE)
-    assert float_acc > 0.3
-    assert abs(int8_accuracy(int8, data.normalized_batches("test", 64)) - float_acc) <= 0.1
+    int8_logits, _ = logits_on_test_set(load_int8_model(run_dir / "checkpoints" / INT8_FILE), data)
+    trained, _ = logits_on_test_set(fake_quantized(run_dir / "checkpoints" / "last.ckpt"), data)
+    assert agreement(int8_logits, trained) >= 0.98 and relative_error(int8_logits, trained) < 0.05
+
+
+def test_qat_starts_from_the_float_checkpoint(in_tmp, tiny_zip, trained_ckpt):
+    """One QAT epoch at learning rate 0 with BatchNorm frozen, from the float student: the QAT network keeps the
+    float weights and statistics, the observers see the 8 training batches, and the saved INT8 model is the float
+    student quantized: the same predictions."""
+    config_path = qat_config(in_tmp / "qat_init.yaml", tiny_zip, epochs=1, init_ckpt=str(trained_ckpt), freeze_bn_epoch=0)
+    config = yaml.safe_load(config_path.read_text())
+    config["model"]["init_args"]["lr_scheduler"] = None
+    config["model"]["init_args"]["optimizer"]["init_args"]["lr"] = 0.0
+    config_path.write_text(yaml.safe_dump(config))
+    cli = run_cli("fit", "--config", config_path)
+    ckpt_dir = Path(cli.trainer.checkpoint_callback.dirpath)
+    float_net = load_weights(build_model("resnet8"), trained_ckpt).eval()
+    qat_state = load_state(ckpt_dir / "last.ckpt")
+    for key in ("conv1.weight", "bn1.running_var", "layer3.0.conv2.weight", "layer3.0.bn2.running_mean", "linear.weight"):
+        qat_key = "model." + key.replace("bn1.", "conv1.bn.").replace("bn2.", "conv2.bn.")
+        assert torch.equal(qat_state[qat_key], float_net.state_dict()[key]), key  # init_ckpt loaded, nothing moved
+
+    data = CIFAR10DataModule(str(tiny_zip))
+    float_logits, labels = logits_on_test_set(float_net, data)
+    int8_logits, _ = logits_on_test_set(load_int8_model(ckpt_dir / INT8_FILE), data)
+    float_acc = (float_logits.argmax(1) == labels).float().mean().item()
+    int8_acc = (int8_logits.argmax(1) == labels).float().mean().item()
+    assert float_acc > 0.3  # measured 0.40
+    # logits close (measured relative error 0.0225; with never-observed ranges, zero QAT steps below: 0.87), the same
+    # accuracy (measured 0.40 both); top-1 agreement measured 0.95 (3 of 60 images differ; the INT8 logits sit on a
+    # grid of 0.24), a loose bound: agreement alone would not catch the broken case (0.93)
+    assert relative_error(int8_logits, float_logits) < 0.05
+    assert abs(int8_acc - float_acc) <= 2 / 60 and agreement(int8_logits, float_logits) >= 0.9
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "with max_epochs 0 the observers never see data: the saved INT8 model quantizes every activation with scale 1.0 "
+    "and zero point 0 (measured: logits off by up to 14.8 on a range of 16.5; top-1 agreement with the float model "
+    "0.93 by luck of the fixture). Remove the xfail when the callback calibrates (or refuses) a run without QAT steps."))
+def test_zero_qat_epochs_still_give_a_calibrated_int8_model(in_tmp, tiny_zip, trained_ckpt):
+    cli = run_cli("fit", "--config", qat_config(in_tmp / "qat_zero.yaml", tiny_zip, epochs=0, init_ckpt=str(trained_ckpt)))
+    data = CIFAR10DataModule(str(tiny_zip))
+    float_logits, _ = logits_on_test_set(load_weights(build_model("resnet8"), trained_ckpt).eval(), data)
+    int8_logits, _ = logits_on_test_set(load_int8_model(Path(cli.trainer.checkpoint_callback.dirpath) / INT8_FILE), data)
+    assert relative_error(int8_logits, float_logits) < 0.1
 
 
 def test_qat_with_distillation_loss_and_feature_taps(in_tmp, tiny_zip, trained_ckpt):

@@ -12,7 +12,17 @@ import torchvision
 from torch.ao.quantization import MinMaxObserver as TorchMinMax
 
 from lit_kd.models import build_model
-from lit_kd.quant import dequantize, fake_quantize, fold_batchnorm, make_observer, qparams, qrange, quantize, quantize_tensor, quantized_layers
+from lit_kd.quant import (
+    dequantize,
+    fake_quantize,
+    fold_batchnorm,
+    make_observer,
+    qparams,
+    qrange,
+    quantize,
+    quantize_tensor,
+    quantized_layers,
+)
 from lit_kd.quant.adaround import adaround, reconstruction_error
 from lit_kd.quant.integer_model import to_int8_model
 from lit_kd.quant.layers import ActivationQuantizer, QuantizedLayer
@@ -75,8 +85,9 @@ def test_eight_bit_parameters_equal_torch_observers(symmetric):
     observer(x)
     torch_scale, torch_zp = observer.calculate_qparams()
     scale, zp = qparams(x.min(), x.max(), 8, symmetric)
-    assert torch.allclose(scale, torch_scale) and int(zp) == int(torch_zp) - (0 if symmetric else 0)
-    expected = torch.fake_quantize_per_tensor_affine(x, float(torch_scale), int(torch_zp), -128 if symmetric else 0, 127 if symmetric else 255)
+    assert torch.allclose(scale, torch_scale) and int(zp) == int(torch_zp)
+    qmin, qmax = (-128, 127) if symmetric else (0, 255)
+    expected = torch.fake_quantize_per_tensor_affine(x, float(torch_scale), int(torch_zp), qmin, qmax)
     assert torch.allclose(fake_quantize(x, scale, zp, 8, symmetric), expected)
 
 
@@ -153,9 +164,10 @@ def test_sixteen_bit_agrees_with_fp32_and_input_model_is_untouched():
 
 @pytest.mark.parametrize("per_channel", [True, False])
 def test_eight_bit_simulation_agrees_with_the_integer_int8_model(per_channel):
-    """The INT8 model computes with int8 codes and int32 accumulators (torch._int_mm). Its logits equal the
-    simulation's except where float summation order moves a value across a rounding boundary and one code flips
-    (most samples bit-for-bit up to 1e-5, all within 2 %); predictions agree on at least 99 % of a batch."""
+    """The INT8 model computes with int8 codes and int32 accumulators (torch._int_mm). Given the same input, each of
+    its layers equals the simulated layer up to float rounding; through the network, float summation order now and
+    then moves a value across a rounding boundary and one code flips one step at the next layer's input, and the
+    flips compound with depth: the logits stay within 1 % and the predictions agree."""
     for model in (trained_bn_model("resnet20"), torchvision.models.resnet18(num_classes=10).eval()):
         calib = [torch.randn(32, 3, 32, 32) for _ in range(2)]
         q = quantize(model, calib, 8, 8, per_channel=per_channel)
@@ -163,10 +175,31 @@ def test_eight_bit_simulation_agrees_with_the_integer_int8_model(per_channel):
         assert {type(m).__name__ for m in int8.modules()} >= {"Int8Layer"}
         assert not any(isinstance(m, (nn.Conv2d, nn.Linear)) for m in int8.modules())
         x = torch.randn(128, 3, 32, 32)
+        seen: dict[tuple[str, str], torch.Tensor] = {}
+        hooks = [
+            layer.register_forward_pre_hook(lambda _m, inputs, key=(tag, path), store=seen: store.__setitem__(key, inputs[0].clone()))
+            for tag, net in (("sim", q), ("int", int8))
+            for path, layer in ((p, net.get_submodule(p)) for p in quantized_layers(q))
+        ]
         with torch.no_grad():
             sim, real = q(x), int8(x)
-        exact_rows = ((real - sim).abs().amax(1) <= 1e-5 * sim.abs().amax(1)).float().mean()
-        assert exact_rows >= 0.5 and (real - sim).norm() / sim.norm() < 0.02
+            for hook in hooks:
+                hook.remove()
+            # layer by layer on the simulation's own input: equal up to float rounding (measured: largest difference
+            # 6.8e-7 of the layer's largest output, over both models and granularities)
+            for path, layer in quantized_layers(q).items():
+                ref = layer(seen[("sim", path)])
+                out = int8.get_submodule(path)(seen[("sim", path)])
+                assert (out - ref).abs().max() <= 1e-5 * ref.abs().max(), path
+        # the codes entering the second layer (after one conv): rare one-step flips (measured: 4.8e-7 to 1.1e-5 of
+        # the entries, largest difference one step)
+        second = list(quantized_layers(q))[1]
+        quantizer = quantized_layers(q)[second].input_quantizer
+        codes = {tag: quantize_tensor(seen[(tag, second)], quantizer.scale, quantizer.zero_point, 8, False) for tag in ("sim", "int")}
+        flipped = codes["sim"] != codes["int"]
+        assert flipped.float().mean() <= 1e-4 and (codes["sim"] - codes["int"]).abs().max() <= 1
+        # end to end (measured relative error 4.0e-3 to 6.6e-3; agreement 1.0)
+        assert (real - sim).norm() / sim.norm() < 0.01
         assert (real.argmax(1) == sim.argmax(1)).float().mean() >= 0.99
 
 
@@ -216,14 +249,21 @@ def test_works_on_models_we_did_not_write():
         def forward(self, x):
             return self.fn(x)
 
+    torch.manual_seed(0)
     lambda_model = build_model("resnet8")
     lambda_model.layer2[0].shortcut = Lambda(lambda x: nn.functional.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, 8, 8)))
-    for model in (torchvision.models.resnet18(num_classes=10).eval(), lambda_model.eval()):
+    resnet18 = torchvision.models.resnet18(num_classes=10).eval()
+    # W8A8 relative logit error, measured with this seed: torchvision resnet18 (untrained) 0.027, the lambda ResNet-8
+    # 0.0092 (0.019-0.030 and 0.0084-0.0098 over other seeds); 4-bit weights or activations give 0.16-0.32 and 0.07-0.19
+    for model, bound in ((resnet18, 0.04), (lambda_model.eval(), 0.015)):
         calib = [torch.randn(4, 3, 32, 32)]
         q = quantize(model, calib, 8, 8)
+        layers = quantized_layers(q)
+        assert len(layers) == sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())
+        assert all(layer.weight_bits == 8 and layer.input_quantizer.bits == 8 for layer in layers.values())
         with torch.no_grad():
             ref, out = model(calib[0]), q(calib[0])
-        assert (out - ref).norm() / ref.norm() < 0.05
+        assert (out - ref).norm() / ref.norm() < bound
 
 
 def test_bias_correction_removes_the_mean_output_shift():
