@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from lit_kd.commands.classify import fail, load_float_network, require_file, require_output, require_positive
+from lit_kd.commands.arguments import fail, load_float_network, require_file, require_output, require_positive
 
 BATCHES = (1, 32)
 BASELINE, SPARSE = "dense fp32", "pruned-quantized"

@@ -14,12 +14,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import NoReturn, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from lit_kd.commands.arguments import fail, load_float_network, require_data, require_file, require_positive
 from lit_kd.data import CIFAR10_CLASSES, IMAGE_SUFFIXES, CIFAR10DataModule
 
 SIZE = (32, 32)
@@ -37,81 +38,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 # ------------------------------------------------------------------------- errors shared by the subcommands
-def fail(prog: str, message: str) -> NoReturn:
-    """A failure (exit status 1) reported as one line on stderr, no traceback; usage errors go through
-    ``ArgumentParser.error`` (exit status 2)."""
-    raise SystemExit(f"{prog}: error: {message}")
-
-
-def require_file(cli: argparse.ArgumentParser, flag: str, value: str, what: str = "checkpoint") -> Path:
-    """``value`` names an existing file (a usage error otherwise)."""
-    path = Path(value).expanduser()
-    if not path.exists():
-        cli.error(f"{flag}: {what} {value!r} does not exist")
-    if not path.is_file():
-        cli.error(f"{flag}: {what} {value!r} is a directory, not a file")
-    return path
-
-
-def require_data(cli: argparse.ArgumentParser, value: str | None, flag: str = "--data") -> None:
-    """A CIFAR-10 source that exists (its content is checked when it is read)."""
-    if value is not None and not Path(value).expanduser().exists():
-        cli.error(f"{flag} {value!r} does not exist: expected a CIFAR-10 .zip, an image-folder directory (train/<class>/*, "
-                  "test/<class>/*) or a torchvision CIFAR-10 root (set $LIT_KD_CIFAR10 to make it the default)")
-
-
-def require_positive(cli: argparse.ArgumentParser, args: argparse.Namespace, *names: str, minimum: int = 1) -> None:
-    """Each ``args.<name>`` (None allowed) is at least ``minimum``; the flag is named in the usage error."""
-    for name in names:
-        value = getattr(args, name)
-        if value is not None and value < minimum:
-            cli.error(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
-
-
-def require_output(cli: argparse.ArgumentParser, value: str, flag: str = "--out") -> Path:
-    path = Path(value)
-    if path.is_dir():
-        cli.error(f"{flag} {value!r} is a directory; expected a file name")
-    return path
-
-
-def checkpoint_error(ckpt: str, err: Exception) -> str:
-    """The message for a ``--ckpt`` that could not be loaded; a file that is no torch file at all (neither the zip
-    format of ``torch.save`` nor a legacy pickle) is named as such rather than as "holding pickled objects"."""
-    import zipfile
-
-    path = Path(ckpt)
-    if path.is_file() and not zipfile.is_zipfile(path):
-        with open(path, "rb") as f:
-            if f.read(1) != b"\x80":  # a legacy torch.save file starts with a pickle protocol opcode
-                return f"--ckpt {ckpt!r} is not a checkpoint (not a file written by torch.save)"
-    return f"--ckpt: {err}"
-
-
-def load_float_network(prog: str, ckpt: str, qat_advice: str) -> torch.nn.Module:
-    """The float network of a lit-kd checkpoint (``load_network``), every way it can fail reported as one line (exit
-    status 1): an empty or unreadable file, a file that is no checkpoint, an unknown architecture, weights of another
-    architecture, and a quantization-aware-training checkpoint (its fake-quantize modules need their QAT structure;
-    ``qat_advice``, formatted with ``ckpt``, says what to do instead)."""
-    from lit_kd.checkpoints import QAT_MARKERS, build_network, checkpoint_sources, load_weights, network_state, read_checkpoint
-
-    if Path(ckpt).stat().st_size == 0:
-        fail(prog, f"--ckpt {ckpt!r} is empty (0 bytes); expected a lit-kd checkpoint")
-    try:
-        checkpoint = read_checkpoint(ckpt)
-        state = network_state(checkpoint)
-        if not isinstance(state, dict):
-            raise ValueError(f"checkpoint {ckpt!r} holds no state dict")
-        if any(marker in key for key in state for marker in QAT_MARKERS):
-            kind = "a SparseML pruning + QAT" if checkpoint_sources(checkpoint)[1] is not None else "a quantization-aware-training (QAT)"
-            fail(prog, f"--ckpt {ckpt!r} is {kind} checkpoint: its network holds fake-quantize modules, and {prog} runs float "
-                       f"networks. {qat_advice.format(ckpt=ckpt)}")
-        return load_weights(build_network(checkpoint, ckpt), ckpt, checkpoint).eval()
-    except (FileNotFoundError, ValueError, TypeError) as err:
-        fail(prog, checkpoint_error(ckpt, err))
-
-
-# ---------------------------------------------------------------------------------------------- classify
 def image_files(paths: list[str]) -> list[Path]:
     """The given files, and the image files under the given folders (recursively, sorted, hidden ones skipped)."""
     files = []

@@ -31,7 +31,7 @@ from typing import Optional
 
 from lit_kd.atomic import atomic_path, write_text
 from lit_kd.checkpoints import load_for_export
-from lit_kd.commands.classify import checkpoint_error, fail, require_data, require_file, require_output, require_positive
+from lit_kd.commands.arguments import checkpoint_error, fail, require_data, require_file, require_output, require_positive
 from lit_kd.onnx_export import MIN_FP32_AGREEMENT, export_onnx_model, graph_facts, validate, weight_sparsity
 
 MIN_OPSET, MAX_OPSET = 7, 20  # torch's TorchScript exporter (the one sparseml's exporter is driven with)

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from lit_kd.atomic import write_text
-from lit_kd.commands.classify import fail, load_float_network, require_data, require_file, require_output, require_positive
+from lit_kd.commands.arguments import fail, load_float_network, require_data, require_file, require_output, require_positive
 from lit_kd.quant.affine import check_bits
 from lit_kd.quant.integer_model import to_int8_model
 from lit_kd.quant.observers import OBSERVERS
