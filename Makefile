@@ -8,12 +8,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export NM_DISABLE_ANALYTICS := 1
 
-.PHONY: help install test demo clean
+.PHONY: help install lint test demo clean
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make install   create $(VENV) with $(PYTHON) and install lit-kd with its test extras (once; again when setup.cfg or pyproject.toml change)"
-	@echo "make test      install, then run pytest"
+	@echo "make lint      install, then ruff check and ruff format --check (configured in pyproject.toml)"
+	@echo "make test      install, then lint and run pytest"
 	@echo "make demo      install, then run the demo study (experiments/studies/demo.yaml) into runs/demo"
 	@echo "make clean     remove $(VENV) and build outputs"
 	@echo "PYTHON=/path/to/python3.11   the interpreter $(VENV) is built with (now: $(PYTHON)); lit-kd needs Python 3.11"
@@ -34,8 +35,13 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
-test: install
+test: install lint
 	$(BIN)/pytest
+
+# ruff lint and format check, configured in pyproject.toml
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # the demo study (experiments/studies/demo.yaml) on $$LIT_KD_CIFAR10, or on CIFAR-10 downloaded into data/cifar10
 demo: install

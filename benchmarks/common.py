@@ -18,8 +18,11 @@ from lit_kd.commands.bench import cpu_model
 def training_speed_parser(description: str, out: str) -> argparse.ArgumentParser:
     """Arguments shared by the training-speed benchmarks (data, batch size, warm-up, timed steps, repeats, threads)."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--data", default=os.environ.get("LIT_KD_CIFAR10", "data/cifar10"),
-                        help="CIFAR-10 source (default $LIT_KD_CIFAR10, else data/cifar10)")
+    parser.add_argument(
+        "--data",
+        default=os.environ.get("LIT_KD_CIFAR10", "data/cifar10"),
+        help="CIFAR-10 source (default $LIT_KD_CIFAR10, else data/cifar10)",
+    )
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=30)
@@ -34,8 +37,9 @@ def machine_info(threads: int) -> dict:
     ``threads``), so a run whose pinning was lost on the way says so (and fails)."""
     actual = torch.get_num_threads()
     if actual != threads:
-        raise RuntimeError(f"the benchmark pinned torch to {threads} threads, but torch now runs {actual}: "
-                           "the timings are not what --threads asked for")
+        raise RuntimeError(
+            f"the benchmark pinned torch to {threads} threads, but torch now runs {actual}: the timings are not what --threads asked for"
+        )
     return {
         "cpu": cpu_model(),
         "logical_cpus": os.cpu_count(),
@@ -77,7 +81,16 @@ def lightning_images_per_second(module: L.LightningModule, dm, warmup: int, step
     """Training images per second of ``Trainer.fit`` over ``steps`` steps after ``warmup`` steps (no validation,
     checkpoints, logger or progress bar)."""
     timer = StepTimer(warmup)
-    trainer = L.Trainer(max_steps=warmup + steps, accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[timer])
+    trainer = L.Trainer(
+        max_steps=warmup + steps,
+        accelerator=accelerator,
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[timer],
+    )
     trainer.fit(module, datamodule=dm)
     return steps * dm.hparams.batch_size / (timer.end - timer.start)

@@ -34,8 +34,9 @@ def main() -> None:
         L.seed_everything(repeat, verbose=False)
         alone.append(lightning_images_per_second(ClassifierModule(args.student, num_example_images=0), dm, args.warmup, args.steps))
         L.seed_everything(repeat, verbose=False)
-        module = DistillationModule(student=args.student, teacher=teacher, losses=["ce", "soft_ce"], num_example_images=0,
-                                    teacher_check_batches=0)
+        module = DistillationModule(
+            student=args.student, teacher=teacher, losses=["ce", "soft_ce"], num_example_images=0, teacher_check_batches=0
+        )
         distilled.append(lightning_images_per_second(module, dm, args.warmup, args.steps))
         print(f"repeat {repeat}: student alone {alone[-1]:.1f} img/s, with teacher {distilled[-1]:.1f} img/s", flush=True)
     result = {
@@ -54,8 +55,10 @@ def main() -> None:
         "ratio_of_medians": statistics.median(distilled) / statistics.median(alone),
     }
     write_json(args.out, result)
-    print(f"median student alone {result['student_alone_median']:.1f} img/s, with teacher {result['with_teacher_median']:.1f} "
-          f"img/s, ratio {result['ratio_of_medians']:.3f} -> {args.out}")
+    print(
+        f"median student alone {result['student_alone_median']:.1f} img/s, with teacher {result['with_teacher_median']:.1f} "
+        f"img/s, ratio {result['ratio_of_medians']:.3f} -> {args.out}"
+    )
 
 
 if __name__ == "__main__":

@@ -24,8 +24,15 @@ from lit_kd.modules import ClassifierModule, DistillationModule, load_network
 
 
 def train_and_test(module: L.LightningModule, dm: CIFAR10DataModule, epochs: int) -> tuple[float, float]:
-    trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, check_val_every_n_epoch=epochs, deterministic=True)
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        check_val_every_n_epoch=epochs,
+        deterministic=True,
+    )
     start = time.perf_counter()
     trainer.fit(module, datamodule=dm)
     seconds = time.perf_counter() - start
@@ -35,8 +42,11 @@ def train_and_test(module: L.LightningModule, dm: CIFAR10DataModule, epochs: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=os.environ.get("LIT_KD_CIFAR10", "data/cifar10"),
-                        help="CIFAR-10 source (default $LIT_KD_CIFAR10, else data/cifar10)")
+    parser.add_argument(
+        "--data",
+        default=os.environ.get("LIT_KD_CIFAR10", "data/cifar10"),
+        help="CIFAR-10 source (default $LIT_KD_CIFAR10, else data/cifar10)",
+    )
     parser.add_argument("--teacher-ckpt", required=True)
     parser.add_argument("--student", default="resnet8")
     parser.add_argument("--train-size", type=int, default=10000)
@@ -61,16 +71,17 @@ def main() -> None:
     )[0]["test/acc"]
     print(f"teacher test accuracy {teacher_acc:.4f}", flush=True)
     for seed in args.seeds:
-        dm = CIFAR10DataModule(data_dir=args.data, batch_size=args.batch_size, eval_batch_size=1000,
-                               train_size=args.train_size, seed=seed)
+        dm = CIFAR10DataModule(data_dir=args.data, batch_size=args.batch_size, eval_batch_size=1000, train_size=args.train_size, seed=seed)
         L.seed_everything(seed, verbose=False)
         data_only, data_seconds = train_and_test(ClassifierModule(args.student, **common), dm, args.epochs)
         L.seed_everything(seed, verbose=False)
-        distilled_module = DistillationModule(student=args.student, teacher=teacher, losses=["ce", "soft_ce"],
-                                              temperature=args.temperature, **common)
+        distilled_module = DistillationModule(
+            student=args.student, teacher=teacher, losses=["ce", "soft_ce"], temperature=args.temperature, **common
+        )
         distilled, kd_seconds = train_and_test(distilled_module, dm, args.epochs)
-        runs.append({"seed": seed, "data_only": data_only, "distilled": distilled,
-                     "data_only_fit_s": data_seconds, "distilled_fit_s": kd_seconds})
+        runs.append(
+            {"seed": seed, "data_only": data_only, "distilled": distilled, "data_only_fit_s": data_seconds, "distilled_fit_s": kd_seconds}
+        )
         print(f"seed {seed}: data only {data_only:.4f}, ce + soft_ce {distilled:.4f} ({distilled - data_only:+.4f})", flush=True)
     result = {
         "benchmark": "kd_vs_data_only",
@@ -89,8 +100,10 @@ def main() -> None:
     }
     result["gain_mean"] = result["distilled_mean"] - result["data_only_mean"]
     write_json(args.out, result)
-    print(f"mean over seeds {args.seeds}: data only {result['data_only_mean']:.4f}, distilled {result['distilled_mean']:.4f}, "
-          f"gain {result['gain_mean']:+.4f} -> {args.out}")
+    print(
+        f"mean over seeds {args.seeds}: data only {result['data_only_mean']:.4f}, distilled {result['distilled_mean']:.4f}, "
+        f"gain {result['gain_mean']:+.4f} -> {args.out}"
+    )
 
 
 if __name__ == "__main__":

@@ -47,13 +47,23 @@ def onnx_sessions(model: torch.nn.Module, calib: list[torch.Tensor], threads: in
     import onnxruntime as ort
 
     fp32_path, int8_path = workdir / "fp32.onnx", workdir / "int8.onnx"
-    torch.onnx.export(model, (calib[0][:1],), str(fp32_path), input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False)
+    torch.onnx.export(
+        model,
+        (calib[0][:1],),
+        str(fp32_path),
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
     quantize_static_qdq(fp32_path, int8_path, [x.numpy() for x in calib])
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    return {name: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
-            for name, p in (("fp32", fp32_path), ("int8", int8_path))}
+    return {
+        name: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
+        for name, p in (("fp32", fp32_path), ("int8", int8_path))
+    }
 
 
 def checkpoint_architecture(path: str) -> str:
@@ -90,9 +100,17 @@ def bench_model(name: str, args, model: torch.nn.Module | None = None) -> list[d
                 for runtime, run in runners.items():
                     seconds = timed(lambda run=run, x=x: run(x), iterations, args.warmup, args.repeats)
                     median = statistics.median(seconds)
-                    rows.append({"model": name, "runtime": runtime, "batch": batch, "iterations": iterations,
-                                 "latency_ms_median": 1000 * median,
-                                 "latency_ms_per_repeat": [1000 * s for s in seconds], "images_per_s": batch / median})
+                    rows.append(
+                        {
+                            "model": name,
+                            "runtime": runtime,
+                            "batch": batch,
+                            "iterations": iterations,
+                            "latency_ms_median": 1000 * median,
+                            "latency_ms_per_repeat": [1000 * s for s in seconds],
+                            "images_per_s": batch / median,
+                        }
+                    )
                     print(f"{name} {runtime:24s} batch {batch:2d}: {1000 * median:8.3f} ms, {batch / median:9.1f} img/s", flush=True)
     for row in rows:
         base = next(r for r in rows if r["batch"] == row["batch"] and r["runtime"] == "pytorch fp32 eager")
@@ -105,10 +123,12 @@ DEFAULT_MODELS = ["resnet20", "resnet18"]
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=None,
-                        help=f"architectures, with their initial weights (default: {' '.join(DEFAULT_MODELS)})")
-    parser.add_argument("--ckpt", default=None,
-                        help="a lit-kd checkpoint to benchmark instead: one set of rows, labelled by its architecture")
+    parser.add_argument(
+        "--models", nargs="+", default=None, help=f"architectures, with their initial weights (default: {' '.join(DEFAULT_MODELS)})"
+    )
+    parser.add_argument(
+        "--ckpt", default=None, help="a lit-kd checkpoint to benchmark instead: one set of rows, labelled by its architecture"
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=5)
@@ -132,8 +152,10 @@ def main(argv: list[str] | None = None) -> dict:
         except (ValueError, FileNotFoundError, TypeError) as err:
             parser.error(f"--ckpt: {err}")
         if args.models and args.models != [arch]:
-            parser.error(f"--ckpt benchmarks the one network of {args.ckpt} (a {arch}); --models {' '.join(args.models)} "
-                         "would label it with other names: leave --models out, or run the architectures without --ckpt")
+            parser.error(
+                f"--ckpt benchmarks the one network of {args.ckpt} (a {arch}); --models {' '.join(args.models)} "
+                "would label it with other names: leave --models out, or run the architectures without --ckpt"
+            )
         jobs = [(arch, network)]
     else:
         jobs = [(name, None) for name in args.models or DEFAULT_MODELS]
@@ -141,9 +163,16 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     torch.backends.quantized.engine = "x86"
     rows = [row for name, network in jobs for row in bench_model(name, args, network)]
-    result = {"benchmark": "quant_speed", "machine": machine_info(args.threads), "warmup": args.warmup,
-              "repeats": args.repeats, "models": [name for name, _ in jobs], "ckpt": args.ckpt,
-              "onnxruntime_threads": {"intra_op": args.threads, "inter_op": 1}, "rows": rows}
+    result = {
+        "benchmark": "quant_speed",
+        "machine": machine_info(args.threads),
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "models": [name for name, _ in jobs],
+        "ckpt": args.ckpt,
+        "onnxruntime_threads": {"intra_op": args.threads, "inter_op": 1},
+        "rows": rows,
+    }
     write_json(args.out, result)
     from rich.console import Console
     from rich.table import Table
@@ -152,8 +181,14 @@ def main(argv: list[str] | None = None) -> dict:
     for col in ("model", "runtime", "batch", "latency (ms)", "images/s", "vs FP32 eager"):
         table.add_column(col, justify="left" if col in ("model", "runtime") else "right")
     for r in rows:
-        table.add_row(r["model"], r["runtime"], str(r["batch"]), f"{r['latency_ms_median']:.3f}", f"{r['images_per_s']:.0f}",
-                      f"{r['speedup_vs_fp32_eager']:.2f}x")
+        table.add_row(
+            r["model"],
+            r["runtime"],
+            str(r["batch"]),
+            f"{r['latency_ms_median']:.3f}",
+            f"{r['images_per_s']:.0f}",
+            f"{r['speedup_vs_fp32_eager']:.2f}x",
+        )
     Console(width=160).print(table)
     print(f"wrote {args.out}")
     return result

@@ -46,8 +46,10 @@ def synthetic_models(name: str, sparsity: float, onnx_dir: Path, opset: int = 13
     torch.manual_seed(0)
     dense = build_model(name).eval()
     sparse_path = onnx_dir / f"{name}_pruned{round(100 * sparsity)}_quant.onnx"
-    files = {bench.BASELINE: export_onnx_model(dense, onnx_dir / f"{name}_dense.onnx", opset),
-             bench.SPARSE: export_onnx_model(pruned_quantized(dense, sparsity), sparse_path, opset, qat=True)}
+    files = {
+        bench.BASELINE: export_onnx_model(dense, onnx_dir / f"{name}_dense.onnx", opset),
+        bench.SPARSE: export_onnx_model(pruned_quantized(dense, sparsity), sparse_path, opset, qat=True),
+    }
     return {label: str(path) for label, path in files.items()}, dense
 
 

@@ -29,8 +29,10 @@ def accuracy_over_time(run_dir: str | Path, tag: str = "val/acc") -> dict:
         raise SystemExit(f"error: {run_dir} has no {tag!r} scalars (has {sorted(events.Tags()['scalars'])})")
     start = min(e.wall_time for t in events.Tags()["scalars"] for e in events.Scalars(t))
     epochs = {e.step: int(e.value) for e in events.Scalars("epoch")} if "epoch" in events.Tags()["scalars"] else {}
-    curve = [{"epoch": epochs.get(e.step, e.step) + 1, "step": e.step, "minutes": (e.wall_time - start) / 60, "acc": e.value}
-             for e in events.Scalars(tag)]
+    curve = [
+        {"epoch": epochs.get(e.step, e.step) + 1, "step": e.step, "minutes": (e.wall_time - start) / 60, "acc": e.value}
+        for e in events.Scalars(tag)
+    ]
     return {"run_dir": str(run_dir), "tag": tag, "event_files": len(files), "curve": curve}
 
 

@@ -101,14 +101,18 @@ def main() -> None:
         "median_paired_ratio": statistics.median(lit / p for lit, p in zip(lightning, plain)),
     }
     if compiled:
-        result |= {"lightning_compiled_images_per_s": compiled, "compiled_median": statistics.median(compiled),
-                   "compiled_vs_eager_paired_median": statistics.median(c / e for c, e in zip(compiled, lightning))}
+        result |= {
+            "lightning_compiled_images_per_s": compiled,
+            "compiled_median": statistics.median(compiled),
+            "compiled_vs_eager_paired_median": statistics.median(c / e for c, e in zip(compiled, lightning)),
+        }
     write_json(args.out, result)
-    print(f"median plain {result['plain_median']:.1f} img/s, lightning {result['lightning_median']:.1f} img/s, "
-          f"ratio {result['ratio_of_medians']:.3f} (paired median {result['median_paired_ratio']:.3f})"
-          + (f"; compiled {result['compiled_median']:.1f} img/s, {result['compiled_vs_eager_paired_median']:.2f}x eager"
-             if compiled else "")
-          + f" -> {args.out}")
+    print(
+        f"median plain {result['plain_median']:.1f} img/s, lightning {result['lightning_median']:.1f} img/s, "
+        f"ratio {result['ratio_of_medians']:.3f} (paired median {result['median_paired_ratio']:.3f})"
+        + (f"; compiled {result['compiled_median']:.1f} img/s, {result['compiled_vs_eager_paired_median']:.2f}x eager" if compiled else "")
+        + f" -> {args.out}"
+    )
 
 
 if __name__ == "__main__":

@@ -13,14 +13,15 @@ import contextlib
 import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any
 
 TMP_MARK = ".tmp"  # temporary files are named ``.<name>.tmp<pid>`` beside the target
 _TEMP_NAME = re.compile(r"^\..+" + re.escape(TMP_MARK) + r"(\d+)$")
 
 
-def temp_path(path: Union[str, Path]) -> Path:
+def temp_path(path: str | Path) -> Path:
     path = Path(path)
     return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
 
@@ -36,7 +37,7 @@ def fsync_dir(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
+def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path to write ``path``'s content to (by any writer: ``torch.save``, an exporter ...); on
     success it is fsynced and renamed over ``path``, on error it is removed."""
     path = Path(path)
@@ -52,21 +53,21 @@ def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def write_text(path: Union[str, Path], text: str) -> Path:
+def write_text(path: str | Path, text: str) -> Path:
     """``Path.write_text``, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return Path(path)
 
 
-def write_bytes(path: Union[str, Path], data: bytes) -> Path:
+def write_bytes(path: str | Path, data: bytes) -> Path:
     """``Path.write_bytes``, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
 
 
-def write_json(path: Union[str, Path], payload: Any, indent: int = 2) -> Path:
+def write_json(path: str | Path, payload: Any, indent: int = 2) -> Path:
     """``payload`` as JSON (non-JSON values as ``str``), with a final newline, atomically."""
     return write_text(path, json.dumps(payload, indent=indent, default=str) + "\n")
 
@@ -83,7 +84,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temps(directory: Union[str, Path], include_own: bool = False) -> list[Path]:
+def remove_stale_temps(directory: str | Path, include_own: bool = False) -> list[Path]:
     """Remove the temporary files (``.<name>.tmp<pid>``) that processes killed mid-write left in ``directory``: those
     of processes that no longer run (and this process's own with ``include_own``, for a caller that knows none of
     its writes is under way, e.g. at the start of a run). Returns the removed paths."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import pickle
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -33,7 +33,7 @@ def network_key(hparams: dict) -> str:
 TRUST_ENV = "LIT_KD_TRUST_CHECKPOINTS"
 
 
-def safe_load(path: Union[str, Path], map_location: Any = "cpu", trust: bool = False) -> Any:
+def safe_load(path: str | Path, map_location: Any = "cpu", trust: bool = False) -> Any:
     """``torch.load`` of a file a user gave us without running code from it: only tensors and plain data
     (``weights_only=True``), which is all lit-kd's own checkpoints, INT8 models and weights files hold. A file that
     needs more (pickled objects) is refused with the name of what it asked for; set ``LIT_KD_TRUST_CHECKPOINTS=1``
@@ -53,10 +53,14 @@ def safe_load(path: Union[str, Path], map_location: Any = "cpu", trust: bool = F
     except pickle.UnpicklingError as err:
         if not _looks_like_torch_file(path):
             raise ValueError(f"checkpoint {str(path)!r} is not a checkpoint (not a file written by torch.save)") from None
-        wanted = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line or "Unsupported" in line), str(err).splitlines()[0])
-        raise ValueError(f"refused to load {str(path)!r}: it holds pickled Python objects ({wanted}), and unpickling a file "
-                         f"runs code from it. lit-kd's own files hold only tensors and plain data; if you trust this file, "
-                         f"set {TRUST_ENV}=1") from None
+        wanted = next(
+            (line.strip() for line in str(err).splitlines() if "GLOBAL" in line or "Unsupported" in line), str(err).splitlines()[0]
+        )
+        raise ValueError(
+            f"refused to load {str(path)!r}: it holds pickled Python objects ({wanted}), and unpickling a file "
+            f"runs code from it. lit-kd's own files hold only tensors and plain data; if you trust this file, "
+            f"set {TRUST_ENV}=1"
+        ) from None
     except Exception as err:  # truncated or not a torch file
         raise ValueError(f"checkpoint {str(path)!r} could not be read ({type(err).__name__}: {err})") from err
 
@@ -77,18 +81,17 @@ def _optimizer_classes() -> list[type]:
     import inspect
 
     classes = [c for _, c in inspect.getmembers(torch.optim, inspect.isclass) if issubclass(c, torch.optim.Optimizer)]
-    return classes + [c for _, c in inspect.getmembers(torch.optim.lr_scheduler, inspect.isclass)
-                      if c.__module__.startswith("torch.optim")]
+    return classes + [c for _, c in inspect.getmembers(torch.optim.lr_scheduler, inspect.isclass) if c.__module__.startswith("torch.optim")]
 
 
-def read_checkpoint(path: Union[str, Path]) -> dict[str, Any]:
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
     checkpoint = safe_load(path)
     if not isinstance(checkpoint, dict):
         raise ValueError(f"checkpoint {str(path)!r} holds a {type(checkpoint).__name__}, not a checkpoint or state dict")
     return checkpoint
 
 
-def instantiate_network(spec: Union[str, dict, nn.Module], num_classes: int = 10, kwargs: Optional[dict] = None) -> nn.Module:
+def instantiate_network(spec: str | dict | nn.Module, num_classes: int = 10, kwargs: dict | None = None) -> nn.Module:
     """An architecture name (built with ``kwargs``), a ``{class_path, init_args}`` config, or a module as is."""
     if isinstance(spec, nn.Module):
         return spec
@@ -107,11 +110,11 @@ def network_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The network's tensors from a lit-kd checkpoint (prefix stripped) or a plain state dict."""
     state = checkpoint.get("state_dict", checkpoint)
     if any(k.startswith(NETWORK_PREFIX) for k in state):
-        return {k[len(NETWORK_PREFIX):]: v for k, v in state.items() if k.startswith(NETWORK_PREFIX)}
+        return {k[len(NETWORK_PREFIX) :]: v for k, v in state.items() if k.startswith(NETWORK_PREFIX)}
     return state
 
 
-def load_weights(network: nn.Module, path: Union[str, Path], checkpoint: Optional[dict] = None) -> nn.Module:
+def load_weights(network: nn.Module, path: str | Path, checkpoint: dict | None = None) -> nn.Module:
     """Load a lit-kd checkpoint's network (or a plain state-dict file) into ``network``; a clear error on mismatch.
 
     ``checkpoint``: the already-read contents of ``path``, to avoid reading a large file twice."""
@@ -127,16 +130,18 @@ def load_weights(network: nn.Module, path: Union[str, Path], checkpoint: Optiona
             if keys
         )
         if any(m in k for k in unexpected for m in QAT_MARKERS):
-            raise ValueError(f"checkpoint {str(path)!r} is a quantization-aware-training (QAT) checkpoint: its network holds "
-                             f"fake-quantize modules that a float {type(network).__name__} lacks; load the float checkpoint "
-                             "the QAT run started from, its int8_model.pt (lit_kd.quant.torch_qat.load_int8_model), or "
-                             "test it with its run's config (lit-kd test --config <run>/config.yaml --ckpt_path ...)")
+            raise ValueError(
+                f"checkpoint {str(path)!r} is a quantization-aware-training (QAT) checkpoint: its network holds "
+                f"fake-quantize modules that a float {type(network).__name__} lacks; load the float checkpoint "
+                "the QAT run started from, its int8_model.pt (lit_kd.quant.torch_qat.load_int8_model), or "
+                "test it with its run's config (lit-kd test --config <run>/config.yaml --ckpt_path ...)"
+            )
         raise ValueError(f"checkpoint {str(path)!r} does not fit {type(network).__name__} ({detail}): is it from another architecture?")
     network.load_state_dict(state)
     return network
 
 
-def build_network(checkpoint: dict[str, Any], path: Union[str, Path] = "<checkpoint>") -> nn.Module:
+def build_network(checkpoint: dict[str, Any], path: str | Path = "<checkpoint>") -> nn.Module:
     """A fresh (untrained) instance of the network a lit-kd checkpoint's hyperparameters name."""
     hparams = checkpoint.get("hyper_parameters") or {}
     key = network_key(hparams)
@@ -148,14 +153,15 @@ def build_network(checkpoint: dict[str, Any], path: Union[str, Path] = "<checkpo
     return instantiate_network(hparams[key], hparams.get("num_classes", 10), hparams.get(f"{key}_kwargs"))
 
 
-def load_network(path: Union[str, Path]) -> nn.Module:
+def load_network(path: str | Path) -> nn.Module:
     """The trained network of a lit-kd checkpoint (a distilled checkpoint gives its student), in eval mode."""
     checkpoint = read_checkpoint(path)
     return load_weights(build_network(checkpoint, path), path, checkpoint).eval()
 
 
-def write_weights_file(network: nn.Module, architecture: str, path: Union[str, Path], num_classes: int = 10,
-                       model_kwargs: Optional[dict] = None) -> Path:
+def write_weights_file(
+    network: nn.Module, architecture: str, path: str | Path, num_classes: int = 10, model_kwargs: dict | None = None
+) -> Path:
     """Save ``network`` as a small portable checkpoint: its state dict under the ``model.`` prefix and the
     architecture that rebuilds it, nothing else (no optimizer, no pickled objects: ``torch.load(path,
     weights_only=True)`` reads it). :func:`load_network`, ``lit-kd classify/ptq/export``, ``teacher_ckpt`` and
@@ -167,13 +173,18 @@ def write_weights_file(network: nn.Module, architecture: str, path: Union[str, P
 
     path = Path(path)
     with atomic_path(path) as tmp:
-        torch.save({"state_dict": {NETWORK_PREFIX + k: v.detach().cpu() for k, v in network.state_dict().items()},
-                    "hyper_parameters": {"model": architecture, "num_classes": num_classes, "model_kwargs": model_kwargs},
-                    "pytorch-lightning_version": lightning.__version__}, tmp)
+        torch.save(
+            {
+                "state_dict": {NETWORK_PREFIX + k: v.detach().cpu() for k, v in network.state_dict().items()},
+                "hyper_parameters": {"model": architecture, "num_classes": num_classes, "model_kwargs": model_kwargs},
+                "pytorch-lightning_version": lightning.__version__,
+            },
+            tmp,
+        )
     return path
 
 
-def config_sources(config_path: str) -> tuple[dict, Optional[dict]]:
+def config_sources(config_path: str) -> tuple[dict, dict | None]:
     """From a run's config.yaml: the network ``{"spec", "num_classes", "kwargs"}`` and the SparseMLRecipe
     callback's ``{"recipe", "recipe_args"}`` (None without one)."""
     import yaml
@@ -185,12 +196,18 @@ def config_sources(config_path: str) -> tuple[dict, Optional[dict]]:
         raise ValueError(f"config {config_path!r} names no network (model.init_args.model or .student)")
     network = {"spec": init[key], "num_classes": init.get("num_classes", 10), "kwargs": init.get(f"{key}_kwargs")}
     callbacks = (config.get("trainer") or {}).get("callbacks") or []
-    recipe = next(({"recipe": c["init_args"]["recipe"], "recipe_args": c["init_args"].get("recipe_args")}
-                   for c in callbacks if isinstance(c, dict) and str(c.get("class_path", "")).endswith("SparseMLRecipe")), None)
+    recipe = next(
+        (
+            {"recipe": c["init_args"]["recipe"], "recipe_args": c["init_args"].get("recipe_args")}
+            for c in callbacks
+            if isinstance(c, dict) and str(c.get("class_path", "")).endswith("SparseMLRecipe")
+        ),
+        None,
+    )
     return network, recipe
 
 
-def checkpoint_sources(checkpoint: dict) -> tuple[Optional[dict], Optional[dict]]:
+def checkpoint_sources(checkpoint: dict) -> tuple[dict | None, dict | None]:
     """The same two from the checkpoint: its hyperparameters and its SparseMLRecipe callback state."""
     hparams = checkpoint.get("hyper_parameters") or {}
     key = network_key(hparams)
@@ -202,7 +219,7 @@ def checkpoint_sources(checkpoint: dict) -> tuple[Optional[dict], Optional[dict]
     return network, recipe
 
 
-def load_for_export(ckpt: str, config: Optional[str] = None) -> tuple[nn.Module, bool]:
+def load_for_export(ckpt: str, config: str | None = None) -> tuple[nn.Module, bool]:
     """The checkpoint's network in eval mode, and whether it holds (SparseML) QAT modules. The config, when
     given, names the architecture and the recipe; the checkpoint fills in what the config lacks."""
     from lit_kd.sparse.recipe import build_manager, quiet_loggers, read_recipe, structure_epoch
@@ -221,7 +238,8 @@ def load_for_export(ckpt: str, config: Optional[str] = None) -> tuple[nn.Module,
             raise ValueError(
                 f"checkpoint {ckpt!r} holds fake-quantize modules but no SparseML recipe. A QuantizationAwareTraining "
                 "(torch.ao FX) checkpoint cannot be exported: its fused observer op has no ONNX form. Export the float "
-                "checkpoint it started from, or run its int8_model.pt in PyTorch (lit_kd.callbacks.load_int8_model)")
+                "checkpoint it started from, or run its int8_model.pt in PyTorch (lit_kd.callbacks.load_int8_model)"
+            )
         manager = build_manager(read_recipe(recipe["recipe"]), recipe["recipe_args"])
         start = structure_epoch(manager)
         if start is None:
@@ -257,7 +275,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         super().__init__()
         self._cleaned: set[str] = set()
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if not is_local_path(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
         from lit_kd.atomic import atomic_path, remove_stale_temps
@@ -269,9 +287,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         with atomic_path(path) as tmp:
             torch.save(checkpoint, tmp)
 
-    def load_checkpoint(self, path, map_location: Optional[Any] = None, weights_only: Optional[bool] = None) -> dict[str, Any]:
+    def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
         trusted = weights_only is False or os.environ.get(TRUST_ENV) == "1"
         if not is_local_path(path):
-            return super().load_checkpoint(path, **({"map_location": map_location} if map_location is not None else {}),
-                                           weights_only=not trusted)
+            return super().load_checkpoint(
+                path, **({"map_location": map_location} if map_location is not None else {}), weights_only=not trusted
+            )
         return safe_load(path, map_location="cpu" if map_location is None else map_location, trust=trusted)

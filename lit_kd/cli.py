@@ -26,9 +26,9 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from pathlib import Path
 from collections.abc import Iterable
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -46,8 +46,14 @@ LOG_ROOT = "lightning_logs"
 
 # config keys that may differ between a run and its resumption (``fit --ckpt_path``): what to resume from, how
 # long to train, and what is shown; everything else (model, data, optimizer, callbacks, seed, ...) must be equal
-RESUME_IGNORED = ("ckpt_path", "trainer.max_epochs", "trainer.max_steps", "trainer.max_time",
-                  "trainer.enable_progress_bar", "trainer.enable_model_summary")
+RESUME_IGNORED = (
+    "ckpt_path",
+    "trainer.max_epochs",
+    "trainer.max_steps",
+    "trainer.max_time",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+)
 
 
 def _flatten(config: Any, prefix: str = "") -> dict[str, Any]:
@@ -64,8 +70,7 @@ def config_differences(saved: dict, current: dict, ignore: Iterable[str] = RESUM
     them); a key missing on one side counts as null (a newer Lightning adds trainer arguments)."""
     ignore = tuple(ignore)
     a, b = _flatten(saved or {}), _flatten(current or {})
-    return sorted(k for k in set(a) | set(b)
-                  if not any(k == i or k.startswith(i + ".") for i in ignore) and a.get(k) != b.get(k))
+    return sorted(k for k in set(a) | set(b) if not any(k == i or k.startswith(i + ".") for i in ignore) and a.get(k) != b.get(k))
 
 
 class SaveRunConfig(SaveConfigCallback):
@@ -75,12 +80,20 @@ class SaveRunConfig(SaveConfigCallback):
     ``validate``/``test``/``predict`` into a directory that has a ``config.yaml`` (a fit run's, e.g. ``lit-kd test
     --config <run>/config.yaml`` with that run's logger) leave it as it is and save none."""
 
-    def __init__(self, parser, config, config_filename: str = "config.yaml", overwrite: bool = False,
-                 multifile: bool = False, save_to_log_dir: bool = True, ignore: Iterable[str] = RESUME_IGNORED):
+    def __init__(
+        self,
+        parser,
+        config,
+        config_filename: str = "config.yaml",
+        overwrite: bool = False,
+        multifile: bool = False,
+        save_to_log_dir: bool = True,
+        ignore: Iterable[str] = RESUME_IGNORED,
+    ):
         super().__init__(parser, config, config_filename, overwrite=True, multifile=multifile, save_to_log_dir=save_to_log_dir)
         self.ignore = tuple(ignore)
 
-    def _conflict(self, config_path: str, text: str) -> Optional[str]:
+    def _conflict(self, config_path: str, text: str) -> str | None:
         fs = get_filesystem(config_path)
         if not fs.isfile(config_path):
             return None
@@ -93,9 +106,11 @@ class SaveRunConfig(SaveConfigCallback):
         if not differences:
             return None
         shown = ", ".join(differences[:8]) + (f" and {len(differences) - 8} more" if len(differences) > 8 else "")
-        return (f"{config_path} belongs to a run with a different config (differs in: {shown}); lit-kd does not "
-                "overwrite another run's files. Log this run elsewhere (another trainer.logger save_dir/version, or "
-                "the default logger, which picks a new version directory), or move that run away")
+        return (
+            f"{config_path} belongs to a run with a different config (differs in: {shown}); lit-kd does not "
+            "overwrite another run's files. Log this run elsewhere (another trainer.logger save_dir/version, or "
+            "the default logger, which picks a new version directory), or move that run away"
+        )
 
     def refuse_conflict(self, trainer: L.Trainer) -> None:
         """Raise if the run directory holds a config.yaml of another config. Called by ``lit-kd fit`` right after the
@@ -169,7 +184,7 @@ def best_checkpoint_callback() -> ModelCheckpoint:
 
 
 class LitKDCLI(LightningCLI):
-    def __init__(self, args: Optional[list[str]] = None, extra_callbacks: Optional[list] = None, **kwargs: Any):
+    def __init__(self, args: list[str] | None = None, extra_callbacks: list | None = None, **kwargs: Any):
         self.extra_callbacks = list(extra_callbacks or [])  # added to the trainer's, not recorded in config.yaml
         super().__init__(
             model_class=L.LightningModule,
@@ -237,7 +252,7 @@ class LitKDCLI(LightningCLI):
         """:data:`RESUME_IGNORED`, plus the seed when this run drew one (``seed_everything: true``)."""
         return RESUME_IGNORED + (("seed_everything",) if getattr(self, "_random_seed", False) else ())
 
-    def _resume_run_dir(self, ckpt_path: str, subconfig) -> Optional[Path]:
+    def _resume_run_dir(self, ckpt_path: str, subconfig) -> Path | None:
         """The run directory ``fit --ckpt_path`` continues in: the checkpoint's own, when it is a
         ``<experiment>/version_N/checkpoints/`` of this run's experiment whose ``config.yaml`` is this run's config
         (see the module docstring); otherwise None, and a warning that says why."""
@@ -269,13 +284,14 @@ class LitKDCLI(LightningCLI):
                 shown = ", ".join(differences[:8]) + (f" and {len(differences) - 8} more" if len(differences) > 8 else "")
                 why = f"its run was made with a different config (differs in: {shown})"
         if why:
-            rank_zero_warn(f"fit --ckpt_path {ckpt_path}: {why}; training state is restored from it, but this run "
-                           f"logs to a new version directory and {run_dir} is left as it is")
+            rank_zero_warn(
+                f"fit --ckpt_path {ckpt_path}: {why}; training state is restored from it, but this run "
+                f"logs to a new version directory and {run_dir} is left as it is"
+            )
             return None
         if run_dir.is_relative_to(Path.cwd()):  # our runs log under the relative LOG_ROOT: keep paths comparable
             run_dir = run_dir.relative_to(Path.cwd())
         return run_dir
-
 
     def _default_logger(self) -> TensorBoardLogger:
         """TensorBoard under ``lightning_logs/<experiment>/version_N`` (``<default_root_dir>/<experiment>/version_N``
@@ -291,14 +307,14 @@ class LitKDCLI(LightningCLI):
         return TensorBoardLogger(root, name=experiment_name(subconfig.get("config") or []), default_hp_metric=False)
 
 
-def run(args: Optional[list[str]] = None, extra_callbacks: Optional[list] = None) -> LitKDCLI:
+def run(args: list[str] | None = None, extra_callbacks: list | None = None) -> LitKDCLI:
     """Run the CLI on ``args`` (default ``sys.argv[1:]``) and return the LightningCLI object; ``extra_callbacks``
     join the trainer's callbacks (the study runner's progress line) without entering the saved config."""
     os.environ.setdefault("NM_DISABLE_ANALYTICS", "1")
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
-    import lit_kd.callbacks  # noqa: F401  (short class names in configs resolve to imported subclasses)
-    import lit_kd.data  # noqa: F401
+    import lit_kd.callbacks
+    import lit_kd.data
     import lit_kd.modules  # noqa: F401
 
     return LitKDCLI(args=args, extra_callbacks=extra_callbacks)
@@ -313,7 +329,7 @@ EXTRA_COMMANDS = {  # name -> (module with main(argv), one line for `lit-kd --he
 }
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     """Console-script entry point ``lit-kd``: LightningCLI subcommands, plus the EXTRA_COMMANDS (``ptq``, ``classify``,
     ``export``, ``bench``), each a module with its own ``main(argv)``."""
     argv = sys.argv[1:] if argv is None else argv
@@ -328,8 +344,10 @@ def main(argv: Optional[list[str]] = None) -> None:
             run(["--help"])
         except SystemExit:
             pass
-        print("\nmore subcommands (each with its own --help):\n"
-              + "\n".join(f"  {name:9s} {text}" for name, (_, text) in EXTRA_COMMANDS.items()))
+        print(
+            "\nmore subcommands (each with its own --help):\n"
+            + "\n".join(f"  {name:9s} {text}" for name, (_, text) in EXTRA_COMMANDS.items())
+        )
         if not argv:
             sys.exit(2)
         return

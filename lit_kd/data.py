@@ -15,7 +15,6 @@ import os
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Optional
 
 import lightning as L
 import numpy as np
@@ -78,7 +77,7 @@ class _FolderTree:
         for name in self.names:
             if not name.startswith(prefix):
                 continue
-            rest = name[len(prefix):]
+            rest = name[len(prefix) :]
             if "/" not in rest:
                 raise ValueError(f"{self.path}: {name} lies directly in {split}/; expected {split}/<class>/<image>")
             cls = rest.split("/")[0]
@@ -160,8 +159,10 @@ def load_cifar10_arrays(data_dir: str | Path, download: bool = False, cache_dir:
         raise TypeError(f"data_dir must be a path, got {type(data_dir).__name__}")
     path = Path(data_dir).expanduser()
     if path.is_file() and path.suffix.lower() != ".zip":
-        raise ValueError(f"data_dir {str(path)!r} is a file but not a .zip: expected a torchvision CIFAR-10 root directory, "
-                         "an image-folder directory with train/<class>/* and test/<class>/*, or a .zip of such a tree")
+        raise ValueError(
+            f"data_dir {str(path)!r} is a file but not a .zip: expected a torchvision CIFAR-10 root directory, "
+            "an image-folder directory with train/<class>/* and test/<class>/*, or a .zip of such a tree"
+        )
     is_folder_tree = path.suffix.lower() == ".zip" or (path.is_dir() and (path / "train").is_dir())
     if not is_folder_tree:
         if not path.exists() and not download:
@@ -296,11 +297,11 @@ class CIFAR10DataModule(L.LightningDataModule):
         self,
         data_dir: str = "data/cifar10",
         download: bool = False,
-        cache_dir: Optional[str] = None,
+        cache_dir: str | None = None,
         batch_size: int = 256,
-        eval_batch_size: Optional[int] = None,
+        eval_batch_size: int | None = None,
         num_workers: int = 0,
-        train_size: Optional[int] = None,
+        train_size: int | None = None,
         val_split: int = 0,
         seed: int = 0,
         padding: int = 4,
@@ -340,7 +341,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         """Download (torchvision source) or decode and cache (image folders) once, on the main process."""
         load_cifar10_arrays(self.hparams.data_dir, self.hparams.download, self.hparams.cache_dir)
 
-    def setup(self, stage: Optional[str] = None) -> None:
+    def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
         hp = self.hparams
@@ -403,7 +404,7 @@ class CIFAR10DataModule(L.LightningDataModule):
             images = images.contiguous(memory_format=torch.channels_last)
         return images, labels
 
-    def normalized_batches(self, split: str, batch_size: int = 256, max_images: Optional[int] = None, shuffle: bool = False, device=None):
+    def normalized_batches(self, split: str, batch_size: int = 256, max_images: int | None = None, shuffle: bool = False, device=None):
         """Yield ``(images, labels)`` of ``split``, normalised and never augmented (for calibration and evaluation
         outside a Trainer): at most ``max_images`` images, shuffled with the module's seed, or else a stratified
         subset in stored order (image folders store the test set class by class, so a plain prefix would be biased)."""

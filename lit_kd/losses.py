@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -285,7 +285,7 @@ TERMS: dict[str, type[LossTerm]] = {
 }
 
 
-def build_term(name: str, pairs: Optional[Sequence[Pair]] = None, **kwargs) -> LossTerm:
+def build_term(name: str, pairs: Sequence[Pair] | None = None, **kwargs) -> LossTerm:
     """A loss term by name; feature terms take ``pairs``, others their own keyword arguments."""
     if name not in TERMS:
         raise ValueError(f"unknown loss term {name!r}; available: {sorted(TERMS)}")
@@ -303,7 +303,7 @@ class DistillationLoss(nn.Module):
     """All terms together. ``reduction="mean"``: the plain average of every summand; ``"sum"``: a weighted sum
     with ``weights`` named by term (``soft_ce``) or by summand (``feature_mse_layer2``), default weight 1."""
 
-    def __init__(self, terms: Sequence[LossTerm], reduction: str = "mean", weights: Optional[dict[str, float]] = None):
+    def __init__(self, terms: Sequence[LossTerm], reduction: str = "mean", weights: dict[str, float] | None = None):
         super().__init__()
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be 'mean' (plain average of all terms) or 'sum' (weighted), got {reduction!r}")

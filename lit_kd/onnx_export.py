@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import sys
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -36,8 +32,17 @@ def export_onnx_model(network: nn.Module, out: str | Path, opset: int = 13, qat:
         with warnings.catch_warnings():  # the TorchScript exporter's tracing notes are expected here, not news
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
-            export_onnx(network.eval(), sample, str(out), opset=opset, convert_qat=qat, input_names=["input"],
-                        output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, **EXPORT_KWARGS)
+            export_onnx(
+                network.eval(),
+                sample,
+                str(out),
+                opset=opset,
+                convert_qat=qat,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                **EXPORT_KWARGS,
+            )
     finally:
         sparseml_log.setLevel(level)
     return out
@@ -51,10 +56,14 @@ def graph_facts(path: Path) -> dict:
     onnx.checker.check_model(model)
     ops = Counter(node.op_type for node in model.graph.node)
     batch_dim = model.graph.input[0].type.tensor_type.shape.dim[0]
-    return {"opset": next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
-            "inputs": [i.name for i in model.graph.input], "outputs": [o.name for o in model.graph.output],
-            "dynamic_batch": bool(batch_dim.dim_param), "integer_ops": {op: ops[op] for op in INTEGER_OPS if ops[op]},
-            "op_counts": dict(sorted(ops.items()))}
+    return {
+        "opset": next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+        "inputs": [i.name for i in model.graph.input],
+        "outputs": [o.name for o in model.graph.output],
+        "dynamic_batch": bool(batch_dim.dim_param),
+        "integer_ops": {op: ops[op] for op in INTEGER_OPS if ops[op]},
+        "op_counts": dict(sorted(ops.items())),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- validation
@@ -82,13 +91,19 @@ def validate(path: Path, network: nn.Module, batches: list, batch_size: int, cor
             logits["deepsparse"].append(engine([padded(x, batch_size)])[0][: len(x)])
     labels = torch.cat([y for _, y in batches]).numpy()
     reference = np.concatenate(logits["pytorch"])
-    result = {"images": len(labels), "batch_size": batch_size, "cores": cores,
-              "pytorch": {"acc": float((reference.argmax(1) == labels).mean())}}
+    result = {
+        "images": len(labels),
+        "batch_size": batch_size,
+        "cores": cores,
+        "pytorch": {"acc": float((reference.argmax(1) == labels).mean())},
+    }
     for runtime in ("onnxruntime", "deepsparse"):
         out = np.concatenate(logits[runtime])
-        result[runtime] = {"acc": float((out.argmax(1) == labels).mean()),
-                           "agreement": float((out.argmax(1) == reference.argmax(1)).mean()),
-                           "max_abs_logit_diff": float(np.abs(out - reference).max())}
+        result[runtime] = {
+            "acc": float((out.argmax(1) == labels).mean()),
+            "agreement": float((out.argmax(1) == reference.argmax(1)).mean()),
+            "max_abs_logit_diff": float(np.abs(out - reference).max()),
+        }
     return result
 
 

@@ -51,8 +51,14 @@ def restore_torch_process_state():
     """Every test starts from the same torch process settings: Trainer(deterministic=True) turns deterministic
     algorithms on for the whole process (quantized kernels then refuse to run), benchmarks pin the thread count and
     the quantized engine. Without this a test's outcome would depend on which tests ran before it."""
-    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-             torch.get_num_threads(), torch.backends.quantized.engine, torch.get_default_dtype(), torch.get_rng_state())
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.get_num_threads(),
+        torch.backends.quantized.engine,
+        torch.get_default_dtype(),
+        torch.get_rng_state(),
+    )
     torch.use_deterministic_algorithms(False)
     yield
     torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])

@@ -135,8 +135,16 @@ def test_stale_temp_files_of_dead_processes_are_removed(tmp_path):
     dead_pid = int(dead.stdout)  # exited and reaped: no process has this pid (until it is reused)
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        files = {name: tmp_path / name for name in (f".last.ckpt.tmp{dead_pid}", f".best.ckpt.tmp{alive.pid}",
-                                                    f".last.ckpt.tmp{os.getpid()}", "last.ckpt", "notes.tmp1")}
+        files = {
+            name: tmp_path / name
+            for name in (
+                f".last.ckpt.tmp{dead_pid}",
+                f".best.ckpt.tmp{alive.pid}",
+                f".last.ckpt.tmp{os.getpid()}",
+                "last.ckpt",
+                "notes.tmp1",
+            )
+        }
         for path in files.values():
             path.write_bytes(b"x")
         assert remove_stale_temps(tmp_path) == [files[f".last.ckpt.tmp{dead_pid}"]]
@@ -151,7 +159,7 @@ def test_stale_temp_files_of_dead_processes_are_removed(tmp_path):
 # ------------------------------------------------------------------------------------------------ SIGKILL during checkpoint writes
 # Loaded into the `lit-kd fit` subprocess through PYTHONPATH: its Nth torch.save to a temporary file writes half
 # (or all) of the bytes, fsyncs them, tells the test where it is, and waits there to be killed.
-HANG_HOOK = '''
+HANG_HOOK = """
 import os
 if os.environ.get("LIT_KD_TEST_HANG"):
     import io, time, torch
@@ -177,7 +185,7 @@ if os.environ.get("LIT_KD_TEST_HANG"):
             time.sleep(600)
 
     torch.save = _slow_save
-'''
+"""
 
 # (checkpoint write number in that process, how much of it is on disk when the process is killed). The run's
 # writes: epoch 0 best + last, epoch 1 last, epoch 2 best + last (val/acc 0.3, 0.3, 0.4). So: run 1 is killed half
@@ -208,8 +216,15 @@ def _kill_while_writing(proc: subprocess.Popen, signal_file: Path, log: Path) ->
 
 
 def test_fit_killed_during_checkpoint_writes_resumes_to_the_uninterrupted_weights(tiny_zip, tmp_path, monkeypatch):
-    config = write_config(tmp_path / "killed.yaml", tiny_zip, model="resnet8", epochs=3, train_size=96, lr_scheduler=None,
-                          optimizer={"class_path": "torch.optim.SGD", "init_args": {"lr": 0.02, "momentum": 0.9}})
+    config = write_config(
+        tmp_path / "killed.yaml",
+        tiny_zip,
+        model="resnet8",
+        epochs=3,
+        train_size=96,
+        lr_scheduler=None,
+        optimizer={"class_path": "torch.optim.SGD", "init_args": {"lr": 0.02, "momentum": 0.9}},
+    )
     spec = yaml.safe_load(config.read_text())
     spec["model"]["init_args"]["num_example_images"] = 0
     config.write_text(yaml.safe_dump(spec))
@@ -270,4 +285,3 @@ def test_fit_killed_during_checkpoint_writes_resumes_to_the_uninterrupted_weight
     for key in theirs["state_dict"]:
         assert torch.equal(ours["state_dict"][key], theirs["state_dict"][key]), key
     assert load_state(ckpt_dir / "best.ckpt").keys() == theirs["state_dict"].keys()
-

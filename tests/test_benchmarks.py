@@ -36,8 +36,26 @@ def assert_medians(result: dict, series: dict[str, str], repeats: int) -> None:
 
 
 def test_train_throughput_json(tiny_zip, tmp_path, monkeypatch, two_threads):
-    result = run_script(train_throughput, monkeypatch, "--data", str(tiny_zip), "--model", "resnet8", "--batch-size", "16",
-                        "--warmup", "1", "--steps", "3", "--repeats", "3", "--threads", "1", "--out", str(tmp_path / "t.json"))
+    result = run_script(
+        train_throughput,
+        monkeypatch,
+        "--data",
+        str(tiny_zip),
+        "--model",
+        "resnet8",
+        "--batch-size",
+        "16",
+        "--warmup",
+        "1",
+        "--steps",
+        "3",
+        "--repeats",
+        "3",
+        "--threads",
+        "1",
+        "--out",
+        str(tmp_path / "t.json"),
+    )
     assert torch.get_num_threads() == 1 and result["machine"]["torch_threads"] == 1 and result["machine"]["cpu"]
     settings = ("model", "batch_size", "warmup_steps", "timed_steps", "repeats")
     assert [result[k] for k in settings] == ["resnet8", 16, 1, 3, 3]
@@ -48,13 +66,33 @@ def test_train_throughput_json(tiny_zip, tmp_path, monkeypatch, two_threads):
 
 
 def test_distill_overhead_json(tiny_zip, tmp_path, monkeypatch, two_threads):
-    result = run_script(distill_overhead, monkeypatch, "--data", str(tiny_zip), "--student", "resnet8", "--teacher", "resnet20",
-                        "--batch-size", "16", "--warmup", "1", "--steps", "2", "--repeats", "2", "--threads", "1",
-                        "--out", str(tmp_path / "d.json"))
+    result = run_script(
+        distill_overhead,
+        monkeypatch,
+        "--data",
+        str(tiny_zip),
+        "--student",
+        "resnet8",
+        "--teacher",
+        "resnet20",
+        "--batch-size",
+        "16",
+        "--warmup",
+        "1",
+        "--steps",
+        "2",
+        "--repeats",
+        "2",
+        "--threads",
+        "1",
+        "--out",
+        str(tmp_path / "d.json"),
+    )
     assert torch.get_num_threads() == 1 and result["machine"]["torch_threads"] == 1
     assert (result["student"], result["teacher"], result["repeats"], result["timed_steps"]) == ("resnet8", "resnet20", 2, 2)
-    assert_medians(result, {"student_alone_images_per_s": "student_alone_median", "with_teacher_images_per_s": "with_teacher_median"},
-                   repeats=2)
+    assert_medians(
+        result, {"student_alone_images_per_s": "student_alone_median", "with_teacher_images_per_s": "with_teacher_median"}, repeats=2
+    )
     assert result["ratio_of_medians"] == pytest.approx(result["with_teacher_median"] / result["student_alone_median"])
 
 
@@ -69,9 +107,28 @@ def test_kd_vs_data_only_json(tiny_zip, tmp_path, monkeypatch, two_threads):
     trainer = L.Trainer(max_steps=2, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     trainer.fit(ClassifierModule("resnet8", num_example_images=0), CIFAR10DataModule(data_dir=str(tiny_zip), batch_size=16))
     trainer.save_checkpoint(tmp_path / "teacher.ckpt", weights_only=True)
-    result = run_script(kd_vs_data_only, monkeypatch, "--data", str(tiny_zip), "--teacher-ckpt", str(tmp_path / "teacher.ckpt"),
-                        "--student", "resnet8", "--train-size", "64", "--epochs", "1", "--batch-size", "32", "--seeds", "0",
-                        "--threads", "1", "--out", str(tmp_path / "k.json"))
+    result = run_script(
+        kd_vs_data_only,
+        monkeypatch,
+        "--data",
+        str(tiny_zip),
+        "--teacher-ckpt",
+        str(tmp_path / "teacher.ckpt"),
+        "--student",
+        "resnet8",
+        "--train-size",
+        "64",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--seeds",
+        "0",
+        "--threads",
+        "1",
+        "--out",
+        str(tmp_path / "k.json"),
+    )
     assert torch.get_num_threads() == 1 and result["machine"]["torch_threads"] == 1
     assert [r["seed"] for r in result["runs"]] == [0] and (result["train_size"], result["epochs"]) == (64, 1)
     run = result["runs"][0]
@@ -92,13 +149,15 @@ def test_quant_speed_json(tmp_path, monkeypatch, two_threads):
     result = run_script(quant_speed, monkeypatch, "--models", "resnet8", "resnet20", *QUANT_TINY, "--out", str(tmp_path / "q.json"))
     assert result["models"] == ["resnet8", "resnet20"] and result["ckpt"] is None
     assert {(r["model"], r["runtime"], r["batch"]) for r in result["rows"]} == {
-        (m, rt, b) for m in ("resnet8", "resnet20") for rt in QUANT_RUNTIMES for b in (1, 32)}
+        (m, rt, b) for m in ("resnet8", "resnet20") for rt in QUANT_RUNTIMES for b in (1, 32)
+    }
     for row in result["rows"]:
         assert len(row["latency_ms_per_repeat"]) == 3 and row["iterations"] == {1: 2, 32: 1}[row["batch"]]
         assert row["latency_ms_median"] == pytest.approx(statistics.median(row["latency_ms_per_repeat"]))
         assert row["images_per_s"] == pytest.approx(row["batch"] * 1000 / row["latency_ms_median"])
-        base = next(r for r in result["rows"]
-                    if (r["model"], r["batch"], r["runtime"]) == (row["model"], row["batch"], "pytorch fp32 eager"))
+        base = next(
+            r for r in result["rows"] if (r["model"], r["batch"], r["runtime"]) == (row["model"], row["batch"], "pytorch fp32 eager")
+        )
         assert row["speedup_vs_fp32_eager"] == pytest.approx(row["images_per_s"] / base["images_per_s"])
     assert torch.get_num_threads() == 1 and result["machine"]["torch_threads"] == 1
     assert result["onnxruntime_threads"] == {"intra_op": 1, "inter_op": 1}

@@ -30,8 +30,9 @@ class WorseEveryEpoch(L.LightningModule):
 def fit(tmp_path, callback, epochs=3):
     data = DataLoader(TensorDataset(torch.randn(8, 4)), batch_size=4)
     callback.dirpath = tmp_path
-    trainer = L.Trainer(max_epochs=epochs, callbacks=[callback], logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu")
+    trainer = L.Trainer(
+        max_epochs=epochs, callbacks=[callback], logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu"
+    )
     trainer.fit(WorseEveryEpoch(), data, data)
     return trainer
 

@@ -34,11 +34,11 @@ def test_python_nn_module_is_not_pickled_into_hparams():
     module = ClassifierModule(net)
     assert "model" not in module.hparams and module.model is net
     assert ClassifierModule("resnet20").hparams.model == "resnet20"
-    with pytest.raises(ValueError, match="model_kwargs only apply"):
+    with pytest.raises(ValueError, match=r"model_kwargs only apply"):
         ClassifierModule(net, model_kwargs={"shortcut": "B"})
-    with pytest.raises(TypeError, match="architecture name or an nn.Module"):
+    with pytest.raises(TypeError, match=r"architecture name or an nn\.Module"):
         ClassifierModule(42)
-    with pytest.raises(ValueError, match="scheduler_interval"):
+    with pytest.raises(ValueError, match=r"scheduler_interval"):
         ClassifierModule("resnet20", scheduler_interval="batch")
 
 
@@ -82,8 +82,9 @@ def test_atomic_checkpoint_is_fsynced_before_the_rename(tmp_path, monkeypatch):
     calls = []
     fsync, replace = os.fsync, os.replace
     monkeypatch.setattr(atomic.os, "fsync", lambda fd: calls.append("fsync") or fsync(fd))
-    monkeypatch.setattr(atomic.os, "replace",
-                        lambda src, dst: calls.append(("replace", Path(src).name, Path(dst).name)) or replace(src, dst))
+    monkeypatch.setattr(
+        atomic.os, "replace", lambda src, dst: calls.append(("replace", Path(src).name, Path(dst).name)) or replace(src, dst)
+    )
     AtomicCheckpointIO().save_checkpoint({"step": 1}, tmp_path / "last.ckpt")
     assert calls == ["fsync", ("replace", f".last.ckpt.tmp{os.getpid()}", "last.ckpt"), "fsync"]
     assert torch.load(tmp_path / "last.ckpt")["step"] == 1

@@ -90,15 +90,15 @@ class _WritesMarker:
 def test_a_crafted_checkpoint_is_refused_and_runs_nothing(tmp_path, tiny_zip, capsys):
     import torch
 
-    from lit_kd.commands.classify import main
     from lit_kd.checkpoints import read_checkpoint
+    from lit_kd.commands.classify import main
 
     marker = tmp_path / "pwned"
     crafted = tmp_path / "crafted.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": {"model": "resnet8"}, "payload": _WritesMarker(marker)}, crafted)
-    with pytest.raises(ValueError, match="refused to load .* pickled Python objects .* LIT_KD_TRUST_CHECKPOINTS=1"):
+    with pytest.raises(ValueError, match=r"refused to load .* pickled Python objects .* LIT_KD_TRUST_CHECKPOINTS=1"):
         read_checkpoint(crafted)
-    with pytest.raises(SystemExit, match="lit-kd classify: error: --ckpt: refused to load") as exit:
+    with pytest.raises(SystemExit, match=r"lit-kd classify: error: --ckpt: refused to load") as exit:
         main(["--ckpt", str(crafted), "--data", str(tiny_zip)])
     assert isinstance(exit.value.code, str)  # a failure (exit status 1) with one line, not a usage error
     assert not marker.exists()

@@ -67,7 +67,9 @@ def test_console_script_fit_test_and_ddp(tiny_zip, workdir):
     )
     ckpt = torch.load(workdir / "lightning_logs/ddp/version_0/checkpoints/last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 240 // 2 // 24  # each of the two processes saw half the batches
-    out = run_console_script("test", "--config", config, "--ckpt_path", workdir / "lightning_logs/ddp/version_0/checkpoints/last.ckpt", cwd=workdir)
+    out = run_console_script(
+        "test", "--config", config, "--ckpt_path", workdir / "lightning_logs/ddp/version_0/checkpoints/last.ckpt", cwd=workdir
+    )
     assert "test/acc" in out.stdout
 
 
@@ -90,11 +92,17 @@ def test_load_from_checkpoint_rebuilds_named_model(tiny_zip, workdir):
 def test_module_from_class_path(tiny_zip, workdir):
     config = write_config(workdir / "classpath.yaml", tiny_zip, epochs=1)
     run_cli(
-        "fit", "--config", config,
-        "--model.model", "torchvision.models.ResNet",
-        "--model.model.block", "torchvision.models.resnet.BasicBlock",
-        "--model.model.layers", "[1, 1, 1, 1]",
-        "--model.model.num_classes", "10",
+        "fit",
+        "--config",
+        config,
+        "--model.model",
+        "torchvision.models.ResNet",
+        "--model.model.block",
+        "torchvision.models.resnet.BasicBlock",
+        "--model.model.layers",
+        "[1, 1, 1, 1]",
+        "--model.model.num_classes",
+        "10",
     )
     hparams = yaml.safe_load((workdir / "lightning_logs/classpath/version_0/hparams.yaml").read_text())
     assert hparams["model"]["class_path"] == "torchvision.models.ResNet"
@@ -141,14 +149,42 @@ def test_fit_ckpt_path_of_another_run_never_writes_into_it(tiny_zip, workdir):
     assert Path(cli.trainer.log_dir).resolve() == (workdir / "lightning_logs" / "b" / "version_0").resolve()
     # a logger pointed into run A with another config: refused before anything is written there
     with pytest.raises(ValueError, match=r"config.yaml belongs to a run with a different config \(differs in: .*data.init_args.batch_size"):
-        run_cli("fit", "--config", config, "--data.init_args.batch_size", "16", "--trainer.max_epochs", "2", "--ckpt_path", best,
-                "--trainer.logger", "lightning.pytorch.loggers.TensorBoardLogger", "--trainer.logger.save_dir", "lightning_logs",
-                "--trainer.logger.name", "a", "--trainer.logger.version", "version_0")
+        run_cli(
+            "fit",
+            "--config",
+            config,
+            "--data.init_args.batch_size",
+            "16",
+            "--trainer.max_epochs",
+            "2",
+            "--ckpt_path",
+            best,
+            "--trainer.logger",
+            "lightning.pytorch.loggers.TensorBoardLogger",
+            "--trainer.logger.save_dir",
+            "lightning_logs",
+            "--trainer.logger.name",
+            "a",
+            "--trainer.logger.version",
+            "version_0",
+        )
     assert _snapshot(run_a) == before
     # `test` logging into run A (the study's reproduction command does) leaves its config.yaml as it is
-    run_cli("test", "--config", run_a / "config.yaml", "--ckpt_path", best,
-            "--trainer.logger", "lightning.pytorch.loggers.TensorBoardLogger", "--trainer.logger.save_dir", "lightning_logs",
-            "--trainer.logger.name", "a", "--trainer.logger.version", "version_0")
+    run_cli(
+        "test",
+        "--config",
+        run_a / "config.yaml",
+        "--ckpt_path",
+        best,
+        "--trainer.logger",
+        "lightning.pytorch.loggers.TensorBoardLogger",
+        "--trainer.logger.save_dir",
+        "lightning_logs",
+        "--trainer.logger.name",
+        "a",
+        "--trainer.logger.version",
+        "version_0",
+    )
     assert (run_a / "config.yaml").read_bytes() == before["config.yaml"]
 
     # the same config (a longer budget) continues in run A
@@ -162,10 +198,18 @@ def test_fit_ckpt_path_of_another_run_never_writes_into_it(tiny_zip, workdir):
 def test_config_differences_ignore_only_the_resume_keys():
     from lit_kd.cli import config_differences
 
-    saved = {"seed_everything": 0, "ckpt_path": None, "trainer": {"max_epochs": 3, "enable_progress_bar": True, "callbacks": None},
-             "model": {"init_args": {"lr": 0.1}}}
-    resumed = {"seed_everything": 0, "ckpt_path": "x/last.ckpt", "trainer": {"max_epochs": 9, "enable_progress_bar": False,
-               "callbacks": None, "model_registry": None}, "model": {"init_args": {"lr": 0.1}}}
+    saved = {
+        "seed_everything": 0,
+        "ckpt_path": None,
+        "trainer": {"max_epochs": 3, "enable_progress_bar": True, "callbacks": None},
+        "model": {"init_args": {"lr": 0.1}},
+    }
+    resumed = {
+        "seed_everything": 0,
+        "ckpt_path": "x/last.ckpt",
+        "trainer": {"max_epochs": 9, "enable_progress_bar": False, "callbacks": None, "model_registry": None},
+        "model": {"init_args": {"lr": 0.1}},
+    }
     assert config_differences(saved, resumed) == []  # a new trainer argument of a newer Lightning counts as null
     assert config_differences(saved, resumed | {"seed_everything": 1}) == ["seed_everything"]
     assert config_differences(saved, {**resumed, "model": {"init_args": {"lr": 0.2}}}) == ["model.init_args.lr"]
@@ -192,8 +236,15 @@ def test_atomic_checkpoint_io_composes_with_user_plugins(tiny_zip, workdir):
 
     # through the CLI: an environment plugin given with --trainer.plugins keeps the checkpoints atomic
     config = write_config(workdir / "plugins.yaml", tiny_zip, model="resnet8", epochs=1, train_size=32, lr_scheduler=None)
-    cli = run_cli("fit", "--config", config, "--trainer.plugins", "lightning.fabric.plugins.environments.LightningEnvironment",
-                  "--trainer.limit_val_batches", "1")
+    cli = run_cli(
+        "fit",
+        "--config",
+        config,
+        "--trainer.plugins",
+        "lightning.fabric.plugins.environments.LightningEnvironment",
+        "--trainer.limit_val_batches",
+        "1",
+    )
     assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
     assert isinstance(cli.trainer._accelerator_connector.cluster_environment, LightningEnvironment)
     assert (workdir / "lightning_logs/plugins/version_0/checkpoints/last.ckpt").is_file()

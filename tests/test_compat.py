@@ -20,8 +20,10 @@ def python(code: str) -> subprocess.CompletedProcess:
 def test_onnxruntime_quantization_import_needs_the_int4_patch():
     bare = python("import onnxruntime.quantization")
     assert bare.returncode != 0 and "INT4" in bare.stderr
-    patched = python("from lit_kd.compat.onnxruntime_quantization import patch_onnx_int4_constants as p; p(); "
-                     "import onnx, onnxruntime.quantization; print(onnx.TensorProto.INT4, onnx.TensorProto.UINT4)")
+    patched = python(
+        "from lit_kd.compat.onnxruntime_quantization import patch_onnx_int4_constants as p; p(); "
+        "import onnx, onnxruntime.quantization; print(onnx.TensorProto.INT4, onnx.TensorProto.UINT4)"
+    )
     assert patched.returncode == 0, patched.stderr
     assert patched.stdout.split() == ["22", "21"]
 
@@ -39,8 +41,16 @@ def test_static_qdq_model_runs_in_onnxruntime_and_tracks_the_float_model(tmp_pat
     model = build_model("resnet8").eval()
     calib = [torch.randn(16, 3, 32, 32) for _ in range(2)]
     fp32 = tmp_path / "fp32.onnx"
-    torch.onnx.export(model, (calib[0][:1],), str(fp32), input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False)
+    torch.onnx.export(
+        model,
+        (calib[0][:1],),
+        str(fp32),
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
     int8 = quantize_static_qdq(fp32, tmp_path / "int8.onnx", [x.numpy() for x in calib])
     session = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
     ops = {node.op_type for node in __import__("onnx").load(str(int8)).graph.node}

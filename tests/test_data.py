@@ -172,14 +172,14 @@ def _all_classes(split_prefix="", skip=(), extra=(), image=None):
 
 
 def test_missing_path_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist.*torchvision CIFAR-10 root.*image-folder"):
+    with pytest.raises(FileNotFoundError, match=r"does not exist.*torchvision CIFAR-10 root.*image-folder"):
         load_cifar10_arrays(tmp_path / "nowhere")
-    with pytest.raises(FileNotFoundError, match="nowhere.zip"):
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.zip"):
         load_cifar10_arrays(tmp_path / "nowhere.zip")
 
 
 def test_torchvision_root_without_archive_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no torchvision CIFAR-10 found.*download: true"):
+    with pytest.raises(FileNotFoundError, match=r"no torchvision CIFAR-10 found.*download: true"):
         load_cifar10_arrays(tmp_path)
 
 
@@ -192,7 +192,7 @@ def test_zip_without_train_and_test(tmp_path):
 def test_not_a_zip(tmp_path):
     path = tmp_path / "broken.zip"
     path.write_bytes(b"not a zip at all")
-    with pytest.raises(ValueError, match="not a valid zip"):
+    with pytest.raises(ValueError, match=r"not a valid zip"):
         load_cifar10_arrays(path, cache_dir=tmp_path)
 
 
@@ -221,12 +221,12 @@ def test_corrupt_file_named(tmp_path):
 
 
 def test_bad_datamodule_arguments(tiny_zip):
-    with pytest.raises(ValueError, match="val_split must be 0"):
+    with pytest.raises(ValueError, match=r"val_split must be 0"):
         CIFAR10DataModule(data_dir=str(tiny_zip), val_split=-1)
     dm = CIFAR10DataModule(data_dir=str(tiny_zip), train_size=10_000)
     with pytest.raises(ValueError, match=r"train_size must be in 1..240"):
         dm.setup("fit")
-    with pytest.raises(ValueError, match="rrc_scale"):
+    with pytest.raises(ValueError, match=r"rrc_scale"):
         CIFAR10DataModule(data_dir=str(tiny_zip), rrc_scale=(0.5, 2.0))
 
 

@@ -53,8 +53,13 @@ class TeacherWatch(L.Callback):
 
 def test_teacher_is_frozen_bit_identical_and_always_in_eval(tiny_zip, teacher_ckpts):
     L.seed_everything(0)
-    module = DistillationModule(student="resnet20", teacher_ckpt=teacher_ckpts["resnet18"], losses=["ce", "soft_ce", "attention"],
-                                feature_pairs=[{"student": "layer3", "teacher": "layer3"}], num_example_images=0)
+    module = DistillationModule(
+        student="resnet20",
+        teacher_ckpt=teacher_ckpts["resnet18"],
+        losses=["ce", "soft_ce", "attention"],
+        feature_pairs=[{"student": "layer3", "teacher": "layer3"}],
+        num_example_images=0,
+    )
     module.configure_teacher()
     before = {k: v.clone() for k, v in module.teacher.state_dict().items()}
     student_before = {k: v.clone() for k, v in module.model.state_dict().items()}
@@ -82,8 +87,13 @@ def test_hooks_on_a_plain_torchvision_model_are_removed_after_fit(tiny_zip):
         assert taps.features["layer2"].shape == (2, 128, 8, 8) and taps.features["layer4.1.conv2"].shape == (2, 512, 2, 2)
     assert not teacher.layer2._forward_hooks and not teacher.layer4[1].conv2._forward_hooks
 
-    module = DistillationModule(student=student, teacher=teacher, losses=["ce", "feature_mse"], num_example_images=0,
-                                feature_pairs=[{"student": "layer1", "teacher": "layer1"}, {"student": "layer4.1", "teacher": "layer4.1"}])
+    module = DistillationModule(
+        student=student,
+        teacher=teacher,
+        losses=["ce", "feature_mse"],
+        num_example_images=0,
+        feature_pairs=[{"student": "layer1", "teacher": "layer1"}, {"student": "layer4.1", "teacher": "layer4.1"}],
+    )
     trainer = quiet_trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1)
     trainer.fit(module, CIFAR10DataModule(data_dir=str(tiny_zip), batch_size=8))
     assert trainer.callback_metrics["train/loss_feature_mse_layer4.1"] > 0
@@ -94,8 +104,12 @@ def test_hooks_on_a_plain_torchvision_model_are_removed_after_fit(tiny_zip):
 
 
 def test_shape_mismatch_without_adapter_is_a_clear_error(teacher_ckpts):
-    module = DistillationModule(student="resnet20", teacher_ckpt=teacher_ckpts["resnet18"], losses=["ce", "feature_mse"],
-                                feature_pairs=[{"student": "layer1", "teacher": "layer1"}])
+    module = DistillationModule(
+        student="resnet20",
+        teacher_ckpt=teacher_ckpts["resnet18"],
+        losses=["ce", "feature_mse"],
+        feature_pairs=[{"student": "layer1", "teacher": "layer1"}],
+    )
     with pytest.raises(ValueError, match=r"student 'layer1' \(16, 32, 32\) vs teacher 'layer1' \(64, 32, 32\).*regressor"):
         module.configure_teacher()
 
@@ -114,26 +128,41 @@ def test_teacher_sources(teacher_ckpts, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(from_ckpt.state_dict().values(), by_name.state_dict().values()))
     in_memory = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
     assert DistillationModule(teacher=in_memory).teacher is in_memory
-    with pytest.raises(ValueError, match="given by architecture name only: set teacher_ckpt"):
+    with pytest.raises(ValueError, match=r"given by architecture name only: set teacher_ckpt"):
         teacher_of(teacher="resnet18")
     with pytest.raises(ValueError, match=r"does not fit ResNet.*another architecture"):
         teacher_of(teacher="resnet50", teacher_ckpt=teacher_ckpts["resnet18"])
-    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.ckpt"):
         teacher_of(teacher_ckpt=str(tmp_path / "missing.ckpt"))
 
 
 def test_distilled_checkpoint_has_no_teacher_and_tests_without_it(tiny_zip, teacher_ckpts, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = REPO / "experiments" / "kd_regressor.yaml"
-    run_cli("fit", "--config", config, "--model.teacher_ckpt", teacher_ckpts["resnet18"], "--data.data_dir", tiny_zip,
-            "--data.batch_size", "16", "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "4")
+    run_cli(
+        "fit",
+        "--config",
+        config,
+        "--model.teacher_ckpt",
+        teacher_ckpts["resnet18"],
+        "--data.data_dir",
+        tiny_zip,
+        "--data.batch_size",
+        "16",
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.limit_train_batches",
+        "4",
+    )
     run_dir = tmp_path / "lightning_logs" / "kd_regressor" / "version_0"
     best = run_dir / "checkpoints" / "best.ckpt"
     state = torch.load(best, weights_only=False)["state_dict"]
     assert not any(k.startswith("teacher.") for k in state)
     assert any(k.startswith("criterion.terms.1.regressors.0") for k in state)  # the trained regressor is kept
     events = read_events(run_dir)
-    assert {"train/loss_ce", "train/loss_regressor_layer1", "train/loss_regressor_layer3", "teacher/val_acc"} <= set(events.Tags()["scalars"])
+    assert {"train/loss_ce", "train/loss_regressor_layer1", "train/loss_regressor_layer3", "teacher/val_acc"} <= set(
+        events.Tags()["scalars"]
+    )
     best_val = max(scalars(run_dir, "val/acc"))
 
     # the teacher check logs exactly the teacher's accuracy on the validation (here: test) set
@@ -155,7 +184,7 @@ def test_distilled_checkpoint_has_no_teacher_and_tests_without_it(tiny_zip, teac
     assert tested.trainer.callback_metrics["test/acc"].item() == pytest.approx(best_val, abs=1e-6)
     student = load_network(best)  # later stages: the student alone, no Lightning, no teacher
     assert type(student).__name__ == "CifarResNet" and not student.training
-    with pytest.raises(ValueError, match="needs a teacher to fit"):
+    with pytest.raises(ValueError, match=r"needs a teacher to fit"):
         quiet_trainer(max_steps=1).fit(DistillationModule(), dm)
 
 
@@ -164,9 +193,25 @@ def test_every_distillation_config_fits_through_the_cli(config, tiny_zip, teache
     monkeypatch.chdir(tmp_path)
     arch = re.search(r"teacher_(resnet\d+)", config.read_text()).group(1)
     cli = run_cli(
-        "fit", "--config", config, "--model.teacher_ckpt", teacher_ckpts[arch], "--data.data_dir", tiny_zip,
-        "--data.batch_size", "8", "--data.eval_batch_size", "30", "--trainer.max_epochs", "1",
-        "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1", "--model.teacher_check_batches", "1",
+        "fit",
+        "--config",
+        config,
+        "--model.teacher_ckpt",
+        teacher_ckpts[arch],
+        "--data.data_dir",
+        tiny_zip,
+        "--data.batch_size",
+        "8",
+        "--data.eval_batch_size",
+        "30",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "2",
+        "--trainer.limit_val_batches",
+        "1",
+        "--model.teacher_check_batches",
+        "1",
     )
     metrics = cli.trainer.callback_metrics
     names = [k.removeprefix("train/loss_") for k in metrics if k.startswith("train/loss_")]

@@ -32,18 +32,32 @@ def ckpts(tiny_zip, tmp_path_factory) -> dict[str, Path]:
     try:
         dense = run_cli("fit", "--config", write_config(root / "dense.yaml", tiny_zip, model="resnet8", epochs=1))
         sparse = run_cli("fit", "--config", recipe_config(root / "sparse.yaml", tiny_zip))
-        distiller = DistillationModule(student="resnet8", teacher=load_network(dense.trainer.checkpoint_callback.last_model_path),
-                                       losses=["ce", {"name": "regressor", "kernel_size": 1}], num_example_images=0,
-                                       feature_pairs=[{"student": "layer1", "teacher": "layer1"}])
-        trainer = L.Trainer(max_steps=2, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                            enable_model_summary=False)
+        distiller = DistillationModule(
+            student="resnet8",
+            teacher=load_network(dense.trainer.checkpoint_callback.last_model_path),
+            losses=["ce", {"name": "regressor", "kernel_size": 1}],
+            num_example_images=0,
+            feature_pairs=[{"student": "layer1", "teacher": "layer1"}],
+        )
+        trainer = L.Trainer(
+            max_steps=2,
+            limit_val_batches=0,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
         trainer.fit(distiller, CIFAR10DataModule(data_dir=str(tiny_zip), batch_size=32))
         trainer.save_checkpoint(root / "distilled.ckpt")
     finally:
         os.chdir(cwd)
         torch.use_deterministic_algorithms(deterministic)
-    return {"dense": root / dense.trainer.checkpoint_callback.last_model_path, "root": root,
-            "sparse": root / sparse.trainer.checkpoint_callback.last_model_path, "distilled": root / "distilled.ckpt"}
+    return {
+        "dense": root / dense.trainer.checkpoint_callback.last_model_path,
+        "root": root,
+        "sparse": root / sparse.trainer.checkpoint_callback.last_model_path,
+        "distilled": root / "distilled.ckpt",
+    }
 
 
 def export(ckpt: Path, out: Path, data: Path, *extra: str) -> dict:
@@ -115,7 +129,9 @@ def test_the_runs_config_can_name_architecture_and_recipe(exported, ckpts, tiny_
     path = ckpts["root"] / "from_config.onnx"
     report = export(ckpts["sparse"], path, tiny_zip, "--config", str(config))
     x, _ = read_test_set(tiny_zip)
-    ours, theirs = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0] for p in (path, exported["sparse"][0]))
+    ours, theirs = (
+        ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0] for p in (path, exported["sparse"][0])
+    )
     assert report["precision"] == "int8" and np.array_equal(ours, theirs)
 
 
@@ -174,9 +190,9 @@ def test_sparseml_qat_export_needs_the_export_kwargs(tmp_path):
     stack lacks); ``EXPORT_KWARGS`` (the TorchScript exporter) makes the same call work."""
     from sparseml.pytorch.utils import export_onnx
 
-    from lit_kd.sparse.recipe import build_manager, quiet_loggers
     from lit_kd.compat.sparseml import EXPORT_KWARGS
     from lit_kd.models import build_model
+    from lit_kd.sparse.recipe import build_manager, quiet_loggers
 
     network = build_model("resnet8")
     build_manager(QAT_RECIPE).apply_structure(network, epoch=0.0, loggers=quiet_loggers())
@@ -190,11 +206,36 @@ def test_sparseml_qat_export_needs_the_export_kwargs(tmp_path):
 
 def test_bench_cli_on_the_exports(exported, ckpts, tmp_path):
     out = tmp_path / "bench.json"
-    main(["bench", "--baseline", str(exported["dense"][0]), "--sparse", str(exported["sparse"][0]), "--ckpt", str(ckpts["dense"]),
-          "--cores", "1", "--warmup", "1", "--iterations-b1", "3", "--iterations-b32", "2", "--out", str(out)])
+    main(
+        [
+            "bench",
+            "--baseline",
+            str(exported["dense"][0]),
+            "--sparse",
+            str(exported["sparse"][0]),
+            "--ckpt",
+            str(ckpts["dense"]),
+            "--cores",
+            "1",
+            "--warmup",
+            "1",
+            "--iterations-b1",
+            "3",
+            "--iterations-b32",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     result = json.loads(out.read_text())
-    settings = {("dense fp32", "deepsparse"), ("dense fp32", "onnxruntime"), ("pruned-quantized", "deepsparse"),
-                ("pruned-quantized", "onnxruntime"), ("dense fp32", "pytorch fp32 eager"), ("dense int8", "pytorch int8 (fx, x86)")}
+    settings = {
+        ("dense fp32", "deepsparse"),
+        ("dense fp32", "onnxruntime"),
+        ("pruned-quantized", "deepsparse"),
+        ("pruned-quantized", "onnxruntime"),
+        ("dense fp32", "pytorch fp32 eager"),
+        ("dense int8", "pytorch int8 (fx, x86)"),
+    }
     assert {(r["model"], r["runtime"], r["batch"]) for r in result["rows"]} == {(*s, b) for s in settings for b in (1, 32)}
     for row in result["rows"]:
         assert row["latency_ms_p90"] >= row["latency_ms_median"] > 0
@@ -203,7 +244,10 @@ def test_bench_cli_on_the_exports(exported, ckpts, tmp_path):
     key = "deepsparse pruned-quantized vs onnxruntime dense fp32, batch 32"
     assert result["ratios"][key] == pytest.approx(ips["pruned-quantized", "deepsparse", 32] / ips["dense fp32", "onnxruntime", 32])
     assert result["machine"]["cores_used"] == 1 and result["machine"]["cpu"] and result["machine"]["isa"]
-    assert f"deepsparse.benchmark {exported['sparse'][0]} --batch_size 32 --num_cores 1 --scenario sync" in result["deepsparse_benchmark_commands"]
+    assert (
+        f"deepsparse.benchmark {exported['sparse'][0]} --batch_size 32 --num_cores 1 --scenario sync"
+        in result["deepsparse_benchmark_commands"]
+    )
 
 
 def test_bench_refuses_a_qat_checkpoint_for_the_pytorch_rows(exported, ckpts, capsys):

@@ -26,7 +26,10 @@ def pruning_config(path: Path, data_dir: Path, epochs: int, module: dict | None 
     if module is not None:
         config["model"] = module
     callback_args = {"target_nonzero": TARGET, "prune_fraction": 0.5, "finetune_epochs": 2} | callback_args
-    config["trainer"] |= {"limit_train_batches": 3, "callbacks": [{"class_path": "lit_kd.callbacks.IterativePruning", "init_args": callback_args}]}
+    config["trainer"] |= {
+        "limit_train_batches": 3,
+        "callbacks": [{"class_path": "lit_kd.callbacks.IterativePruning", "init_args": callback_args}],
+    }
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -49,7 +52,7 @@ def full_run(tiny_zip, tmp_path_factory):
 
 
 def test_prunes_to_the_exact_target_in_shrinking_cycles(full_run):
-    root, run_dir, history = full_run
+    _root, run_dir, history = full_run
     assert [epoch for epoch, _ in history] == [0, 2]
     counts = [count for _, count in history]
     assert counts[0] > counts[1] == TARGET
@@ -81,7 +84,7 @@ def test_resume_mid_run_matches_uninterrupted_and_pruned_weights_stay_zero(full_
     checkpoint = torch.load(short_last, map_location="cpu", weights_only=False)
     masks = checkpoint["callbacks"]["IterativePruning"]["masks"]
     assert len(masks) == 8  # every conv and linear weight of ResNet-8 (its shortcuts have none)
-    early_state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    early_state = {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
     for name, mask in masks.items():  # an epoch of SGD with momentum and weight decay after the first cycle
         assert torch.all(early_state[name][~mask] == 0) and torch.all(early_state[name][mask] != 0), name
 
@@ -105,12 +108,29 @@ def test_distillation_prunes_the_student_only(tiny_zip, in_tmp):
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.bias.uniform_(0.01, 0.1)
     torch.save(teacher.state_dict(), in_tmp / "teacher.pt")
-    module = {"class_path": "lit_kd.modules.DistillationModule", "init_args": {
-        "student": "resnet8", "teacher": "resnet8", "teacher_ckpt": str(in_tmp / "teacher.pt"), "optimizer": SGD,
-        "num_example_images": 0, "teacher_check_batches": 0}}
+    module = {
+        "class_path": "lit_kd.modules.DistillationModule",
+        "init_args": {
+            "student": "resnet8",
+            "teacher": "resnet8",
+            "teacher_ckpt": str(in_tmp / "teacher.pt"),
+            "optimizer": SGD,
+            "num_example_images": 0,
+            "teacher_check_batches": 0,
+        },
+    }
     target = 15_000  # 73,728 prunable weights without the first conv and the classifier: 50 % twice, then land
-    config = pruning_config(in_tmp / "kd_prune.yaml", tiny_zip, epochs=3, module=module, target_nonzero=target,
-                            finetune_epochs=1, scope="layerwise", prune_first_conv=False, prune_classifier=False)
+    config = pruning_config(
+        in_tmp / "kd_prune.yaml",
+        tiny_zip,
+        epochs=3,
+        module=module,
+        target_nonzero=target,
+        finetune_epochs=1,
+        scope="layerwise",
+        prune_first_conv=False,
+        prune_classifier=False,
+    )
     cli = run_cli("fit", "--config", config)
     history = pruning_callback(cli).history
     assert [epoch for epoch, _ in history] == [0, 1, 2]
@@ -124,16 +144,25 @@ def test_distillation_prunes_the_student_only(tiny_zip, in_tmp):
     student = load_network(Path(cli.trainer.logger.log_dir) / "checkpoints" / "last.ckpt")
     assert nonzero(student) == target
     assert int((student.conv1.weight == 0).sum()) == 0 and int((student.linear.weight == 0).sum()) == 0
-    densities = [float((m.weight != 0).float().mean()) for n, m in student.named_modules()
-                 if isinstance(m, torch.nn.Conv2d) and n != "conv1"]
+    densities = [
+        float((m.weight != 0).float().mean()) for n, m in student.named_modules() if isinstance(m, torch.nn.Conv2d) and n != "conv1"
+    ]
     assert max(densities) - min(densities) < 0.01  # layerwise: every pruned layer keeps the same share
 
 
-@pytest.mark.parametrize(("bad", "good", "options", "message"), [
-    (RESNET8_PARAMS + 1, RESNET8_PARAMS, {}, f"target_nonzero=75,291 is larger than the network's {RESNET8_PARAMS:,} parameters"),
-    (489, 490, {}, "target_nonzero=489 is below the network's 490 parameters that are never pruned"),
-    (1_561, 1_562, {"prune_first_conv": False, "prune_classifier": False}, "target_nonzero=1,561 is below the network's 1,562 parameters"),
-])
+@pytest.mark.parametrize(
+    ("bad", "good", "options", "message"),
+    [
+        (RESNET8_PARAMS + 1, RESNET8_PARAMS, {}, f"target_nonzero=75,291 is larger than the network's {RESNET8_PARAMS:,} parameters"),
+        (489, 490, {}, "target_nonzero=489 is below the network's 490 parameters that are never pruned"),
+        (
+            1_561,
+            1_562,
+            {"prune_first_conv": False, "prune_classifier": False},
+            "target_nonzero=1,561 is below the network's 1,562 parameters",
+        ),
+    ],
+)
 def test_unreachable_budget_is_a_clear_error(bad, good, options, message):
     with pytest.raises(ValueError, match=message):
         IterativePruning(bad, **options).setup(None, ClassifierModule("resnet8", num_example_images=0), "fit")
@@ -142,12 +171,18 @@ def test_unreachable_budget_is_a_clear_error(bad, good, options, message):
 
 def test_starts_from_init_ckpt_and_refuses_another_architecture(trained_ckpt, tiny_zip, in_tmp):
     trained = load_network(trained_ckpt)
-    cli = run_cli("fit", "--config", pruning_config(in_tmp / "init.yaml", tiny_zip, epochs=1, init_ckpt=str(trained_ckpt)), "--trainer.max_epochs", "0")
+    cli = run_cli(
+        "fit",
+        "--config",
+        pruning_config(in_tmp / "init.yaml", tiny_zip, epochs=1, init_ckpt=str(trained_ckpt)),
+        "--trainer.max_epochs",
+        "0",
+    )
     for (name, mine), theirs in zip(cli.model.model.state_dict().items(), trained.state_dict().values()):
         assert torch.equal(mine, theirs), name  # no training step yet: exactly the trained weights
     other = pruning_config(in_tmp / "other.yaml", tiny_zip, epochs=1, init_ckpt=str(trained_ckpt))
     config = yaml.safe_load(other.read_text())
     config["model"]["init_args"]["model"] = "resnet20"
     other.write_text(yaml.safe_dump(config))
-    with pytest.raises(ValueError, match="missing.*layer1.1"):
+    with pytest.raises(ValueError, match=r"missing.*layer1.1"):
         run_cli("fit", "--config", other)

@@ -7,10 +7,9 @@ import json
 import pytest
 import torch
 
-from lit_kd.data import CIFAR10DataModule
-from lit_kd.models import build_model
 from lit_kd.checkpoints import load_network
-from lit_kd.quant.mixed_precision import allocation_cost, evaluate, greedy_order, pareto_front, Point, search_bits
+from lit_kd.data import CIFAR10DataModule
+from lit_kd.quant.mixed_precision import Point, allocation_cost, evaluate, greedy_order, pareto_front, search_bits
 from lit_kd.quant.ptq import quantize
 
 
@@ -54,11 +53,14 @@ def test_none_leaves_a_layer_in_float(setup):
         quantize(model, calib, 4, {"default": None})
 
 
-@pytest.mark.parametrize("bits, message", [
-    ({"default": 4, "layer9.conv": 2}, r"\['layer9.conv'\] are not quantizable layers"),
-    ({"conv1": 4}, "no width for"),
-    ({"default": 1}, "weight bit width of conv1 must be an integer from 2 to 16"),
-])
+@pytest.mark.parametrize(
+    "bits, message",
+    [
+        ({"default": 4, "layer9.conv": 2}, r"\['layer9.conv'\] are not quantizable layers"),
+        ({"conv1": 4}, "no width for"),
+        ({"default": 1}, "weight bit width of conv1 must be an integer from 2 to 16"),
+    ],
+)
 def test_bad_mappings_are_clear_errors(setup, bits, message):
     model, calib, _ = setup
     with pytest.raises(ValueError, match=message):
@@ -95,12 +97,15 @@ def test_search_respects_the_budget_and_beats_uniform_at_equal_accuracy(setup, t
     assert set(cached) == set(result.layers) and all(set(v) == {"2", "4", "8"} for v in cached.values())
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"candidates": ()}, "candidates is empty"),
-    ({"max_drop": -0.01}, "max_drop is a fraction"),
-    ({"cost": "flops"}, "cost must be one of"),
-    ({"candidates": (1, 4)}, "candidate width must be an integer from 2 to 16"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"candidates": ()}, "candidates is empty"),
+        ({"max_drop": -0.01}, "max_drop is a fraction"),
+        ({"cost": "flops"}, "cost must be one of"),
+        ({"candidates": (1, 4)}, "candidate width must be an integer from 2 to 16"),
+    ],
+)
 def test_search_rejects_bad_input(setup, kwargs, message):
     model, calib, held_out = setup
     args = {"max_drop": 0.01, "candidates": (2, 4, 8)} | kwargs
@@ -112,8 +117,30 @@ def test_ptq_cli_max_drop_writes_front_plot_and_tests_the_choice(trained_ckpt, t
     from lit_kd.commands.ptq import main
 
     out = tmp_path / "mp.json"
-    result = main(["--ckpt", str(trained_ckpt), "--data", str(tiny_zip), "--max-drop", "5", "--candidates", "2", "4", "8",
-                   "--eval-images", "60", "--calib-batches", "2", "--batch-size", "32", "--evaluations", "3", "--out", str(out)])
+    result = main(
+        [
+            "--ckpt",
+            str(trained_ckpt),
+            "--data",
+            str(tiny_zip),
+            "--max-drop",
+            "5",
+            "--candidates",
+            "2",
+            "4",
+            "8",
+            "--eval-images",
+            "60",
+            "--calib-batches",
+            "2",
+            "--batch-size",
+            "32",
+            "--evaluations",
+            "3",
+            "--out",
+            str(out),
+        ]
+    )
     saved = json.loads(out.read_text())
     assert saved["test_acc"].keys() == {"fp32", "chosen", "uniform W2A8", "uniform W4A8", "uniform W8A8"}
     assert saved["eval_images"] == 60 and saved["test_images"] == 60
@@ -126,7 +153,10 @@ def test_ptq_cli_max_drop_writes_front_plot_and_tests_the_choice(trained_ckpt, t
 def test_ptq_cli_max_drop_usage_errors(trained_ckpt, capsys):
     from lit_kd.commands.ptq import main
 
-    for args, message in ((["--max-drop", "-1"], "--max-drop is an accuracy budget"), (["--max-drop", "1", "--candidates", "1"], "from 2 to 16")):
+    for args, message in (
+        (["--max-drop", "-1"], "--max-drop is an accuracy budget"),
+        (["--max-drop", "1", "--candidates", "1"], "from 2 to 16"),
+    ):
         with pytest.raises(SystemExit) as exit:
             main(["--ckpt", str(trained_ckpt), *args])
         assert exit.value.code == 2 and message in capsys.readouterr().err

@@ -69,9 +69,7 @@ def test_truncated_resnet101_student():
     assert sum(p.numel() for p in teacher.layer3[1].parameters()) == per_block
     assert sum(p.numel() for p in student.parameters()) == sum(p.numel() for p in teacher.parameters()) - 22 * per_block
     for layer in ("layer1", "layer2", "layer4"):
-        assert [p.shape for p in getattr(student, layer).parameters()] == [
-            p.shape for p in getattr(teacher, layer).parameters()
-        ]
+        assert [p.shape for p in getattr(student, layer).parameters()] == [p.shape for p in getattr(teacher, layer).parameters()]
     shapes = {}
     for layer in ("layer1", "layer2", "layer4"):
         for tag, m in (("s", student), ("t", teacher)):
@@ -88,9 +86,7 @@ def test_cifar_resnet_depth_and_size(depth, params):
     assert len(weighted) == depth  # option A adds no layers: 6n + 1 convs + 1 linear
     # 3x3 convs: stem 3*16*9, per stage n blocks of two c*c*9 (first of stages 2/3 from c/2), BN 4 per channel
     n = (depth - 2) // 6
-    convs = 3 * 16 * 9 + sum(
-        9 * c * c * (2 * n) - (9 * c * c // 2 if c > 16 else 0) for c in (16, 32, 64)
-    )
+    convs = 3 * 16 * 9 + sum(9 * c * c * (2 * n) - (9 * c * c // 2 if c > 16 else 0) for c in (16, 32, 64))
     bn = 2 * (16 + sum(2 * n * c for c in (16, 32, 64)))
     assert convs + bn + 64 * 10 + 10 == params == sum(p.numel() for p in model.parameters())
 
@@ -101,7 +97,6 @@ def test_zero_pad_shortcut_subsamples_and_pads_channels():
     assert out.shape == (2, 8, 2, 2)
     assert torch.equal(out[:, 2:6], x[:, :, ::2, ::2])
     assert not out[:, :2].any() and not out[:, 6:].any()
-
 
 
 @pytest.mark.parametrize("shortcut", ["A", "B"])
@@ -120,7 +115,11 @@ def test_cifar_resnet_shortcut_changes_shape_only_between_stages(shortcut):
             else:
                 conv, bn = block.shortcut
                 assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride) == (
-                    block.conv1.in_channels, block.conv2.out_channels, (1, 1), (2, 2))
+                    block.conv1.in_channels,
+                    block.conv2.out_channels,
+                    (1, 1),
+                    (2, 2),
+                )
                 assert isinstance(bn, nn.BatchNorm2d) and bn.num_features == conv.out_channels
             x = torch.zeros(2, block.conv1.in_channels, 16, 16)
             assert block.eval()(x).shape == (2, block.conv2.out_channels, *((8, 8) if changes else (16, 16)))

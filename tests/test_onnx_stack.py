@@ -16,8 +16,14 @@ def test_tiny_model_exports_and_runs_in_onnxruntime_and_deepsparse(tmp_path):
     ).eval()
     path = tmp_path / "tiny.onnx"
     torch.onnx.export(
-        model, torch.randn(1, 3, 32, 32), str(path), input_names=["input"], output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=13, dynamo=False,
+        model,
+        torch.randn(1, 3, 32, 32),
+        str(path),
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        opset_version=13,
+        dynamo=False,
     )
     onnx.checker.check_model(onnx.load(str(path)))
     x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)

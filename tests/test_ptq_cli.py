@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from lit_kd.commands.ptq import accuracy
 from lit_kd.data import CIFAR10DataModule
 from lit_kd.modules import load_network
-from lit_kd.commands.ptq import accuracy
 
 
 def lit_kd(*args, cwd: Path) -> subprocess.CompletedProcess:
@@ -22,8 +22,29 @@ def lit_kd(*args, cwd: Path) -> subprocess.CompletedProcess:
 
 def test_ptq_table_and_json(trained_ckpt, tiny_zip, tmp_path):
     out = tmp_path / "ptq.json"
-    proc = lit_kd("ptq", "--ckpt", trained_ckpt, "--data", tiny_zip, "--bits", "16", "8", "2", "--observer", "minmax", "mse",
-                  "--calib-batches", "2", "--batch-size", "32", "--first-last-8bit", "both", "--out", out, cwd=tmp_path)
+    proc = lit_kd(
+        "ptq",
+        "--ckpt",
+        trained_ckpt,
+        "--data",
+        tiny_zip,
+        "--bits",
+        "16",
+        "8",
+        "2",
+        "--observer",
+        "minmax",
+        "mse",
+        "--calib-batches",
+        "2",
+        "--batch-size",
+        "32",
+        "--first-last-8bit",
+        "both",
+        "--out",
+        out,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Post-training quantization" in proc.stdout and "drop vs FP32" in proc.stdout
     result = json.loads(out.read_text())
@@ -49,11 +70,34 @@ def test_ptq_rejects_bad_bit_width_and_missing_checkpoint(trained_ckpt, tmp_path
 
 
 def test_weight_observer_option_quantizes_weights_with_its_own_observer(trained_ckpt, tiny_zip, tmp_path):
-    from lit_kd.quant import quantize
     from lit_kd.commands.ptq import main
+    from lit_kd.quant import quantize
 
-    result = main(["--ckpt", str(trained_ckpt), "--data", str(tiny_zip), "--bits", "3", "--observer", "minmax", "--weight-observer", "mse",
-                   "--calib-batches", "2", "--batch-size", "32", "--first-last-8bit", "no", "--no-pytorch", "--threads", "1", "--out", str(tmp_path / "p.json")])
+    result = main(
+        [
+            "--ckpt",
+            str(trained_ckpt),
+            "--data",
+            str(tiny_zip),
+            "--bits",
+            "3",
+            "--observer",
+            "minmax",
+            "--weight-observer",
+            "mse",
+            "--calib-batches",
+            "2",
+            "--batch-size",
+            "32",
+            "--first-last-8bit",
+            "no",
+            "--no-pytorch",
+            "--threads",
+            "1",
+            "--out",
+            str(tmp_path / "p.json"),
+        ]
+    )
     row = next(r for r in result["rows"] if r["runtime"] == "ours")
     assert row["method"] == "minmax (weights mse)"
     data = CIFAR10DataModule(str(tiny_zip))

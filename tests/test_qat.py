@@ -60,7 +60,7 @@ def relative_error(a: torch.Tensor, reference: torch.Tensor) -> float:
 def fake_quantized(ckpt: Path) -> nn.Module:
     """The QAT network of a checkpoint as it trained: fake-quantized, eval mode, ranges fixed."""
     network = prepare_qat(build_model("resnet8"), "x86", (1, 3, 32, 32))
-    network.load_state_dict({k[len("model."):]: v for k, v in load_state(ckpt).items() if k.startswith("model.")})
+    network.load_state_dict({k[len("model.") :]: v for k, v in load_state(ckpt).items() if k.startswith("model.")})
     return network.eval().apply(disable_observer)
 
 
@@ -141,11 +141,15 @@ def test_qat_trains_resumes_converts_and_tests_int8(in_tmp, tiny_zip, qat_run):
     assert tested.trainer.callback_metrics["test/acc"].item() == pytest.approx(expected)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "x86 QAT fake-quantizes activations on 7-bit ranges (reduce_range: codes 0..127, saturating at the observed "
-    "maximum) while the converted quint8 kernels saturate at 255 codes; after 24 steps the moving-average ranges lag "
-    "the activations, so the trained network and its INT8 model disagree (measured: 73 % top-1 agreement, relative "
-    "logit error 0.81). Remove the xfail when the callback makes the two agree."))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "x86 QAT fake-quantizes activations on 7-bit ranges (reduce_range: codes 0..127, saturating at the observed "
+        "maximum) while the converted quint8 kernels saturate at 255 codes; after 24 steps the moving-average ranges lag "
+        "the activations, so the trained network and its INT8 model disagree (measured: 73 % top-1 agreement, relative "
+        "logit error 0.81). Remove the xfail when the callback makes the two agree."
+    ),
+)
 def test_int8_model_agrees_with_the_fake_quantized_network_it_was_trained_as(qat_run, tiny_zip):
     _, run_dir, _ = qat_run
     data = CIFAR10DataModule(str(tiny_zip))
@@ -184,10 +188,14 @@ def test_qat_starts_from_the_float_checkpoint(in_tmp, tiny_zip, trained_ckpt):
     assert abs(int8_acc - float_acc) <= 2 / 60 and agreement(int8_logits, float_logits) >= 0.9
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "with max_epochs 0 the observers never see data: the saved INT8 model quantizes every activation with scale 1.0 "
-    "and zero point 0 (measured: logits off by up to 14.8 on a range of 16.5; top-1 agreement with the float model "
-    "0.93 by luck of the fixture). Remove the xfail when the callback calibrates (or refuses) a run without QAT steps."))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "with max_epochs 0 the observers never see data: the saved INT8 model quantizes every activation with scale 1.0 "
+        "and zero point 0 (measured: logits off by up to 14.8 on a range of 16.5; top-1 agreement with the float model "
+        "0.93 by luck of the fixture). Remove the xfail when the callback calibrates (or refuses) a run without QAT steps."
+    ),
+)
 def test_zero_qat_epochs_still_give_a_calibrated_int8_model(in_tmp, tiny_zip, trained_ckpt):
     cli = run_cli("fit", "--config", qat_config(in_tmp / "qat_zero.yaml", tiny_zip, epochs=0, init_ckpt=str(trained_ckpt)))
     data = CIFAR10DataModule(str(tiny_zip))
@@ -200,10 +208,17 @@ def test_qat_with_distillation_loss_and_feature_taps(in_tmp, tiny_zip, trained_c
     write_config(in_tmp / "qat_kd.yaml", tiny_zip, model="resnet8", epochs=1)
     config = yaml.safe_load((in_tmp / "qat_kd.yaml").read_text())
     init = config["model"]["init_args"]
-    config["model"] = {"class_path": "lit_kd.modules.DistillationModule", "init_args": {
-        "student": "resnet8", "teacher_ckpt": str(trained_ckpt), "optimizer": init["optimizer"], "num_example_images": 0,
-        "losses": ["ce", "soft_ce", "feature_mse"], "feature_pairs": [{"student": "layer3", "teacher": "layer3"}],
-    }}
+    config["model"] = {
+        "class_path": "lit_kd.modules.DistillationModule",
+        "init_args": {
+            "student": "resnet8",
+            "teacher_ckpt": str(trained_ckpt),
+            "optimizer": init["optimizer"],
+            "num_example_images": 0,
+            "losses": ["ce", "soft_ce", "feature_mse"],
+            "feature_pairs": [{"student": "layer3", "teacher": "layer3"}],
+        },
+    }
     config["trainer"]["callbacks"] = [{"class_path": QAT_CALLBACK["class_path"], "init_args": {"init_ckpt": str(trained_ckpt)}}]
     config["trainer"]["limit_train_batches"] = 3
     (in_tmp / "qat_kd.yaml").write_text(yaml.safe_dump(config))

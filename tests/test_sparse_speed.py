@@ -16,12 +16,36 @@ from benchmarks import sparse_speed
 def test_sparse_speed_json(tmp_path):
     torch.set_num_threads(2)  # so --cores 1 must really pin torch (conftest restores the count after)
     out = tmp_path / "s.json"
-    sparse_speed.main(["--model", "resnet8", "--sparsity", "0.75", "--cores", "1", "--warmup", "1", "--iterations-b1", "3",
-                       "--iterations-b32", "2", "--onnx-dir", str(tmp_path / "onnx"), "--out", str(out)])
+    sparse_speed.main(
+        [
+            "--model",
+            "resnet8",
+            "--sparsity",
+            "0.75",
+            "--cores",
+            "1",
+            "--warmup",
+            "1",
+            "--iterations-b1",
+            "3",
+            "--iterations-b32",
+            "2",
+            "--onnx-dir",
+            str(tmp_path / "onnx"),
+            "--out",
+            str(out),
+        ]
+    )
     assert torch.get_num_threads() == 1
     result = json.loads(out.read_text())
-    runtimes = {("dense fp32", "deepsparse"), ("dense fp32", "onnxruntime"), ("pruned-quantized", "deepsparse"),
-                ("pruned-quantized", "onnxruntime"), ("dense fp32", "pytorch fp32 eager"), ("dense int8", "pytorch int8 (fx, x86)")}
+    runtimes = {
+        ("dense fp32", "deepsparse"),
+        ("dense fp32", "onnxruntime"),
+        ("pruned-quantized", "deepsparse"),
+        ("pruned-quantized", "onnxruntime"),
+        ("dense fp32", "pytorch fp32 eager"),
+        ("dense int8", "pytorch int8 (fx, x86)"),
+    }
     assert {(r["model"], r["runtime"], r["batch"]) for r in result["rows"]} == {(*rt, b) for rt in runtimes for b in (1, 32)}
     # medians over the requested timed calls (p90 at or above the median)
     assert all(r["iterations"] == {1: 3, 32: 2}[r["batch"]] for r in result["rows"])
@@ -30,7 +54,8 @@ def test_sparse_speed_json(tmp_path):
     ips = {(r["model"], r["runtime"], r["batch"]): r["images_per_s"] for r in result["rows"]}
     for batch in (1, 32):
         assert result["ratios"][f"deepsparse pruned-quantized vs pytorch dense int8, batch {batch}"] == pytest.approx(
-            ips["pruned-quantized", "deepsparse", batch] / ips["dense int8", "pytorch int8 (fx, x86)", batch])
+            ips["pruned-quantized", "deepsparse", batch] / ips["dense int8", "pytorch int8 (fx, x86)", batch]
+        )
     assert result["machine"]["cores_used"] == 1 and isinstance(result["machine"]["vnni"], bool)
     assert result["made_here"] == {"model": "resnet8", "sparsity": 0.75, "weights": "initial (speed only)"}
     # the ONNX models it says it timed are the ones it made, in --onnx-dir, and the DeepSparse commands name them
@@ -43,7 +68,8 @@ def test_sparse_speed_json(tmp_path):
     convs = [n for n in pruned.graph.node if n.op_type == "ConvInteger"]
     assert convs and all(abs((init[n.input[1]] == init[n.input[3]]).mean() - 0.75) < 0.01 for n in convs)
     assert sorted(result["deepsparse_benchmark_commands"]) == sorted(
-        f"deepsparse.benchmark {p} --batch_size {b} --num_cores 1 --scenario sync" for p in result["onnx"].values() for b in (1, 32))
+        f"deepsparse.benchmark {p} --batch_size {b} --num_cores 1 --scenario sync" for p in result["onnx"].values() for b in (1, 32)
+    )
 
 
 def test_sparse_speed_help(capsys):

@@ -18,7 +18,8 @@ from lit_kd.sparse.recipe import read_recipe
 from tests.helpers import load_state, run_cli, write_config
 
 REPO = Path(__file__).resolve().parents[1]
-# 7 steps per epoch on the fixture (240 images, batch 32, last partial batch dropped): prune 5 % -> 80 % over epochs 0-2, QAT from epoch 2, ranges frozen from epoch 3
+# 7 steps per epoch on the fixture (240 images, batch 32, last partial batch dropped):
+# prune 5 % -> 80 % over epochs 0-2, QAT from epoch 2, ranges frozen from epoch 3
 RECIPE_ARGS = {"num_epochs": 4, "pruning_end_epoch": 2.0, "final_sparsity": 0.8, "qat_start_epoch": 2.0}
 
 
@@ -26,8 +27,10 @@ def recipe_config(path: Path, data_dir: Path, extra_callbacks=(), recipe="gmp_qa
     write_config(path, data_dir, model="resnet8", epochs=1, lr_scheduler=None)
     config = yaml.safe_load(path.read_text())
     config["model"]["init_args"].update(model)
-    callback = {"class_path": "lit_kd.callbacks.SparseMLRecipe",
-                "init_args": {"recipe": str(REPO / "experiments" / "recipes" / recipe), "recipe_args": recipe_args}}
+    callback = {
+        "class_path": "lit_kd.callbacks.SparseMLRecipe",
+        "init_args": {"recipe": str(REPO / "experiments" / "recipes" / recipe), "recipe_args": recipe_args},
+    }
     config["trainer"]["callbacks"] = [callback, *extra_callbacks]
     path.write_text(yaml.safe_dump(config))
     return path
@@ -35,8 +38,9 @@ def recipe_config(path: Path, data_dir: Path, extra_callbacks=(), recipe="gmp_qa
 
 def layer_sparsity(state: dict) -> dict[str, float]:
     """Fraction of zeros of every conv/linear weight in a checkpoint's state dict (QAT-wrapped names included)."""
-    return {k: (v == 0).float().mean().item() for k, v in state.items()
-            if k.endswith("weight") and v.dim() in (2, 4) and "fake_quant" not in k}
+    return {
+        k: (v == 0).float().mean().item() for k, v in state.items() if k.endswith("weight") and v.dim() in (2, 4) and "fake_quant" not in k
+    }
 
 
 def test_recipe_prunes_quantizes_resumes_and_tests(in_tmp, tiny_zip):
@@ -49,14 +53,16 @@ def test_recipe_prunes_quantizes_resumes_and_tests(in_tmp, tiny_zip):
     # resnet8: 7 convs (parameter-free shortcuts) + the linear layer, each pruned to the recipe's 80 %
     assert len(sparsity) == 8 and all(abs(s - 0.8) <= 0.01 for s in sparsity.values()), sparsity
     assert any("weight_fake_quant" in k for k in state) and any("activation_post_process" in k for k in state)
-    callback_state = next(v for k, v in torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["callbacks"].items() if "SparseMLRecipe" in k)
+    callback_state = next(
+        v for k, v in torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["callbacks"].items() if "SparseMLRecipe" in k
+    )
     assert callback_state["epoch"] == pytest.approx(4.0) and "GMPruningModifier" in callback_state["recipe"]
 
     # crashes mid-pruning (epoch 1) and mid-QAT (epoch 3), each resumed from last.ckpt: same weights and QAT state
     for crash_epoch in (1, 3):
         crash = {"class_path": "tests.helpers.CrashAtEpoch", "init_args": {"epoch": crash_epoch}}
         crashing = recipe_config(in_tmp / f"crash{crash_epoch}.yaml", tiny_zip, extra_callbacks=[crash])
-        with pytest.raises(RuntimeError, match="simulated crash"):
+        with pytest.raises(RuntimeError, match=r"simulated crash"):
             run_cli("fit", "--config", crashing)
         last = sorted((in_tmp / "lightning_logs" / f"crash{crash_epoch}").glob("version_*/checkpoints/last.ckpt"))[-1]
         resumed = run_cli("fit", "--config", recipe_config(in_tmp / f"crash{crash_epoch}.yaml", tiny_zip), "--ckpt_path", last)
@@ -77,12 +83,16 @@ def test_pruning_only_recipe_with_distillation_loss(in_tmp, tiny_zip):
     pruning_args = {k: v for k, v in RECIPE_ARGS.items() if k != "qat_start_epoch"}
     config = recipe_config(in_tmp / "distil.yaml", tiny_zip, recipe="gmp.yaml", recipe_args=pruning_args)
     data = yaml.safe_load(config.read_text())
-    data["model"] = {"class_path": "lit_kd.modules.DistillationModule",
-                     "init_args": {"student": "resnet8", "teacher_ckpt": str(teacher_ckpt), "losses": ["ce", "soft_ce"]}}
+    data["model"] = {
+        "class_path": "lit_kd.modules.DistillationModule",
+        "init_args": {"student": "resnet8", "teacher_ckpt": str(teacher_ckpt), "losses": ["ce", "soft_ce"]},
+    }
     config.write_text(yaml.safe_dump(data))
     cli = run_cli("fit", "--config", config)
     module = cli.model
-    student_sparsity = [(m.weight == 0).float().mean().item() for m in module.model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    student_sparsity = [
+        (m.weight == 0).float().mean().item() for m in module.model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+    ]
     assert all(abs(s - 0.8) <= 0.01 for s in student_sparsity)
     teacher_zeros = sum(int((p == 0).sum()) for p in module.teacher.parameters())
     assert teacher_zeros < 0.01 * sum(p.numel() for p in module.teacher.parameters())  # the teacher is not pruned
@@ -90,7 +100,7 @@ def test_pruning_only_recipe_with_distillation_loss(in_tmp, tiny_zip):
 
 
 def test_recipe_errors_are_clear(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.yaml' does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.yaml' does not exist"):
         SparseMLRecipe(str(tmp_path / "nope.yaml"))
     bad = tmp_path / "bad.yaml"
     bad.write_text("num_epochs: 3\nmodifiers:\n  - !EpochRangeModifier\n    start_epoch: [0.0\n")
@@ -100,15 +110,21 @@ def test_recipe_errors_are_clear(tmp_path):
 
 def test_stopping_rule_is_refused(in_tmp, tiny_zip):
     stop = {"class_path": "lit_kd.callbacks.AccuracyPlateauStopping", "init_args": {"monitor": "val/acc"}}
-    with pytest.raises(ValueError, match="fixed schedule of 4 epochs.*AccuracyPlateauStopping"):
+    with pytest.raises(ValueError, match=r"fixed schedule of 4 epochs.*AccuracyPlateauStopping"):
         run_cli("fit", "--config", recipe_config(in_tmp / "stop.yaml", tiny_zip, extra_callbacks=[stop]))
 
 
 def python(code: str, cwd: Path) -> subprocess.CompletedProcess:
     """``code`` in a fresh interpreter (the fixes must not already be applied), in ``cwd`` (SparseML writes
     ``sparse_logs/`` into the working directory when a manager gets no logger)."""
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=cwd,
-                          env={**os.environ, "NM_DISABLE_ANALYTICS": "1", "PYTHONPATH": str(REPO)})
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+        env={**os.environ, "NM_DISABLE_ANALYTICS": "1", "PYTHONPATH": str(REPO)},
+    )
 
 
 QAT_RECIPE = "modifiers:\n  - !QuantizationModifier\n    start_epoch: 0.0\n"

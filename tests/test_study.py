@@ -8,7 +8,6 @@ import io
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -30,8 +29,12 @@ STUDIES = REPO / "experiments" / "studies"
 def small_study(tmp: Path, teacher_state: Path, teacher_arch: str = "resnet8") -> Path:
     """The demo study's graph on the fixture: 3-epoch students, 1-epoch QAT, 3-epoch GMP + QAT, small steps."""
     study = yaml.safe_load((STUDIES / "demo.yaml").read_text())
-    study["fit_overrides"] = {"trainer.max_epochs": 3, "data.init_args.batch_size": 32, "data.init_args.eval_batch_size": 64,
-                              "trainer.deterministic": True}
+    study["fit_overrides"] = {
+        "trainer.max_epochs": 3,
+        "data.init_args.batch_size": 32,
+        "data.init_args.eval_batch_size": 64,
+        "trainer.deterministic": True,
+    }
     stages = study["stages"]
     for stage in stages.values():
         for key in ("fit", "weights"):
@@ -46,7 +49,11 @@ def small_study(tmp: Path, teacher_state: Path, teacher_arch: str = "resnet8") -
     stages["qat"]["overrides"]["trainer.max_epochs"] = 1
     stages["sparse"]["overrides"]["trainer.callbacks"][0]["init_args"]["recipe"] = str(REPO / "experiments" / "recipes" / "gmp_qat.yaml")
     stages["sparse"]["overrides"]["trainer.callbacks"][0]["init_args"]["recipe_args"] = {
-        "num_epochs": 3, "pruning_end_epoch": 1.0, "final_sparsity": 0.9, "qat_start_epoch": 2.0}
+        "num_epochs": 3,
+        "pruning_end_epoch": 1.0,
+        "final_sparsity": 0.9,
+        "qat_start_epoch": 2.0,
+    }
     for name in ("export_dense", "export_sparse"):
         stages[name]["export"]["images"] = 60
     stages["bench"]["bench"].update(iterations_b1=3, iterations_b32=2, warmup=1)
@@ -57,8 +64,9 @@ def small_study(tmp: Path, teacher_state: Path, teacher_arch: str = "resnet8") -
 
 def lit_kd(*args, cwd: Path, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
     exe = Path(sys.executable).with_name("lit-kd")
-    proc = subprocess.run([str(exe), *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "COLUMNS": "200"})
+    proc = subprocess.run(
+        [str(exe), *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "COLUMNS": "200"}
+    )
     if check:
         assert proc.returncode == 0, f"lit-kd {args} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return proc
@@ -151,8 +159,13 @@ def test_killed_in_a_training_stage_resumes_and_ends_like_the_uninterrupted_run(
     study, reference_out, _ = finished
     out = tmp_path / "out"
     exe = Path(sys.executable).with_name("lit-kd")
-    proc = subprocess.Popen([str(exe), "study", str(study), "--out", str(out), "--data", str(tiny_zip)], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(exe), "study", str(study), "--out", str(out), "--data", str(tiny_zip)],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     last = out / "kd_logits" / "run" / "checkpoints" / "last.ckpt"
     deadline = time.time() + 600
     while not last.exists():  # kd_logits has written its first epoch: kill the whole process group mid-stage
@@ -199,8 +212,10 @@ def test_a_changed_stage_reruns_with_its_dependents_only(finished, tiny_zip):
 
 
 BROKEN = {
-    "unknown reference": ({"a": {"fit": "CONFIG", "overrides": {"model.init_args.teacher_ckpt": "${nobody.ckpt}"}}},
-                          "stage 'a', overrides.model.init_args.teacher_ckpt: refers to unknown stage 'nobody'"),
+    "unknown reference": (
+        {"a": {"fit": "CONFIG", "overrides": {"model.init_args.teacher_ckpt": "${nobody.ckpt}"}}},
+        "stage 'a', overrides.model.init_args.teacher_ckpt: refers to unknown stage 'nobody'",
+    ),
     "cycle": ({"a": {"select": ["b"]}, "b": {"select": ["a"]}}, "cycle: a -> b -> a"),
     "missing config": ({"a": {"fit": "nowhere.yaml"}}, "stage 'a', fit: config"),
     "bad override": ({"a": {"fit": "CONFIG", "overrides": {"model.init_arg.lr": 1}}}, "stage 'a', overrides.model.init_arg.lr"),
@@ -231,8 +246,12 @@ def test_shipped_studies_load_and_seed_groups_expand(tmp_path):
     assert set(cpu.groups) == {"student_data", "kd_logits", "kd_features"}
     assert cpu.stages["best_student"].needs == [f"{g}.seed{s}" for g in ("student_data", "kd_logits", "kd_features") for s in (0, 1)]
     assert cpu.stages["kd_logits.seed1"].spec["overrides"]["seed_everything"] == 1
-    bad = {"stages": {"s": {"fit": str(STUDIES.parent / "cifar_cpu" / "student_data.yaml"), "seeds": [0, 1]},
-                      "p": {"ptq": {"ckpt": "${s.ckpt}"}}}}
+    bad = {
+        "stages": {
+            "s": {"fit": str(STUDIES.parent / "cifar_cpu" / "student_data.yaml"), "seeds": [0, 1]},
+            "p": {"ptq": {"ckpt": "${s.ckpt}"}},
+        }
+    }
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
     with pytest.raises(StudyError, match=r"stage 'p', ptq.ckpt: 's' runs several seeds; name one \(s.seed0, s.seed1\)"):
         load_study(tmp_path / "bad.yaml")
@@ -241,8 +260,9 @@ def test_shipped_studies_load_and_seed_groups_expand(tmp_path):
 def test_use_lets_shipped_weights_stand_in_for_a_fit_stage(tmp_path, tiny_zip):
     study = STUDIES / "cifar_cpu.yaml"
     weights = REPO / "weights" / "resnet20_teacher.pt"
-    plan = lit_kd("study", study, "--out", tmp_path / "out", "--data", tiny_zip, "--use", f"teacher={weights}", "--dry-run",
-                  cwd=tmp_path).stdout
+    plan = lit_kd(
+        "study", study, "--out", tmp_path / "out", "--data", tiny_zip, "--use", f"teacher={weights}", "--dry-run", cwd=tmp_path
+    ).stdout
     assert re.search(r"│ teacher +│ weights +│ run +│ never run", plan), plan
     assert load_study(study, {"teacher": str(weights)}).stages["teacher"].spec["model"] == "resnet20"
     bad = lit_kd("study", study, "--out", tmp_path / "out", "--use", "best_student=x.pt", "--dry-run", cwd=tmp_path, check=False)

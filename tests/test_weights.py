@@ -24,7 +24,9 @@ def test_shipped_weights_reproduce_their_test_accuracy(name, real_cifar10):
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # tensors, strings and dicts only
     assert checkpoint["hyper_parameters"]["model"] == entry["architecture"]
     exe = Path(sys.executable).with_name("lit-kd")
-    proc = subprocess.run([str(exe), "classify", "--ckpt", str(path), "--data", str(real_cifar10)], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [str(exe), "classify", "--ckpt", str(path), "--data", str(real_cifar10)], capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     correct, total = map(int, re.search(r"\((\d+) of (\d+) test images correct\)", proc.stdout).groups())
     assert total == 10000 and correct == entry["correct"]

@@ -23,7 +23,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -84,7 +84,7 @@ class IterativePruning(L.Callback):
         prune_classifier: bool = True,
         prune_bias: bool = False,
         input_shape: tuple[int, ...] = (1, 3, 32, 32),
-        init_ckpt: Optional[str] = None,
+        init_ckpt: str | None = None,
     ):
         super().__init__()
         if scope not in ("global", "layerwise"):
@@ -93,7 +93,12 @@ class IterativePruning(L.Callback):
             raise ValueError(f"prune_fraction must be in (0, 1], got {prune_fraction}")
         if finetune_epochs < 1:
             raise ValueError(f"finetune_epochs must be >= 1, got {finetune_epochs}")
-        self.target_nonzero, self.prune_fraction, self.finetune_epochs, self.scope = int(target_nonzero), prune_fraction, finetune_epochs, scope
+        self.target_nonzero, self.prune_fraction, self.finetune_epochs, self.scope = (
+            int(target_nonzero),
+            prune_fraction,
+            finetune_epochs,
+            scope,
+        )
         self.prune_first_conv, self.prune_classifier, self.prune_bias = prune_first_conv, prune_classifier, prune_bias
         self.input_shape = tuple(input_shape)
         self.init_ckpt = init_ckpt
@@ -106,7 +111,9 @@ class IterativePruning(L.Callback):
 
     def prunable(self, network: nn.Module) -> list[tuple[str, nn.Module, str]]:
         layers = [(n, m) for n, m in network.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-        skip = ({layers[0][0]} if layers and not self.prune_first_conv else set()) | ({layers[-1][0]} if layers and not self.prune_classifier else set())
+        skip = ({layers[0][0]} if layers and not self.prune_first_conv else set()) | (
+            {layers[-1][0]} if layers and not self.prune_classifier else set()
+        )
         params = ("weight", "bias") if self.prune_bias else ("weight",)
         return [(f"{n}.{p}" if n else p, m, p) for n, m in layers if n not in skip for p in params if getattr(m, p, None) is not None]
 
@@ -126,12 +133,14 @@ class IterativePruning(L.Callback):
             raise ValueError(f"IterativePruning: target_nonzero={self.target_nonzero:,} is larger than the network's {total:,} parameters")
         if self.target_nonzero < never_pruned:
             raise ValueError(
-                f"IterativePruning: target_nonzero={self.target_nonzero:,} is below the network's {never_pruned:,} parameters that are never "
-                f"pruned (BatchNorm, biases unless prune_bias, first conv / classifier when excluded) of {total:,} in all"
+                f"IterativePruning: target_nonzero={self.target_nonzero:,} is below the network's {never_pruned:,} parameters that "
+                f"are never pruned (BatchNorm, biases unless prune_bias, first conv / classifier when excluded) of {total:,} in all"
             )
         if self._hook is None:
             self._hook = network.register_state_dict_post_hook(_plain_pruned_tensors)
-        rank_zero_info(f"IterativePruning: {total:,} parameters, {total - never_pruned:,} prunable, target {self.target_nonzero:,} non-zero")
+        rank_zero_info(
+            f"IterativePruning: {total:,} parameters, {total - never_pruned:,} prunable, target {self.target_nonzero:,} non-zero"
+        )
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self._hook is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
@@ -25,9 +25,9 @@ class AccuracyPlateauStopping(EarlyStopping):
             raise ValueError(f"patience must be >= 1 consecutive checks, got {patience}")
         super().__init__(monitor=monitor, min_delta=0.0, patience=patience, mode="max", verbose=verbose, **kwargs)
         self.plateau_delta = float(min_delta)
-        self.previous: Optional[float] = None
+        self.previous: float | None = None
 
-    def _evaluate_stopping_criteria(self, current: torch.Tensor) -> tuple[bool, Optional[str]]:
+    def _evaluate_stopping_criteria(self, current: torch.Tensor) -> tuple[bool, str | None]:
         if self.check_finite and not torch.isfinite(current):
             self.stopping_reason = EarlyStoppingReason.NON_FINITE_METRIC
             return True, f"Monitored metric {self.monitor} = {current} is not finite. Signaling Trainer to stop."
@@ -46,7 +46,9 @@ class AccuracyPlateauStopping(EarlyStopping):
                 f"{self.monitor} changed by less than {self.plateau_delta} for {self.wait_count} consecutive checks "
                 f"(last change {change:+.4f}, now {value:.4f}). Signaling Trainer to stop."
             )
-        reason = f"{self.monitor} = {value:.4f}" + ("" if change is None else f" ({change:+.4f}); plateau count {self.wait_count}/{self.patience}")
+        reason = f"{self.monitor} = {value:.4f}" + (
+            "" if change is None else f" ({change:+.4f}); plateau count {self.wait_count}/{self.patience}"
+        )
         return False, reason
 
     def state_dict(self) -> dict[str, Any]:

@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import lightning as L
 import torch
@@ -26,6 +26,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lit_kd.checkpoints import load_weights, network_key
 from lit_kd.quant.torch_qat import INT8_FILE, convert_int8, prepare_qat, save_int8_model
+
 
 class QuantizationAwareTraining(L.Callback):
     """Prepare the module's network for QAT at setup, convert it to INT8 at fit end and for testing.
@@ -44,18 +45,18 @@ class QuantizationAwareTraining(L.Callback):
     def __init__(
         self,
         backend: str = "x86",
-        freeze_observers_epoch: Optional[int] = None,
-        freeze_bn_epoch: Optional[int] = None,
+        freeze_observers_epoch: int | None = None,
+        freeze_bn_epoch: int | None = None,
         input_shape: tuple[int, ...] = (1, 3, 32, 32),
         attribute: str = "model",
         test_int8: bool = True,
-        init_ckpt: Optional[str] = None,
+        init_ckpt: str | None = None,
     ):
         super().__init__()
         self.backend, self.input_shape, self.attribute, self.test_int8 = backend, tuple(input_shape), attribute, test_int8
         self.freeze_observers_epoch, self.freeze_bn_epoch = freeze_observers_epoch, freeze_bn_epoch
         self.init_ckpt = init_ckpt
-        self.int8_path: Optional[Path] = None
+        self.int8_path: Path | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         network = getattr(pl_module, self.attribute)
@@ -105,8 +106,13 @@ class QuantizationAwareTraining(L.Callback):
         key = network_key(hp)
         if isinstance(hp.get(key), nn.Module) or hp.get(key) is None:
             raise ValueError("QAT can save the INT8 model only for networks given by name or class_path (not in-memory modules)")
-        return {"network": hp[key], "network_kwargs": hp.get(f"{key}_kwargs"), "num_classes": hp.get("num_classes", 10),
-                "backend": self.backend, "input_shape": self.input_shape}
+        return {
+            "network": hp[key],
+            "network_kwargs": hp.get(f"{key}_kwargs"),
+            "num_classes": hp.get("num_classes", 10),
+            "backend": self.backend,
+            "input_shape": self.input_shape,
+        }
 
     def _swap_to_int8(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.test_int8:

@@ -18,15 +18,16 @@ Lifecycle, mirroring ``ScheduledModifierManager.modify`` (which wraps ``optimize
 What a checkpoint of a sparsified run holds: the network's state dict (pruned weights are stored as zeros; once QAT
 has started, the fused conv-BN modules and every fake-quantize module's scale, zero point and observer range), and
 this callback's state: the recipe text with its variables, the recipe epoch reached, each modifier's schedule state
-and SparseML's own state (one pruning mask per pruned parameter). A checkpoint whose network holds QAT modules is loaded by first applying the
-recipe's structure (``manager.apply_structure``) to the fresh network, from a state-dict pre-hook; so ``fit
---ckpt_path last.ckpt`` resumes mid-recipe, and ``test`` or ``lit-kd export`` read it, with the same callback config.
+and SparseML's own state (one pruning mask per pruned parameter). A checkpoint whose network holds QAT modules is
+loaded by first applying the recipe's structure (``manager.apply_structure``) to the fresh network, from a state-dict
+pre-hook; so ``fit --ckpt_path last.ckpt`` resumes mid-recipe, and ``test`` or ``lit-kd export`` read it, with the
+same callback config.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 import lightning as L
 import torch.nn as nn
@@ -36,7 +37,6 @@ from lit_kd.checkpoints import QAT_MARKERS, load_weights
 from lit_kd.sparse.counts import sparsity_counts
 from lit_kd.sparse.recipe import build_manager, quiet_loggers, read_recipe, structure_epoch
 from lit_kd.sparse.resume import renamed_masks, schedule_state
-
 
 
 class SparseMLRecipe(L.Callback):
@@ -50,21 +50,21 @@ class SparseMLRecipe(L.Callback):
             (the best student of an earlier stage); a resumed run then restores its own state over them.
     """
 
-    def __init__(self, recipe: str, recipe_args: Optional[dict[str, Any]] = None, attribute: str = "model", init_ckpt: Optional[str] = None):
+    def __init__(self, recipe: str, recipe_args: dict[str, Any] | None = None, attribute: str = "model", init_ckpt: str | None = None):
         self.recipe_text = read_recipe(recipe)
         self.recipe_args = dict(recipe_args or {})
         self.attribute = attribute
         self.init_ckpt = init_ckpt
         self.manager = build_manager(self.recipe_text, self.recipe_args)
         self.epoch = 0.0
-        self._resume_state: Optional[dict] = None
-        self._step_epoch: Optional[float] = None
+        self._resume_state: dict | None = None
+        self._step_epoch: float | None = None
         self._paused: list[nn.Module] = []
-        self._hooked: Optional[nn.Module] = None
+        self._hooked: nn.Module | None = None
 
     @property
     def max_epochs(self) -> int:
-        return int(math.ceil(self.manager.max_epochs))
+        return math.ceil(self.manager.max_epochs)
 
     def network(self, pl_module: L.LightningModule) -> nn.Module:
         return getattr(pl_module, self.attribute)
@@ -74,8 +74,10 @@ class SparseMLRecipe(L.Callback):
         if stage == "fit":
             stoppers = [type(c).__name__ for c in trainer.callbacks if isinstance(c, EarlyStopping)]
             if stoppers:
-                raise ValueError(f"SparseMLRecipe runs the recipe's fixed schedule of {self.max_epochs} epochs; "
-                                 f"remove the stopping callback(s) {stoppers} from this stage")
+                raise ValueError(
+                    f"SparseMLRecipe runs the recipe's fixed schedule of {self.max_epochs} epochs; "
+                    f"remove the stopping callback(s) {stoppers} from this stage"
+                )
             trainer.fit_loop.max_epochs = self.max_epochs
         network = self.network(pl_module)
         if stage == "fit" and self.init_ckpt:
@@ -132,8 +134,7 @@ class SparseMLRecipe(L.Callback):
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Validation data must not move quantization ranges: pause observers that are running."""
-        self._paused = [m for m in self.network(pl_module).modules()
-                        if hasattr(m, "observer_enabled") and bool(m.observer_enabled[0])]
+        self._paused = [m for m in self.network(pl_module).modules() if hasattr(m, "observer_enabled") and bool(m.observer_enabled[0])]
         for m in self._paused:
             m.disable_observer()
 
@@ -151,8 +152,13 @@ class SparseMLRecipe(L.Callback):
         if not self.manager.initialized:
             return {"recipe": self.recipe_text, "recipe_args": self.recipe_args, "epoch": self.epoch, **(self._resume_state or {})}
         schedules = {m.identifier(): schedule_state(m) for m in self.manager.iter_modifiers()}
-        return {"recipe": self.recipe_text, "recipe_args": self.recipe_args, "epoch": self.epoch,
-                "schedules": schedules, "masks": self.manager.state_dict()}
+        return {
+            "recipe": self.recipe_text,
+            "recipe_args": self.recipe_args,
+            "epoch": self.epoch,
+            "schedules": schedules,
+            "masks": self.manager.state_dict(),
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.epoch = state_dict.get("epoch", 0.0)

@@ -29,8 +29,10 @@ def require_file(cli: argparse.ArgumentParser, flag: str, value: str, what: str 
 def require_data(cli: argparse.ArgumentParser, value: str | None, flag: str = "--data") -> None:
     """A CIFAR-10 source that exists (its content is checked when it is read)."""
     if value is not None and not Path(value).expanduser().exists():
-        cli.error(f"{flag} {value!r} does not exist: expected a CIFAR-10 .zip, an image-folder directory (train/<class>/*, "
-                  "test/<class>/*) or a torchvision CIFAR-10 root (set $LIT_KD_CIFAR10 to make it the default)")
+        cli.error(
+            f"{flag} {value!r} does not exist: expected a CIFAR-10 .zip, an image-folder directory (train/<class>/*, "
+            "test/<class>/*) or a torchvision CIFAR-10 root (set $LIT_KD_CIFAR10 to make it the default)"
+        )
 
 
 def require_positive(cli: argparse.ArgumentParser, args: argparse.Namespace, *names: str, minimum: int = 1) -> None:
@@ -70,8 +72,11 @@ def load_float_network(prog: str, ckpt: str, qat_advice: str) -> torch.nn.Module
             raise ValueError(f"checkpoint {ckpt!r} holds no state dict")
         if any(marker in key for key in state for marker in QAT_MARKERS):
             kind = "a SparseML pruning + QAT" if checkpoint_sources(checkpoint)[1] is not None else "a quantization-aware-training (QAT)"
-            fail(prog, f"--ckpt {ckpt!r} is {kind} checkpoint: its network holds fake-quantize modules, and {prog} runs float "
-                       f"networks. {qat_advice.format(ckpt=ckpt)}")
+            fail(
+                prog,
+                f"--ckpt {ckpt!r} is {kind} checkpoint: its network holds fake-quantize modules, and {prog} runs float "
+                f"networks. {qat_advice.format(ckpt=ckpt)}",
+            )
         return load_weights(build_network(checkpoint, ckpt), ckpt, checkpoint).eval()
     except (FileNotFoundError, ValueError, TypeError) as err:
         fail(prog, checkpoint_error(ckpt, err))

@@ -23,8 +23,9 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -35,8 +36,11 @@ from lit_kd.commands.arguments import fail, load_float_network, require_file, re
 BATCHES = (1, 32)
 BASELINE, SPARSE = "dense fp32", "pruned-quantized"
 # what DeepSparse on the pruned-quantized model is compared with: name -> (model, runtime) of a row
-REFERENCES = {"onnxruntime dense fp32": (BASELINE, "onnxruntime"), "pytorch dense int8": ("dense int8", "pytorch int8 (fx, x86)"),
-              "deepsparse dense fp32": (BASELINE, "deepsparse")}
+REFERENCES = {
+    "onnxruntime dense fp32": (BASELINE, "onnxruntime"),
+    "pytorch dense int8": ("dense int8", "pytorch int8 (fx, x86)"),
+    "deepsparse dense fp32": (BASELINE, "deepsparse"),
+}
 
 
 def parser(prog: str = "lit-kd bench", out: str = "results/sparse_speed.json") -> argparse.ArgumentParser:
@@ -79,9 +83,16 @@ def cpu_info(cores: int) -> dict:
     from deepsparse.cpu import cpu_architecture
 
     arch = cpu_architecture()
-    return {"cpu": cpu_model(), "isa": arch.isa, "vnni": bool(arch.vnni), "physical_cores": arch.num_cores,
-            "logical_cpus": os.cpu_count(), "cores_used": cores, "load_average_1min": os.getloadavg()[0],
-            "torch": torch.__version__}
+    return {
+        "cpu": cpu_model(),
+        "isa": arch.isa,
+        "vnni": bool(arch.vnni),
+        "physical_cores": arch.num_cores,
+        "logical_cpus": os.cpu_count(),
+        "cores_used": cores,
+        "load_average_1min": os.getloadavg()[0],
+        "torch": torch.__version__,
+    }
 
 
 def deepsparse_runner(path: str, cores: int) -> Callable[[np.ndarray], object]:
@@ -109,29 +120,43 @@ def torch_runner(model: nn.Module, int8: bool) -> Callable[[np.ndarray], object]
     return lambda x: model(torch.from_numpy(x))
 
 
-def time_runner(label: str, runtime: str, run: Callable[[np.ndarray], object], inputs: dict[int, np.ndarray],
-                warmup: int, iterations: dict[int, int]) -> list[dict]:
+def time_runner(
+    label: str, runtime: str, run: Callable[[np.ndarray], object], inputs: dict[int, np.ndarray], warmup: int, iterations: dict[int, int]
+) -> list[dict]:
     rows = []
     for batch, x in inputs.items():
-        seconds = call_seconds(lambda: run(x), warmup, iterations[batch])
+        seconds = call_seconds(partial(run, x), warmup, iterations[batch])
         median = statistics.median(seconds)
-        rows.append({"model": label, "runtime": runtime, "batch": batch, "iterations": len(seconds),
-                     "latency_ms_median": 1000 * median, "latency_ms_p90": 1000 * float(np.percentile(seconds, 90)),
-                     "images_per_s": batch / median})
+        rows.append(
+            {
+                "model": label,
+                "runtime": runtime,
+                "batch": batch,
+                "iterations": len(seconds),
+                "latency_ms_median": 1000 * median,
+                "latency_ms_p90": 1000 * float(np.percentile(seconds, 90)),
+                "images_per_s": batch / median,
+            }
+        )
         print(f"{label:16s} {runtime:22s} batch {batch:2d}: median {1000 * median:8.3f} ms, {batch / median:9.1f} img/s", flush=True)
     return rows
 
 
-def measure(onnx_files: dict[str, str], torch_model: Optional[nn.Module], cores: int, warmup: int, iterations: dict[int, int]) -> list[dict]:
+def measure(onnx_files: dict[str, str], torch_model: nn.Module | None, cores: int, warmup: int, iterations: dict[int, int]) -> list[dict]:
     """One row per (model, runtime, batch size). One runtime is built, measured and released at a time, so idle
     threads of another engine do not compete for the cores."""
     torch.set_num_threads(cores)
     torch.backends.quantized.engine = "x86"
-    settings = [(label, runtime, lambda p=path, f=factory: f(p, cores)) for label, path in onnx_files.items()
-                for runtime, factory in (("deepsparse", deepsparse_runner), ("onnxruntime", onnxruntime_runner))]
+    settings = [
+        (label, runtime, lambda p=path, f=factory: f(p, cores))
+        for label, path in onnx_files.items()
+        for runtime, factory in (("deepsparse", deepsparse_runner), ("onnxruntime", onnxruntime_runner))
+    ]
     if torch_model is not None:
-        settings += [(BASELINE, "pytorch fp32 eager", lambda: torch_runner(torch_model, int8=False)),
-                     ("dense int8", "pytorch int8 (fx, x86)", lambda: torch_runner(torch_model, int8=True))]
+        settings += [
+            (BASELINE, "pytorch fp32 eager", lambda: torch_runner(torch_model, int8=False)),
+            ("dense int8", "pytorch int8 (fx, x86)", lambda: torch_runner(torch_model, int8=True)),
+        ]
     inputs = {b: np.random.default_rng(b).standard_normal((b, 3, 32, 32), dtype=np.float32) for b in BATCHES}
     with torch.inference_mode():
         return [row for label, runtime, build in settings for row in time_runner(label, runtime, build(), inputs, warmup, iterations)]
@@ -139,7 +164,8 @@ def measure(onnx_files: dict[str, str], torch_model: Optional[nn.Module], cores:
 
 def ratios(rows: list[dict]) -> dict[str, float]:
     """Images per second of DeepSparse pruned-quantized over each reference, per batch size (same run)."""
-    def ips(model: str, runtime: str, batch: int) -> Optional[float]:
+
+    def ips(model: str, runtime: str, batch: int) -> float | None:
         return next((r["images_per_s"] for r in rows if (r["model"], r["runtime"], r["batch"]) == (model, runtime, batch)), None)
 
     out = {}
@@ -153,15 +179,23 @@ def ratios(rows: list[dict]) -> dict[str, float]:
 
 
 def deepsparse_commands(onnx_files: dict[str, str], cores: int) -> list[str]:
-    return [f"deepsparse.benchmark {path} --batch_size {b} --num_cores {cores} --scenario sync"
-            for path in onnx_files.values() for b in BATCHES]
+    return [
+        f"deepsparse.benchmark {path} --batch_size {b} --num_cores {cores} --scenario sync" for path in onnx_files.values() for b in BATCHES
+    ]
 
 
-def run_bench(onnx_files: dict[str, str], torch_model: Optional[nn.Module], args: argparse.Namespace) -> dict:
+def run_bench(onnx_files: dict[str, str], torch_model: nn.Module | None, args: argparse.Namespace) -> dict:
     machine = cpu_info(args.cores)  # the load average before the run: other work on the cores distorts the timings
     rows = measure(onnx_files, torch_model, args.cores, args.warmup, {1: args.iterations_b1, 32: args.iterations_b32})
-    return {"benchmark": "sparse_speed", "machine": machine, "onnx": onnx_files, "warmup": args.warmup,
-            "rows": rows, "ratios": ratios(rows), "deepsparse_benchmark_commands": deepsparse_commands(onnx_files, args.cores)}
+    return {
+        "benchmark": "sparse_speed",
+        "machine": machine,
+        "onnx": onnx_files,
+        "warmup": args.warmup,
+        "rows": rows,
+        "ratios": ratios(rows),
+        "deepsparse_benchmark_commands": deepsparse_commands(onnx_files, args.cores),
+    }
 
 
 def print_result(result: dict) -> None:
@@ -173,13 +207,22 @@ def print_result(result: dict) -> None:
     for col in ("model", "runtime", "batch", "latency median (ms)", "latency p90 (ms)", "images/s"):
         table.add_column(col, justify="left" if col in ("model", "runtime") else "right")
     for r in result["rows"]:
-        table.add_row(r["model"], r["runtime"], str(r["batch"]), f"{r['latency_ms_median']:.3f}", f"{r['latency_ms_p90']:.3f}", f"{r['images_per_s']:.0f}")
+        table.add_row(
+            r["model"],
+            r["runtime"],
+            str(r["batch"]),
+            f"{r['latency_ms_median']:.3f}",
+            f"{r['latency_ms_p90']:.3f}",
+            f"{r['images_per_s']:.0f}",
+        )
     console = Console(width=None if sys.stdout.isatty() else 160)
     console.print(table)
     if m["load_average_1min"] > m["logical_cpus"] - m["cores_used"] + 0.5:
-        console.print(f"[bold red]warning:[/] load average {m['load_average_1min']:.1f} on {m['logical_cpus']} CPUs when the run "
-                      f"started: other processes shared the {m['cores_used']} cores, so these timings are not representative "
-                      "(multi-threaded engines suffer most)")
+        console.print(
+            f"[bold red]warning:[/] load average {m['load_average_1min']:.1f} on {m['logical_cpus']} CPUs when the run "
+            f"started: other processes shared the {m['cores_used']} cores, so these timings are not representative "
+            "(multi-threaded engines suffer most)"
+        )
     for name, value in result["ratios"].items():
         console.print(f"images/s of {name}: {value:.2f}x")
     console.print("the same with DeepSparse's own benchmark:\n  " + "\n  ".join(result["deepsparse_benchmark_commands"]))
@@ -210,7 +253,7 @@ def check_onnx(prog: str, flag: str, path: str) -> None:
         fail(prog, f"{flag} {path!r} takes inputs {inputs}; expected one named 'input' (N x 3 x 32 x 32), as lit-kd export writes")
 
 
-def inputs_from_args(cli: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[dict[str, str], Optional[nn.Module]]:
+def inputs_from_args(cli: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[dict[str, str], nn.Module | None]:
     """The ONNX files by label and the dense PyTorch model (None without ``--ckpt``); usage errors through ``cli``
     (exit status 2), unusable files as one line with exit status 1."""
     for name in ("baseline", "sparse", "ckpt"):
@@ -225,12 +268,13 @@ def inputs_from_args(cli: argparse.ArgumentParser, args: argparse.Namespace) -> 
         check_onnx(cli.prog, "--baseline" if label == BASELINE else "--sparse", path)
     torch_model = None
     if args.ckpt:
-        torch_model = load_float_network(cli.prog, args.ckpt, "Give the dense checkpoint the baseline was exported from "
-                                                             "(PyTorch INT8 is made from it).")
+        torch_model = load_float_network(
+            cli.prog, args.ckpt, "Give the dense checkpoint the baseline was exported from (PyTorch INT8 is made from it)."
+        )
     return onnx_files, torch_model
 
 
-def main(argv: Optional[list[str]] = None) -> dict:
+def main(argv: list[str] | None = None) -> dict:
     cli = parser()
     args = cli.parse_args(argv)
     if not args.baseline and not args.sparse:

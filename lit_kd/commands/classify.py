@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -45,8 +44,13 @@ def image_files(paths: list[str]) -> list[Path]:
         if not given.exists():
             raise FileNotFoundError(f"{str(given)!r} does not exist")
         if given.is_dir():
-            found = sorted(p for p in given.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                           and not any(part.startswith(".") for part in p.relative_to(given).parts))
+            found = sorted(
+                p
+                for p in given.rglob("*")
+                if p.is_file()
+                and p.suffix.lower() in IMAGE_SUFFIXES
+                and not any(part.startswith(".") for part in p.relative_to(given).parts)
+            )
             if not found:
                 raise ValueError(f"folder {str(given)!r} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
             files += found
@@ -116,11 +120,13 @@ def print_rows(rows: list[dict], ckpt: str) -> None:
     Console(width=None if sys.stdout.isatty() else 200).print(table)  # logs and pipes get the full table
 
 
-QAT_ADVICE = ("Classify the float checkpoint the QAT run started from, or test the QAT run's INT8 model with "
-              "`lit-kd test --config <run>/config.yaml --ckpt_path {ckpt}`.")
+QAT_ADVICE = (
+    "Classify the float checkpoint the QAT run started from, or test the QAT run's INT8 model with "
+    "`lit-kd test --config <run>/config.yaml --ckpt_path {ckpt}`."
+)
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     cli = parser()
     args = cli.parse_args(argv)
     if bool(args.paths) == bool(args.data):

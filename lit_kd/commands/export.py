@@ -27,7 +27,6 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 from lit_kd.atomic import atomic_path, write_text
 from lit_kd.checkpoints import load_for_export
@@ -56,11 +55,15 @@ def print_table(result: dict) -> None:
     from rich.table import Table
 
     v = result["validation"]
-    table = Table(title=f"{Path(result['onnx']).name}: {result['precision']}, opset {result['opset']}, weight sparsity "
-                        f"{100 * result['weight_sparsity']:.1f} %, {v['images']} test images")
+    table = Table(
+        title=f"{Path(result['onnx']).name}: {result['precision']}, opset {result['opset']}, weight sparsity "
+        f"{100 * result['weight_sparsity']:.1f} %, {v['images']} test images"
+    )
     for col in ("runtime", "test acc", "same top-1 as PyTorch", "max |logit diff|"):
         table.add_column(col, justify="left" if col == "runtime" else "right")
-    table.add_row("pytorch" + (" (fake-quantized)" if result["precision"] == "int8" else ""), f"{100 * v['pytorch']['acc']:.2f} %", "-", "-")
+    table.add_row(
+        "pytorch" + (" (fake-quantized)" if result["precision"] == "int8" else ""), f"{100 * v['pytorch']['acc']:.2f} %", "-", "-"
+    )
     for runtime in ("onnxruntime", "deepsparse"):
         r = v[runtime]
         table.add_row(runtime, f"{100 * r['acc']:.2f} %", f"{100 * r['agreement']:.2f} %", f"{r['max_abs_logit_diff']:.4f}")
@@ -83,7 +86,7 @@ def read_config(prog: str, path: str) -> None:
         fail(prog, f"--config {path!r} holds no mapping; expected a run's config.yaml (model:, data:, trainer:)")
 
 
-def main(argv: Optional[list[str]] = None) -> dict:
+def main(argv: list[str] | None = None) -> dict:
     cli = parser()
     args = cli.parse_args(argv)
     require_file(cli, "--ckpt", args.ckpt)
@@ -116,18 +119,30 @@ def main(argv: Optional[list[str]] = None) -> dict:
         facts = graph_facts(tmp)
         if qat and not facts["integer_ops"]:
             fail(cli.prog, f"the QAT export of {args.ckpt} holds no integer ops; sparseml's conversion did not apply (nothing written)")
-        result = {"checkpoint": str(args.ckpt), "onnx": str(out), "precision": "int8" if qat else "fp32",
-                  "weight_sparsity": weight_sparsity(network), **facts,
-                  "validation": validate(tmp, network, batches, args.batch_size, args.cores)}
+        result = {
+            "checkpoint": str(args.ckpt),
+            "onnx": str(out),
+            "precision": "int8" if qat else "fp32",
+            "weight_sparsity": weight_sparsity(network),
+            **facts,
+            "validation": validate(tmp, network, batches, args.batch_size, args.cores),
+        }
         print_table(result)
-        low = {rt: result["validation"][rt]["agreement"] for rt in ("onnxruntime", "deepsparse")
-               if result["validation"][rt]["agreement"] < MIN_FP32_AGREEMENT}
+        low = {
+            rt: result["validation"][rt]["agreement"]
+            for rt in ("onnxruntime", "deepsparse")
+            if result["validation"][rt]["agreement"] < MIN_FP32_AGREEMENT
+        }
         json_path = out.with_suffix(".validation.json")
         if low and not qat:  # the report stays, the model does not
             write_text(json_path, json.dumps(result | {"written": False}, indent=2) + "\n")
-            fail(cli.prog, "the FP32 export disagrees with PyTorch: top-1 agreement "
-                 + ", ".join(f"{rt} {100 * a:.2f} %" for rt, a in low.items()) + f" < {100 * MIN_FP32_AGREEMENT} %; "
-                 f"{out} not written, validation in {json_path}")
+            fail(
+                cli.prog,
+                "the FP32 export disagrees with PyTorch: top-1 agreement "
+                + ", ".join(f"{rt} {100 * a:.2f} %" for rt, a in low.items())
+                + f" < {100 * MIN_FP32_AGREEMENT} %; "
+                f"{out} not written, validation in {json_path}",
+            )
     write_text(json_path, json.dumps(result, indent=2) + "\n")
     print(f"wrote {out} (opset {facts['opset']}, {result['precision']}, input 'input' with dynamic batch, output 'logits') and {json_path}")
     return result

@@ -13,8 +13,9 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
-from typing import Iterable, Optional
 
 import torch
 import torch.nn as nn
@@ -44,11 +45,19 @@ def accuracy(model: nn.Module, batches: Iterable) -> float:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__)
     p.add_argument("--ckpt", required=True, help="lit-kd checkpoint (classifier or distilled student)")
-    p.add_argument("--data", default=os.environ.get("LIT_KD_CIFAR10", "data/cifar10"), help="CIFAR-10 source (default $LIT_KD_CIFAR10, else data/cifar10)")
+    p.add_argument(
+        "--data",
+        default=os.environ.get("LIT_KD_CIFAR10", "data/cifar10"),
+        help="CIFAR-10 source (default $LIT_KD_CIFAR10, else data/cifar10)",
+    )
     p.add_argument("--bits", type=int, nargs="+", default=[16, 8, 4, 2], help="bit widths, weights and activations alike")
-    p.add_argument("--weight-only-bits", type=int, nargs="*", default=[], help="also weight-only rows at these widths (activations at 8 bits)")
+    p.add_argument(
+        "--weight-only-bits", type=int, nargs="*", default=[], help="also weight-only rows at these widths (activations at 8 bits)"
+    )
     p.add_argument("--observer", nargs="+", default=["minmax"], choices=OBSERVERS)
-    p.add_argument("--weight-observer", choices=OBSERVERS, default=None, help="observer for weights (default: the activation observer of the row)")
+    p.add_argument(
+        "--weight-observer", choices=OBSERVERS, default=None, help="observer for weights (default: the activation observer of the row)"
+    )
     p.add_argument("--rounding", nargs="+", default=["nearest"], choices=ROUNDINGS)
     p.add_argument("--granularity", nargs="+", default=["per_channel"], choices=["per_channel", "per_tensor"])
     p.add_argument("--first-last-8bit", choices=["no", "yes", "both"], default="both", help="keep first and last layers at 8 bits")
@@ -70,8 +79,10 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-QAT_ADVICE = ("Give the float checkpoint the QAT run started from (its init_ckpt); the QAT run's own INT8 model is its "
-              "int8_model.pt (lit_kd.quant.torch_qat.load_int8_model).")
+QAT_ADVICE = (
+    "Give the float checkpoint the QAT run started from (its init_ckpt); the QAT run's own INT8 model is its "
+    "int8_model.pt (lit_kd.quant.torch_qat.load_int8_model)."
+)
 
 
 def load_data(source: str, val_split: int = 0):
@@ -95,18 +106,37 @@ def run_study(args: argparse.Namespace) -> dict:
     labels = torch.cat([y for _, y in test])
     fp32_pred = predictions(model, test)
     fp32 = (fp32_pred == labels).float().mean().item()
-    rows = [{"runtime": "fp32", "weight_bits": 32, "act_bits": 32, "method": "-", "granularity": "-", "first_last_8bit": False,
-             "acc": fp32, "agree_fp32": 1.0, "seconds": 0.0}]
+    rows = [
+        {
+            "runtime": "fp32",
+            "weight_bits": 32,
+            "act_bits": 32,
+            "method": "-",
+            "granularity": "-",
+            "first_last_8bit": False,
+            "acc": fp32,
+            "agree_fp32": 1.0,
+            "seconds": 0.0,
+        }
+    ]
 
     def add(runtime, wb, ab, method, granularity, first_last, build):
         start = time.perf_counter()
         qmodel = build()
         pred = predictions(qmodel, test)
-        rows.append({
-            "runtime": runtime, "weight_bits": wb, "act_bits": ab, "method": method, "granularity": granularity,
-            "first_last_8bit": first_last, "acc": (pred == labels).float().mean().item(),
-            "agree_fp32": (pred == fp32_pred).float().mean().item(), "seconds": round(time.perf_counter() - start, 1),
-        })
+        rows.append(
+            {
+                "runtime": runtime,
+                "weight_bits": wb,
+                "act_bits": ab,
+                "method": method,
+                "granularity": granularity,
+                "first_last_8bit": first_last,
+                "acc": (pred == labels).float().mean().item(),
+                "agree_fp32": (pred == fp32_pred).float().mean().item(),
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+        )
         print_row(rows[-1], fp32)
         return qmodel, pred
 
@@ -116,24 +146,53 @@ def run_study(args: argparse.Namespace) -> dict:
     first_last = {"no": [False], "yes": [True], "both": [False, True]}[args.first_last_8bit]
     widths = [(b, b) for b in args.bits] + [(b, 8) for b in args.weight_only_bits]
     corrections = [False, True] if args.bias_correction else [False]
-    for (wb, ab), observer, rounding, gran, fl, bc in itertools.product(widths, args.observer, args.rounding, args.granularity, first_last, corrections):
+    for (wb, ab), observer, rounding, gran, fl, bc in itertools.product(
+        widths, args.observer, args.rounding, args.granularity, first_last, corrections
+    ):
         weights = f" (weights {args.weight_observer})" if args.weight_observer and args.weight_observer != observer else ""
         method = observer + weights + ("" if rounding == "nearest" else f" + {rounding}") + (" + bias corr." if bc else "")
-        qmodel, pred = add("ours", wb, ab, method, gran, fl, lambda: quantize(
-            model, calib, wb, ab, observer, per_channel=gran == "per_channel", rounding=rounding,
-            keep_first_last_8bit=fl, bias_correction=bc, adaround_iterations=args.adaround_iterations,
-            weight_observer=args.weight_observer,
-        ))
+        qmodel, pred = add(
+            "ours",
+            wb,
+            ab,
+            method,
+            gran,
+            fl,
+            partial(
+                quantize,
+                model,
+                calib,
+                wb,
+                ab,
+                observer,
+                per_channel=gran == "per_channel",
+                rounding=rounding,
+                keep_first_last_8bit=fl,
+                bias_correction=bc,
+                adaround_iterations=args.adaround_iterations,
+                weight_observer=args.weight_observer,
+            ),
+        )
         if (wb, ab, rounding, fl, bc) == (8, 8, "nearest", False, False):  # the same model in integer arithmetic
-            _, int_pred = add("ours int", 8, 8, method + " (int8 x int8 -> int32)", gran, fl, lambda: to_int8_model(qmodel))
+            _, int_pred = add("ours int", 8, 8, method + " (int8 x int8 -> int32)", gran, fl, partial(to_int8_model, qmodel))
             rows[-1]["agree_simulation"] = (int_pred == pred).float().mean().item()
-    return {"checkpoint": str(args.ckpt), "fp32_acc": fp32, "test_images": sum(len(y) for _, y in test),
-            "calib_images": sum(len(x) for x, _ in calib), "threads": args.threads, "rows": rows}
+    return {
+        "checkpoint": str(args.ckpt),
+        "fp32_acc": fp32,
+        "test_images": sum(len(y) for _, y in test),
+        "calib_images": sum(len(x) for x, _ in calib),
+        "threads": args.threads,
+        "rows": rows,
+    }
 
 
 def print_row(row: dict, fp32: float) -> None:
-    print(f"{row['runtime']:8s} W{row['weight_bits']}A{row['act_bits']} {row['method']:28s} {row['granularity']:12s} "
-          f"first/last 8b={row['first_last_8bit']!s:5s} acc={row['acc']:.4f} agree={row['agree_fp32']:.4f} drop={100 * (fp32 - row['acc']):+.2f} pts ({row['seconds']} s)", flush=True)
+    print(
+        f"{row['runtime']:8s} W{row['weight_bits']}A{row['act_bits']} {row['method']:28s} {row['granularity']:12s} "
+        f"first/last 8b={row['first_last_8bit']!s:5s} acc={row['acc']:.4f}"
+        f" agree={row['agree_fp32']:.4f} drop={100 * (fp32 - row['acc']):+.2f} pts ({row['seconds']} s)",
+        flush=True,
+    )
 
 
 def print_table(result: dict) -> None:
@@ -145,8 +204,16 @@ def print_table(result: dict) -> None:
     for col in ("runtime", "bits (W/A)", "method", "granularity", "first/last 8-bit", "test acc", "drop vs FP32", "same top-1 as FP32"):
         table.add_column(col, justify="left" if col in ("runtime", "method", "granularity") else "right")
     for r in result["rows"]:
-        table.add_row(r["runtime"], f"{r['weight_bits']}/{r['act_bits']}", r["method"], r["granularity"],
-                      "yes" if r["first_last_8bit"] else "no", f"{100 * r['acc']:.2f} %", f"{100 * (fp32 - r['acc']):.2f} pts", f"{100 * r['agree_fp32']:.2f} %")
+        table.add_row(
+            r["runtime"],
+            f"{r['weight_bits']}/{r['act_bits']}",
+            r["method"],
+            r["granularity"],
+            "yes" if r["first_last_8bit"] else "no",
+            f"{100 * r['acc']:.2f} %",
+            f"{100 * (fp32 - r['acc']):.2f} pts",
+            f"{100 * r['agree_fp32']:.2f} %",
+        )
     Console(width=None if sys.stdout.isatty() else 160).print(table)  # logs and pipes get the full table
 
 
@@ -164,24 +231,49 @@ def run_search(args: argparse.Namespace) -> dict:
     calib = list(data.normalized_batches("train", args.batch_size, args.calib_batches * args.batch_size, shuffle=True))
     held_out = list(data.normalized_batches("val", EVAL_BATCH))
     test = list(data.normalized_batches("test", EVAL_BATCH, args.test_images))
-    options = {"observer": args.observer[0], "weight_observer": args.weight_observer, "per_channel": args.granularity[0] == "per_channel",
-               "rounding": args.rounding[0], "bias_correction": args.bias_correction, "adaround_iterations": args.adaround_iterations}
+    options = {
+        "observer": args.observer[0],
+        "weight_observer": args.weight_observer,
+        "per_channel": args.granularity[0] == "per_channel",
+        "rounding": args.rounding[0],
+        "bias_correction": args.bias_correction,
+        "adaround_iterations": args.adaround_iterations,
+    }
     start = time.perf_counter()
     out = Path(args.out)
-    result = search_bits(model, calib, held_out, args.max_drop / 100, tuple(args.candidates), args.cost, act_bits=args.act_bits,
-                         evaluations=args.evaluations, cache=out.with_suffix(".sensitivity.json"), progress=lambda s: print(s, flush=True),
-                         **options)
+    result = search_bits(
+        model,
+        calib,
+        held_out,
+        args.max_drop / 100,
+        tuple(args.candidates),
+        args.cost,
+        act_bits=args.act_bits,
+        evaluations=args.evaluations,
+        cache=out.with_suffix(".sensitivity.json"),
+        progress=lambda s: print(s, flush=True),
+        **options,
+    )
     seconds = time.perf_counter() - start
     test_acc = {"fp32": accuracy(model, test)}
     for name, point in [("chosen", result.chosen), *((p.label, p) for p in result.uniform)]:
         test_acc[name] = accuracy(quantize(model, calib, point.weight_bits, args.act_bits, **options), test)
     layers = result.layers
     fp32_bytes = sum(v["params"] for v in layers.values()) * 4
-    summary = {"checkpoint": str(args.ckpt), "search_seconds": round(seconds, 1), "threads": args.threads, "options": options,
-               "eval_images": args.eval_images, "test_images": sum(len(y) for _, y in test), "test_acc": test_acc,
-               "chosen_average_weight_bits": average_bits(result.chosen.weight_bits, layers),
-               "chosen_weight_bytes": size_bytes(result.chosen.weight_bits, layers), "fp32_weight_bytes": fp32_bytes,
-               "uniform_int8_weight_bytes": fp32_bytes / 4, "search": result.as_dict()}
+    summary = {
+        "checkpoint": str(args.ckpt),
+        "search_seconds": round(seconds, 1),
+        "threads": args.threads,
+        "options": options,
+        "eval_images": args.eval_images,
+        "test_images": sum(len(y) for _, y in test),
+        "test_acc": test_acc,
+        "chosen_average_weight_bits": average_bits(result.chosen.weight_bits, layers),
+        "chosen_weight_bytes": size_bytes(result.chosen.weight_bits, layers),
+        "fp32_weight_bytes": fp32_bytes,
+        "uniform_int8_weight_bytes": fp32_bytes / 4,
+        "search": result.as_dict(),
+    }
     print_search(summary, result)
     summary["plot"] = str(pareto_plot(result, out.with_suffix(".png")))
     return summary
@@ -200,12 +292,14 @@ def print_search(summary: dict, result) -> None:
     console = Console(width=None if sys.stdout.isatty() else 160)
     console.print(table)
     t = summary["test_acc"]
-    console.print(f"average weight bits {summary['chosen_average_weight_bits']:.2f}; weights {summary['chosen_weight_bytes'] / 1024:.1f} KiB "
-                  f"vs FP32 {summary['fp32_weight_bytes'] / 1024:.1f} KiB and uniform INT8 {summary['uniform_int8_weight_bytes'] / 1024:.1f} KiB")
+    console.print(
+        f"average weight bits {summary['chosen_average_weight_bits']:.2f}; weights {summary['chosen_weight_bytes'] / 1024:.1f} KiB "
+        f"vs FP32 {summary['fp32_weight_bytes'] / 1024:.1f} KiB and uniform INT8 {summary['uniform_int8_weight_bytes'] / 1024:.1f} KiB"
+    )
     console.print("test accuracy: " + ", ".join(f"{k} {100 * v:.2f} %" for k, v in t.items()) + f" (search {summary['search_seconds']} s)")
 
 
-def main(argv: Optional[list[str]] = None) -> dict:
+def main(argv: list[str] | None = None) -> dict:
     cli = parser()
     args = cli.parse_args(argv)
     search = args.max_drop is not None
@@ -214,8 +308,11 @@ def main(argv: Optional[list[str]] = None) -> dict:
     require_positive(cli, args, "calib_batches", "batch_size", "threads", "test_images", "adaround_iterations")
     if search:
         require_positive(cli, args, "eval_images", "evaluations")
-    widths = [("--candidates", b) for b in args.candidates] + [("--act-bits", args.act_bits)] if search else \
-        [("--bits", b) for b in args.bits] + [("--weight-only-bits", b) for b in args.weight_only_bits]
+    widths = (
+        [("--candidates", b) for b in args.candidates] + [("--act-bits", args.act_bits)]
+        if search
+        else [("--bits", b) for b in args.bits] + [("--weight-only-bits", b) for b in args.weight_only_bits]
+    )
     for flag, bits in widths:
         try:
             check_bits(bits, f"{flag} width")

@@ -17,7 +17,6 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Optional
 
 from rich.console import Console
 
@@ -26,17 +25,25 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lit-kd study", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("study", help="a study file (experiments/studies/*.yaml)")
     p.add_argument("--out", help="where the stages and the report go (default runs/<study name>)")
-    p.add_argument("--data", default=os.environ.get("LIT_KD_CIFAR10") or "data/cifar10",
-                   help="CIFAR-10 source for every stage (default $LIT_KD_CIFAR10, else data/cifar10, downloaded when missing)")
+    p.add_argument(
+        "--data",
+        default=os.environ.get("LIT_KD_CIFAR10") or "data/cifar10",
+        help="CIFAR-10 source for every stage (default $LIT_KD_CIFAR10, else data/cifar10, downloaded when missing)",
+    )
     p.add_argument("--only", nargs="+", metavar="STAGE", help="run only these stages (a seeded stage's name runs all its seeds)")
     p.add_argument("--from", dest="start", metavar="STAGE", help="run this stage and every stage after it, whatever their state")
-    p.add_argument("--use", nargs="+", default=[], metavar="STAGE=FILE",
-                   help="let trained weights (a plain state dict, e.g. weights/resnet20_teacher.pt) stand in for a fit stage")
+    p.add_argument(
+        "--use",
+        nargs="+",
+        default=[],
+        metavar="STAGE=FILE",
+        help="let trained weights (a plain state dict, e.g. weights/resnet20_teacher.pt) stand in for a fit stage",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the plan and run nothing")
     return p
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     from lit_kd.study.spec import StudyError, load_study  # no torch import: a broken study file fails fast
 
     cli = parser()

@@ -9,8 +9,8 @@ cannot check or run 4-bit tensors.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import onnx
@@ -25,8 +25,9 @@ def patch_onnx_int4_constants() -> None:
             setattr(onnx.TensorProto, name, value)
 
 
-def quantize_static_qdq(fp32_path: str | Path, int8_path: str | Path, calib_batches: Iterable[np.ndarray],
-                        input_name: str = "input", per_channel: bool = True) -> Path:
+def quantize_static_qdq(
+    fp32_path: str | Path, int8_path: str | Path, calib_batches: Iterable[np.ndarray], input_name: str = "input", per_channel: bool = True
+) -> Path:
     """Static INT8 quantization of an ONNX file in QDQ format: per-channel signed weights, unsigned activations
     calibrated (min-max) on ``calib_batches`` (float32 arrays shaped like the model input)."""
     patch_onnx_int4_constants()
@@ -47,7 +48,14 @@ def quantize_static_qdq(fp32_path: str | Path, int8_path: str | Path, calib_batc
     int8_path = Path(int8_path)
     pre_path = int8_path.with_suffix(".preprocessed.onnx")
     quant_pre_process(str(fp32_path), str(pre_path))
-    quantize_static(str(pre_path), str(int8_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    quantize_static(
+        str(pre_path),
+        str(int8_path),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=per_channel,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
     pre_path.unlink(missing_ok=True)
     return int8_path

@@ -7,7 +7,7 @@ longer called: their output is the output of the last module the graph calls ins
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch.nn as nn
 from torch import Tensor
@@ -40,7 +40,7 @@ class FeatureTaps:
             handle.remove()
         self.handles, self.features = [], {}
 
-    def __enter__(self) -> "FeatureTaps":
+    def __enter__(self) -> FeatureTaps:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -72,8 +72,6 @@ def resolve_module(model: nn.Module, path: str) -> nn.Module:
         for part in path.split("."):
             children = dict(parent.named_children())
             if part not in children:
-                raise ValueError(
-                    f"{type(model).__name__} has no module {path!r}: {part!r} is not among {sorted(children)}"
-                ) from None
+                raise ValueError(f"{type(model).__name__} has no module {path!r}: {part!r} is not among {sorted(children)}") from None
             parent = children[part]
         raise

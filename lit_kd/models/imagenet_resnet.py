@@ -9,7 +9,6 @@ with one ReLU module per use (:mod:`lit_kd.models.fusable_blocks`), so SparseML'
 
 from __future__ import annotations
 
-from typing import Optional
 from urllib.error import URLError
 
 import torch.nn as nn
@@ -32,7 +31,7 @@ def adapt_resnet(model: ResNet, num_classes: int, stem: str = "cifar") -> ResNet
     return make_blocks_fusable(model)
 
 
-def torchvision_resnet(arch: str, num_classes: int = 10, weights: Optional[str] = None, stem: str = "cifar") -> ResNet:
+def torchvision_resnet(arch: str, num_classes: int = 10, weights: str | None = None, stem: str = "cifar") -> ResNet:
     """A torchvision ResNet (``resnet18/34/50/101``) for 32x32 inputs, optionally from ImageNet ``weights``.
 
     ``weights`` is a torchvision weight name (``"DEFAULT"``, ``"IMAGENET1K_V2"``, ...). torchvision looks for the
@@ -54,19 +53,19 @@ def torchvision_resnet(arch: str, num_classes: int = 10, weights: Optional[str] 
     return adapt_resnet(model, num_classes, stem)
 
 
-def resnet18(num_classes: int = 10, weights: Optional[str] = None, stem: str = "cifar") -> ResNet:
+def resnet18(num_classes: int = 10, weights: str | None = None, stem: str = "cifar") -> ResNet:
     return torchvision_resnet("resnet18", num_classes, weights, stem)
 
 
-def resnet34(num_classes: int = 10, weights: Optional[str] = None, stem: str = "cifar") -> ResNet:
+def resnet34(num_classes: int = 10, weights: str | None = None, stem: str = "cifar") -> ResNet:
     return torchvision_resnet("resnet34", num_classes, weights, stem)
 
 
-def resnet50(num_classes: int = 10, weights: Optional[str] = None, stem: str = "cifar") -> ResNet:
+def resnet50(num_classes: int = 10, weights: str | None = None, stem: str = "cifar") -> ResNet:
     return torchvision_resnet("resnet50", num_classes, weights, stem)
 
 
-def resnet101(num_classes: int = 10, weights: Optional[str] = None, stem: str = "cifar") -> ResNet:
+def resnet101(num_classes: int = 10, weights: str | None = None, stem: str = "cifar") -> ResNet:
     return torchvision_resnet("resnet101", num_classes, weights, stem)
 
 

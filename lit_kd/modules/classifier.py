@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from typing import Optional, Union
 
 import lightning as L
 import torch
@@ -17,7 +16,7 @@ from typing_extensions import override
 from lit_kd.models import build_model
 
 
-def resolve_model(model: Union[str, nn.Module], num_classes: int, model_kwargs: Optional[dict]) -> nn.Module:
+def resolve_model(model: str | nn.Module, num_classes: int, model_kwargs: dict | None) -> nn.Module:
     """A registered architecture name (built with ``model_kwargs``) or an ``nn.Module`` used as is."""
     if isinstance(model, nn.Module):
         if model_kwargs:
@@ -65,11 +64,11 @@ class ClassifierModule(L.LightningModule):
 
     def __init__(
         self,
-        model: Union[str, nn.Module] = "resnet20",
+        model: str | nn.Module = "resnet20",
         num_classes: int = 10,
-        model_kwargs: Optional[dict] = None,
+        model_kwargs: dict | None = None,
         optimizer: OptimizerCallable = torch.optim.Adam,
-        lr_scheduler: Optional[LRSchedulerCallable] = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: str = "epoch",
         label_smoothing: float = 0.0,
         num_example_images: int = 10,

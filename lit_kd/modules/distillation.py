@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -12,10 +12,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
+from lit_kd.checkpoints import instantiate_network, load_network, load_weights
 from lit_kd.losses import TERMS, DistillationLoss, DistillContext, FeatureTerm, build_term
 from lit_kd.models.feature_taps import FeatureTaps
 from lit_kd.modules.classifier import ClassifierModule, save_hparams_without_modules, target_classes
-from lit_kd.checkpoints import instantiate_network, load_network, load_weights
 
 TEACHER = "teacher."
 
@@ -33,7 +33,7 @@ def parse_pairs(pairs: Sequence, where: str) -> list[tuple[str, str]]:
     return parsed
 
 
-def resolve_teacher(teacher, teacher_ckpt: Optional[str], teacher_kwargs: Optional[dict], num_classes: int) -> Optional[nn.Module]:
+def resolve_teacher(teacher, teacher_ckpt: str | None, teacher_kwargs: dict | None, num_classes: int) -> nn.Module | None:
     """The teacher from any of: a lit-kd checkpoint (``teacher_ckpt`` alone), an architecture name plus a
     checkpoint or state-dict file, an ``nn.Module`` (optionally with weights from ``teacher_ckpt``), or nothing."""
     if teacher is None:
@@ -70,30 +70,32 @@ class DistillationModule(ClassifierModule):
 
     def __init__(
         self,
-        student: Union[str, nn.Module] = "resnet20",
-        teacher: Union[str, nn.Module, None] = None,
-        teacher_ckpt: Optional[str] = None,
-        student_kwargs: Optional[dict] = None,
-        teacher_kwargs: Optional[dict] = None,
-        losses: Sequence[Union[str, dict]] = ("ce", "soft_ce"),
+        student: str | nn.Module = "resnet20",
+        teacher: str | nn.Module | None = None,
+        teacher_ckpt: str | None = None,
+        student_kwargs: dict | None = None,
+        teacher_kwargs: dict | None = None,
+        losses: Sequence[str | dict] = ("ce", "soft_ce"),
         feature_pairs: Sequence[dict] = (),
         temperature: float = 4.0,
         reduction: str = "mean",
-        weights: Optional[dict[str, float]] = None,
+        weights: dict[str, float] | None = None,
         num_classes: int = 10,
         optimizer: OptimizerCallable = torch.optim.Adam,
-        lr_scheduler: Optional[LRSchedulerCallable] = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: str = "epoch",
         label_smoothing: float = 0.0,
         num_example_images: int = 10,
-        teacher_check_batches: Optional[int] = None,
+        teacher_check_batches: int | None = None,
         input_shape: tuple[int, int, int] = (3, 32, 32),
     ):
-        super().__init__(student, num_classes, student_kwargs, optimizer, lr_scheduler, scheduler_interval, label_smoothing, num_example_images)
+        super().__init__(
+            student, num_classes, student_kwargs, optimizer, lr_scheduler, scheduler_interval, label_smoothing, num_example_images
+        )
         save_hparams_without_modules(self, "student", "teacher")
         self._teacher_source = (teacher, teacher_ckpt, teacher_kwargs)
-        self.teacher: Optional[nn.Module] = None
-        self.criterion: Optional[DistillationLoss] = None
+        self.teacher: nn.Module | None = None
+        self.criterion: DistillationLoss | None = None
         self._taps: list[FeatureTaps] = []
         if isinstance(teacher, nn.Module):  # a teacher held in memory is there from the start
             self.configure_teacher()
@@ -124,7 +126,7 @@ class DistillationModule(ClassifierModule):
         if stage == "fit":
             self.configure_teacher()
 
-    def _build_term(self, spec: Union[str, dict], default_pairs):
+    def _build_term(self, spec: str | dict, default_pairs):
         options = {"name": spec} if isinstance(spec, str) else dict(spec)
         name = options.pop("name", None)
         if name not in TERMS:
@@ -147,7 +149,10 @@ class DistillationModule(ClassifierModule):
             with torch.no_grad():
                 self.model.eval()(x)
                 self.teacher(x)
-            shapes = ({k: tuple(v.shape[1:]) for k, v in s_taps.features.items()}, {k: tuple(v.shape[1:]) for k, v in t_taps.features.items()})
+            shapes = (
+                {k: tuple(v.shape[1:]) for k, v in s_taps.features.items()},
+                {k: tuple(v.shape[1:]) for k, v in t_taps.features.items()},
+            )
         self.model.train(was_training)
         return shapes
 
@@ -204,7 +209,7 @@ class DistillationModule(ClassifierModule):
         self._taps = []
 
     @torch.no_grad()
-    def check_teacher(self) -> Optional[float]:
+    def check_teacher(self) -> float | None:
         """Log the teacher's accuracy on the validation set (``teacher/val_acc``) and return it."""
         datamodule = self.trainer.datamodule
         if datamodule is None:

@@ -1,9 +1,10 @@
 """Quantization: our own post-training quantization (simulated, 2-16 bits) and PyTorch's own PTQ."""
 
-from lit_kd.quant.affine import dequantize, fake_quantize, qparams, qrange, quantize as quantize_tensor
+from lit_kd.quant.affine import dequantize, fake_quantize, qparams, qrange
+from lit_kd.quant.affine import quantize as quantize_tensor
+from lit_kd.quant.mixed_precision import search_bits
 from lit_kd.quant.observers import OBSERVERS, make_observer
 from lit_kd.quant.ptq import calibration_batches, fold_batchnorm, quantize, quantized_layers
-from lit_kd.quant.mixed_precision import search_bits
 
 __all__ = [
     "OBSERVERS",

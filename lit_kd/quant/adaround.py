@@ -13,8 +13,8 @@ than rounding to nearest on the calibration inputs, rounding to nearest is kept.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -42,8 +42,12 @@ def _identity(x: Tensor) -> Tensor:
 
 
 def reconstruction_error(
-    layer: QuantizedLayer, weight: Tensor, inputs: Tensor, targets: Tensor, batch_size: int = 256,
-    activation: Optional[Callable[[Tensor], Tensor]] = None,
+    layer: QuantizedLayer,
+    weight: Tensor,
+    inputs: Tensor,
+    targets: Tensor,
+    batch_size: int = 256,
+    activation: Callable[[Tensor], Tensor] | None = None,
 ) -> float:
     """Mean squared error of ``activation(layer output)`` with ``weight`` against ``activation(targets)``, over all
     calibration inputs (no activation: the layer's output itself)."""
@@ -68,7 +72,7 @@ def adaround(
     warmup: float = 0.2,
     beta_range: tuple[float, float] = (20.0, 2.0),
     seed: int = 0,
-    activation: Optional[Callable[[Tensor], Tensor]] = None,
+    activation: Callable[[Tensor], Tensor] | None = None,
 ) -> RoundingResult:
     """Learn the rounding of ``layer``'s float weight (``layer.layer.weight``) given its calibration ``inputs`` (as
     seen in the quantized model) and the float model's outputs ``targets`` (before ``activation``, the function that
@@ -107,8 +111,12 @@ def adaround(
     with torch.no_grad():
         learned = torch.clamp(floor + (v >= 0).float() + zero_point, qmin, qmax)
         nearest = layer.weight_codes(weight)
-        err_learned = reconstruction_error(layer, dequantize(learned, layer.weight_scale, layer.weight_zero_point, axis), inputs, targets, activation=act)
-        err_nearest = reconstruction_error(layer, dequantize(nearest, layer.weight_scale, layer.weight_zero_point, axis), inputs, targets, activation=act)
+        err_learned = reconstruction_error(
+            layer, dequantize(learned, layer.weight_scale, layer.weight_zero_point, axis), inputs, targets, activation=act
+        )
+        err_nearest = reconstruction_error(
+            layer, dequantize(nearest, layer.weight_scale, layer.weight_zero_point, axis), inputs, targets, activation=act
+        )
     if err_learned <= err_nearest:
         return RoundingResult(learned, err_nearest, err_learned, "adaround")
     return RoundingResult(nearest, err_nearest, err_learned, "nearest")

@@ -13,8 +13,6 @@ Conventions (the same formulas as ``torch.ao.quantization`` observers, so 8-bit 
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
@@ -49,7 +47,7 @@ def qparams(min_val: Tensor, max_val: Tensor, bits: int, symmetric: bool) -> tup
     return scale, zero_point
 
 
-def _shape(param: Tensor, x: Tensor, axis: Optional[int]) -> Tensor:
+def _shape(param: Tensor, x: Tensor, axis: int | None) -> Tensor:
     if axis is None or param.numel() == 1:
         return param.reshape(()) if param.numel() == 1 else param
     view = [1] * x.dim()
@@ -57,17 +55,17 @@ def _shape(param: Tensor, x: Tensor, axis: Optional[int]) -> Tensor:
     return param.reshape(view)
 
 
-def quantize(x: Tensor, scale: Tensor, zero_point: Tensor, bits: int, symmetric: bool, axis: Optional[int] = None) -> Tensor:
+def quantize(x: Tensor, scale: Tensor, zero_point: Tensor, bits: int, symmetric: bool, axis: int | None = None) -> Tensor:
     """Integer codes of ``x`` (as a float tensor holding whole numbers in ``[qmin, qmax]``)."""
     qmin, qmax = qrange(bits, symmetric)
     scale, zero_point = _shape(scale, x, axis), _shape(zero_point, x, axis)
     return torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax)
 
 
-def dequantize(q: Tensor, scale: Tensor, zero_point: Tensor, axis: Optional[int] = None) -> Tensor:
+def dequantize(q: Tensor, scale: Tensor, zero_point: Tensor, axis: int | None = None) -> Tensor:
     return (q - _shape(zero_point, q, axis)) * _shape(scale, q, axis)
 
 
-def fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor, bits: int, symmetric: bool, axis: Optional[int] = None) -> Tensor:
+def fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor, bits: int, symmetric: bool, axis: int | None = None) -> Tensor:
     """``dequantize(quantize(x))``: the value the integer model computes with, in floating point."""
     return dequantize(quantize(x, scale, zero_point, bits, symmetric, axis), scale, zero_point, axis)

@@ -7,8 +7,6 @@ dequantized values in floating point (what integer kernels with fused requantiza
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -63,7 +61,7 @@ class QuantizedLayer(nn.Module):
         self.register_buffer("weight_int", torch.tensor([]))
 
     @property
-    def weight_axis(self) -> Optional[int]:
+    def weight_axis(self) -> int | None:
         return 0 if self.weight_scale.numel() > 1 else None
 
     def set_weight_qparams(self, scale: Tensor, zero_point: Tensor) -> None:

@@ -1,7 +1,8 @@
 """Accuracy-driven mixed precision: the cheapest per-layer weight widths whose accuracy drop stays within a budget.
 
 1. Sensitivity (:func:`layer_sensitivity`): for every Conv2d/Linear layer and candidate width, quantize that layer
-   alone (its weights at the width, its input at ``act_bits``; every other layer left in float) and measure the increase of the cross-entropy on the evaluation images over the float model.
+   alone (its weights at the width, its input at ``act_bits``; every other layer left in float) and measure the
+   increase of the cross-entropy on the evaluation images over the float model.
 2. Order: starting from every layer at the widest candidate, a greedy sequence of one-step narrowings (a layer to
    its next smaller candidate), each time the step with the least sensitivity added per unit of cost saved.
 3. Search (:func:`search_bits`): a binary search along that sequence for the longest prefix whose accuracy drop
@@ -19,9 +20,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Optional
 
 import torch
 import torch.nn as nn
@@ -74,6 +75,7 @@ def layer_facts(model: nn.Module, example: torch.Tensor) -> dict[str, dict]:
     def record(path: str):
         def hook(_module, _inputs, output) -> None:  # returns None: the output stays as it is
             shapes[path] = tuple(output.shape)
+
         return hook
 
     handles = [folded.get_submodule(p).register_forward_hook(record(p)) for p in order]
@@ -121,8 +123,16 @@ def sensitivity_key(model: nn.Module, candidates: tuple[int, ...], act_bits: int
     return digest.hexdigest()
 
 
-def layer_sensitivity(model: nn.Module, calib: list, eval_batches: list, candidates: tuple[int, ...], act_bits: int,
-                      quant_options: dict, cache: Optional[Path] = None, progress: Callable[[str], None] = lambda s: None) -> dict[str, dict[int, float]]:
+def layer_sensitivity(
+    model: nn.Module,
+    calib: list,
+    eval_batches: list,
+    candidates: tuple[int, ...],
+    act_bits: int,
+    quant_options: dict,
+    cache: Path | None = None,
+    progress: Callable[[str], None] = lambda s: None,
+) -> dict[str, dict[int, float]]:
     """``{layer: {bits: loss increase}}`` with each layer quantized alone; read from / written to ``cache``."""
     key = sensitivity_key(model, candidates, act_bits, eval_batches, quant_options)
     if cache is not None and cache.is_file():
@@ -143,12 +153,15 @@ def layer_sensitivity(model: nn.Module, calib: list, eval_batches: list, candida
             result[path][bits] = evaluate(qmodel, eval_batches)[1] - float_loss
         progress(f"sensitivity {path}: " + ", ".join(f"{b} bits {v:+.4f}" for b, v in result[path].items()))
     if cache is not None:
-        write_text(cache, json.dumps({"key": key, "sensitivity": {p: {str(b): v for b, v in s.items()} for p, s in result.items()}}, indent=1))
+        write_text(
+            cache, json.dumps({"key": key, "sensitivity": {p: {str(b): v for b, v in s.items()} for p, s in result.items()}}, indent=1)
+        )
     return result
 
 
-def greedy_order(sensitivity: dict[str, dict[int, float]], candidates: tuple[int, ...], act_bits: int, layers: dict[str, dict],
-                 kind: str) -> list[tuple[str, int]]:
+def greedy_order(
+    sensitivity: dict[str, dict[int, float]], candidates: tuple[int, ...], act_bits: int, layers: dict[str, dict], kind: str
+) -> list[tuple[str, int]]:
     """The narrowing steps ``(layer, new width)`` from all-widest to all-narrowest, cheapest harm per saved cost first."""
     widths = sorted(candidates, reverse=True)
     current = {p: widths[0] for p in sensitivity}
@@ -180,9 +193,20 @@ def pareto_front(points: list[Point]) -> list[Point]:
     return front
 
 
-def search_bits(model: nn.Module, calib_data: Iterable, eval_data: Iterable, max_drop: float, candidates=(2, 4, 8),
-                cost: str = "bits", *, act_bits: int = 8, evaluations: int = 8, cache: Optional[Path] = None,
-                progress: Callable[[str], None] = lambda s: None, **quant_options) -> SearchResult:
+def search_bits(
+    model: nn.Module,
+    calib_data: Iterable,
+    eval_data: Iterable,
+    max_drop: float,
+    candidates=(2, 4, 8),
+    cost: str = "bits",
+    *,
+    act_bits: int = 8,
+    evaluations: int = 8,
+    cache: Path | None = None,
+    progress: Callable[[str], None] = lambda s: None,
+    **quant_options,
+) -> SearchResult:
     """The cheapest weight-width allocation found whose accuracy on ``eval_data`` is at most ``max_drop`` (a fraction)
     below the float model's, and the Pareto front of every allocation evaluated. ``quant_options`` go to
     :func:`~lit_kd.quant.ptq.quantize` (observer, per_channel, rounding, bias_correction, ...)."""
@@ -219,11 +243,13 @@ def search_bits(model: nn.Module, calib_data: Iterable, eval_data: Iterable, max
             widths = allocation(k)
             acc, _ = evaluate(quantize(model, calib, widths, act_bits, **quant_options), eval_batches)
             evaluated[k] = Point(allocation_cost(widths, act_bits, layers, cost), acc, widths, f"step {k}")
-            progress(f"step {k}/{len(steps)}: average weight bits {average_bits(widths, layers):.2f}, accuracy {acc:.4f} "
-                     f"(drop {100 * (fp32_acc - acc):.2f} points)")
+            progress(
+                f"step {k}/{len(steps)}: average weight bits {average_bits(widths, layers):.2f}, accuracy {acc:.4f} "
+                f"(drop {100 * (fp32_acc - acc):.2f} points)"
+            )
         return evaluated[k]
 
-    within = lambda k: fp32_acc - point(k).acc <= max_drop  # noqa: E731
+    within = lambda k: fp32_acc - point(k).acc <= max_drop
     lo, hi = 0, len(steps)
     if not within(lo):
         lo = -1  # even the widest allocation misses the budget
@@ -243,8 +269,20 @@ def search_bits(model: nn.Module, calib_data: Iterable, eval_data: Iterable, max
     ok = [p for p in [*evaluated.values(), *uniform] if fp32_acc - p.acc <= max_drop]
     chosen = min(ok, key=lambda p: (p.cost, -p.acc)) if ok else point(0)
     fp32_cost = allocation_cost({p: 32 for p in layers}, 32 if cost == "bops" else act_bits, layers, cost)
-    return SearchResult(chosen, fp32_acc, max_drop, act_bits, cost, fp32_cost, uniform, sorted(evaluated.values(), key=lambda p: p.cost),
-                        pareto_front(list(evaluated.values()) + uniform), sens, layers, steps)
+    return SearchResult(
+        chosen,
+        fp32_acc,
+        max_drop,
+        act_bits,
+        cost,
+        fp32_cost,
+        uniform,
+        sorted(evaluated.values(), key=lambda p: p.cost),
+        pareto_front(list(evaluated.values()) + uniform),
+        sens,
+        layers,
+        steps,
+    )
 
 
 def average_bits(weight_bits: dict[str, int], layers: dict[str, dict]) -> float:
@@ -258,7 +296,7 @@ def size_bytes(weight_bits: dict[str, int], layers: dict[str, dict]) -> float:
     return sum(layers[p]["params"] * b for p, b in weight_bits.items()) / 8
 
 
-def pareto_plot(result: SearchResult, path: Path, test_acc: Optional[dict[str, float]] = None) -> Path:
+def pareto_plot(result: SearchResult, path: Path, test_acc: dict[str, float] | None = None) -> Path:
     """Accuracy on the evaluation data against weight size: every evaluated allocation, the front, the uniform
     widths, and the chosen one."""
     import matplotlib
@@ -266,11 +304,13 @@ def pareto_plot(result: SearchResult, path: Path, test_acc: Optional[dict[str, f
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    kb = lambda p: size_bytes(p.weight_bits, result.layers) / 1024  # noqa: E731
+    kb = lambda p: size_bytes(p.weight_bits, result.layers) / 1024
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     ax.scatter([kb(p) for p in result.evaluated], [100 * p.acc for p in result.evaluated], s=18, color="tab:gray", label="evaluated")
     ax.plot([kb(p) for p in result.front], [100 * p.acc for p in result.front], "-", color="tab:blue", label="Pareto front")
-    ax.scatter([kb(p) for p in result.uniform], [100 * p.acc for p in result.uniform], marker="s", s=40, color="tab:orange", label="uniform")
+    ax.scatter(
+        [kb(p) for p in result.uniform], [100 * p.acc for p in result.uniform], marker="s", s=40, color="tab:orange", label="uniform"
+    )
     for p in result.uniform:
         ax.annotate(p.label.removeprefix("uniform "), (kb(p), 100 * p.acc), textcoords="offset points", xytext=(4, -10), fontsize=8)
     ax.scatter([kb(result.chosen)], [100 * result.chosen.acc], marker="*", s=160, color="tab:red", label="chosen", zorder=5)

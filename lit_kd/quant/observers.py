@@ -15,8 +15,6 @@ scale and zero point for a given bit width.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn as nn
 from torch import Tensor
@@ -26,7 +24,7 @@ from lit_kd.quant.affine import fake_quantize, qparams
 OBSERVERS = ("minmax", "moving_average", "percentile", "mse")
 
 
-def _rows(x: Tensor, axis: Optional[int]) -> Tensor:
+def _rows(x: Tensor, axis: int | None) -> Tensor:
     """``x`` as a 2-D tensor: one row per channel along ``axis``, or a single row."""
     x = x.detach().float()
     return x.reshape(1, -1) if axis is None else x.transpose(0, axis).reshape(x.shape[axis], -1)
@@ -35,7 +33,7 @@ def _rows(x: Tensor, axis: Optional[int]) -> Tensor:
 class Observer(nn.Module):
     """Running min/max of what it sees; subclasses refine how the range is estimated."""
 
-    def __init__(self, axis: Optional[int] = None):
+    def __init__(self, axis: int | None = None):
         super().__init__()
         self.axis = axis
         self.register_buffer("min_val", torch.tensor([]))
@@ -72,7 +70,7 @@ class MinMaxObserver(Observer):
 
 
 class MovingAverageMinMaxObserver(Observer):
-    def __init__(self, axis: Optional[int] = None, averaging_constant: float = 0.1):
+    def __init__(self, axis: int | None = None, averaging_constant: float = 0.1):
         super().__init__(axis)
         self.averaging_constant = averaging_constant
 
@@ -85,7 +83,7 @@ class MovingAverageMinMaxObserver(Observer):
 class PercentileObserver(Observer):
     """Per-batch ``percentile`` and ``100 - percentile`` quantiles, averaged over batches."""
 
-    def __init__(self, axis: Optional[int] = None, percentile: float = 99.99, max_samples: int = 1 << 20):
+    def __init__(self, axis: int | None = None, percentile: float = 99.99, max_samples: int = 1 << 20):
         super().__init__(axis)
         if not 50.0 < percentile <= 100.0:
             raise ValueError(f"percentile must be in (50, 100], got {percentile}")
@@ -113,7 +111,7 @@ class PercentileObserver(Observer):
 class MSEObserver(Observer):
     """Min/max, plus a sample of the values on which the MSE-optimal clipping ratio is searched."""
 
-    def __init__(self, axis: Optional[int] = None, grid: int = 100, max_samples: int = 1 << 20):
+    def __init__(self, axis: int | None = None, grid: int = 100, max_samples: int = 1 << 20):
         super().__init__(axis)
         self.grid, self.max_samples = grid, max_samples
         self.samples: list[Tensor] = []
@@ -147,7 +145,7 @@ class MSEObserver(Observer):
         return best
 
 
-def make_observer(name: str, axis: Optional[int] = None) -> Observer:
+def make_observer(name: str, axis: int | None = None) -> Observer:
     """An observer by name (one of ``OBSERVERS``)."""
     classes = {
         "minmax": MinMaxObserver,

@@ -11,7 +11,7 @@ execution order, each seeing the already-quantized layers before it.
 from __future__ import annotations
 
 import copy
-from typing import Callable, Iterable, Mapping, Optional, Union
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 import torch.nn as nn
@@ -41,7 +41,7 @@ def check_supported(model: nn.Module) -> None:
             )
 
 
-def calibration_batches(calib_data: Iterable, max_batches: Optional[int] = None) -> list[Tensor]:
+def calibration_batches(calib_data: Iterable, max_batches: int | None = None) -> list[Tensor]:
     """The input tensors of ``calib_data`` (an iterable of input batches or of (input, label) batches)."""
     batches = []
     for batch in calib_data:
@@ -104,7 +104,7 @@ def execution_order(model: nn.Module, example: Tensor) -> list[str]:
     return order
 
 
-def following_relu(model: nn.Module, path: str) -> Optional[Callable[[Tensor], Tensor]]:
+def following_relu(model: nn.Module, path: str) -> Callable[[Tensor], Tensor] | None:
     """``F.relu`` when the output of the layer at ``path`` goes only into a ReLU in ``model``'s ``torch.fx`` graph,
     else None (also for models that are not traced, ``fold_bn=False``)."""
     if not isinstance(model, torch.fx.GraphModule):
@@ -129,10 +129,10 @@ def _replace(model: nn.Module, path: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, name, new)
 
 
-Bits = Union[int, Mapping[str, Optional[int]]]
+Bits = int | Mapping[str, int | None]
 
 
-def bits_per_layer(bits: Bits, order: list[str], what: str) -> dict[str, Optional[int]]:
+def bits_per_layer(bits: Bits, order: list[str], what: str) -> dict[str, int | None]:
     """Widths by layer path from an int (every layer) or a mapping ``{"default": 4, "layer3.0.conv1": 2, ...}``
     (``default`` for the layers not named; without it every layer must be named). ``None`` leaves a layer in float."""
     if not isinstance(bits, Mapping):
@@ -156,12 +156,12 @@ def quantize(
     per_channel: bool = True,
     rounding: str = "nearest",
     *,
-    weight_observer: Optional[str] = None,
+    weight_observer: str | None = None,
     symmetric_weights: bool = True,
     symmetric_activations: bool = False,
     keep_first_last_8bit: bool = False,
     bias_correction: bool = False,
-    calib_batches: Optional[int] = None,
+    calib_batches: int | None = None,
     fold_bn: bool = True,
     adaround_iterations: int = 1000,
     adaround_samples: int = 1024,
@@ -202,8 +202,9 @@ def quantize(
     check_supported(model)
     first = next(model.parameters(), None)
     if first is None:
-        raise ValueError(f"model {type(model).__name__} has no parameters: nothing to quantize "
-                         "(expected a network with Conv2d or Linear layers)")
+        raise ValueError(
+            f"model {type(model).__name__} has no parameters: nothing to quantize (expected a network with Conv2d or Linear layers)"
+        )
     device = first.device
     batches = [x.to(device) for x in calibration_batches(calib_data, calib_batches)]
 
@@ -212,8 +213,9 @@ def quantize(
     try:
         order = execution_order(qmodel, batches[0][:2])
     except RuntimeError as err:
-        raise ValueError(f"calibration batches of shape {tuple(batches[0].shape)} do not fit {type(model).__name__}: "
-                         f"{str(err).splitlines()[0]}") from err
+        raise ValueError(
+            f"calibration batches of shape {tuple(batches[0].shape)} do not fit {type(model).__name__}: {str(err).splitlines()[0]}"
+        ) from err
     if not order:
         raise ValueError(f"{type(model).__name__} has no Conv2d or Linear layer to quantize")
 

@@ -11,7 +11,7 @@ in every model; FX finds them by tracing, so it also works on models we did not 
 from __future__ import annotations
 
 import copy
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
@@ -35,7 +35,7 @@ def to_fp16(model: nn.Module) -> nn.Module:
     return HalfPrecision(model)
 
 
-def quantize_int8(model: nn.Module, calib_data: Iterable, calib_batches: Optional[int] = None, backend: str = "x86") -> nn.Module:
+def quantize_int8(model: nn.Module, calib_data: Iterable, calib_batches: int | None = None, backend: str = "x86") -> nn.Module:
     """A real INT8 copy of ``model`` (FX graph mode, static quantization calibrated on ``calib_data``)."""
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx

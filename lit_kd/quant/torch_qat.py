@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Union
 
 import torch
 import torch.nn as nn
@@ -31,7 +30,7 @@ def convert_int8(prepared: nn.Module) -> nn.Module:
     return convert_fx(copy.deepcopy(prepared).cpu().eval()).eval()
 
 
-def save_int8_model(int8: nn.Module, recipe: dict, path: Union[str, Path]) -> Path:
+def save_int8_model(int8: nn.Module, recipe: dict, path: str | Path) -> Path:
     """Write ``int8_model.pt`` atomically: the converted state dict plus ``recipe`` (``network``,
     ``network_kwargs``, ``num_classes``, ``backend``, ``input_shape``: what :func:`load_int8_model` rebuilds it
     from). Tensors and plain data only, so it loads with ``weights_only=True``."""
@@ -42,7 +41,7 @@ def save_int8_model(int8: nn.Module, recipe: dict, path: Union[str, Path]) -> Pa
     return Path(path)
 
 
-def load_int8_model(path: Union[str, Path]) -> nn.Module:
+def load_int8_model(path: str | Path) -> nn.Module:
     """Rebuild the INT8 model saved by :class:`QuantizationAwareTraining` (``int8_model.pt``); read with
     :func:`lit_kd.checkpoints.safe_load` (a file with pickled objects is refused)."""
     from lit_kd.checkpoints import instantiate_network, safe_load

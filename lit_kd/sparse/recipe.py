@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
 
 import yaml
 
@@ -30,8 +29,10 @@ def read_recipe(recipe: str) -> str:
         except (OSError, UnicodeDecodeError) as err:
             raise ValueError(f"SparseML recipe file {str(path)!r} cannot be read as text ({type(err).__name__}: {err})") from err
     elif single_line and Path(os.path.expandvars(recipe.strip())).expanduser().is_file():
-        raise ValueError(f"SparseML recipe {recipe.strip()!r} is a file without a recipe suffix: expected a "
-                         f"{', '.join(RECIPE_SUFFIXES)} file (or inline recipe YAML)")
+        raise ValueError(
+            f"SparseML recipe {recipe.strip()!r} is a file without a recipe suffix: expected a "
+            f"{', '.join(RECIPE_SUFFIXES)} file (or inline recipe YAML)"
+        )
     name = recipe.strip() if looks_like_path else "<inline>"
     body = text.split("---")[1] if text.lstrip().startswith("---") and text.count("---") >= 2 else text  # .md: YAML front matter
     try:
@@ -47,8 +48,9 @@ def read_recipe(recipe: str) -> str:
         else:
             what = f"{name} is not"
         got = type(parsed).__name__ if parsed is not None else "nothing"
-        raise ValueError(f"SparseML recipe {what} recipe YAML: expected a mapping with modifiers "
-                         f"(modifiers: [!GMPruningModifier ...]), got {got}")
+        raise ValueError(
+            f"SparseML recipe {what} recipe YAML: expected a mapping with modifiers (modifiers: [!GMPruningModifier ...]), got {got}"
+        )
     return text
 
 
@@ -56,10 +58,12 @@ class _TagTolerantLoader(yaml.SafeLoader):
     """SafeLoader that accepts SparseML's ``!ModifierName`` tags (only for checking the syntax)."""
 
 
-_TagTolerantLoader.add_multi_constructor("!", lambda loader, suffix, node: loader.construct_mapping(node) if isinstance(node, yaml.MappingNode) else None)
+_TagTolerantLoader.add_multi_constructor(
+    "!", lambda loader, suffix, node: loader.construct_mapping(node) if isinstance(node, yaml.MappingNode) else None
+)
 
 
-def build_manager(recipe_text: str, recipe_args: Optional[dict] = None):
+def build_manager(recipe_text: str, recipe_args: dict | None = None):
     apply_sparseml_compat()
     import sparseml.pytorch.sparsification  # noqa: F401  (registers the modifier YAML tags)
     from sparseml.pytorch.optim import ScheduledModifierManager
@@ -77,7 +81,7 @@ def quiet_loggers():
     return LoggerManager([PythonLogger(logger=logging.getLogger("lit_kd.sparseml"))], log_python=False)
 
 
-def structure_epoch(manager) -> Optional[float]:
+def structure_epoch(manager) -> float | None:
     """Epoch at which the recipe changes the network's structure (QAT starts), or None."""
     starts = [m.start_epoch for m in manager.iter_modifiers() if type(m).__name__ == "QuantizationModifier"]
     return min(starts) if starts else None

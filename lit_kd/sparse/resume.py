@@ -13,6 +13,7 @@ def renamed_masks(manager, saved: dict[str, dict]) -> dict[str, dict]:
     """Saved mask states keyed by the names the freshly initialized modifiers use. Masks are named after the
     parameters when pruning started (``conv1.weight``); a run resumed after QAT wrapped the layers initializes its
     modifiers on the wrapped network (``conv1.module.weight``), so names are matched with the wrappers left out."""
+
     def plain(name: str) -> str:
         return name.replace(".module.", ".")
 

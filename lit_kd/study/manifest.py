@@ -13,7 +13,7 @@ import os
 import platform
 import socket
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from lit_kd.atomic import write_json
 
@@ -26,7 +26,7 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     write_json(path, payload)
 
 
-def read_manifest(stage_dir: Path) -> Optional[dict]:
+def read_manifest(stage_dir: Path) -> dict | None:
     path = stage_dir / MANIFEST
     if not path.is_file():
         return None

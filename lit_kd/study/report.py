@@ -11,7 +11,7 @@ import html
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from lit_kd.atomic import write_text
 from lit_kd.study.manifest import write_json_atomic
@@ -37,15 +37,15 @@ class Section:
     blocks: list[Any] = field(default_factory=list)  # str (a paragraph), Table, Figure, or ("code", text)
 
 
-def pct(x: Optional[float]) -> str:
+def pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f} %"
 
 
-def pts(x: Optional[float]) -> str:
+def pts(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:+.2f}"
 
 
-def minutes(seconds: Optional[float]) -> str:
+def minutes(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds / 60:.1f} min"
 
 
@@ -58,18 +58,38 @@ def models_table(manifests: dict[str, dict]) -> tuple[Table, list[dict]]:
     rows, data = [], []
     for name, m in trained(manifests).items():
         x = m["metrics"]
-        record = {"stage": name, "architecture": x["architecture"], "params": x["params"], "nonzero_params": x["nonzero_params"],
-                  "macs": x["macs"], "size_bytes": x["size_bytes"], "test_acc": x["test_acc"], "epochs": x.get("epochs"),
-                  "stop_reason": x.get("stop_reason"), "wall_s": m.get("wall_s")}
+        record = {
+            "stage": name,
+            "architecture": x["architecture"],
+            "params": x["params"],
+            "nonzero_params": x["nonzero_params"],
+            "macs": x["macs"],
+            "size_bytes": x["size_bytes"],
+            "test_acc": x["test_acc"],
+            "epochs": x.get("epochs"),
+            "stop_reason": x.get("stop_reason"),
+            "wall_s": m.get("wall_s"),
+        }
         data.append(record)
-        rows.append([name, str(x["architecture"]), f"{x['params']:,}", f"{x['nonzero_params']:,}", f"{x['macs'] / 1e6:.1f} M",
-                     f"{x['size_bytes'] / 1e6:.2f} MB", pct(x["test_acc"]), "-" if x.get("epochs") is None else str(x["epochs"]),
-                     str(x.get("stop_reason")), minutes(m.get("wall_s"))])
+        rows.append(
+            [
+                name,
+                str(x["architecture"]),
+                f"{x['params']:,}",
+                f"{x['nonzero_params']:,}",
+                f"{x['macs'] / 1e6:.1f} M",
+                f"{x['size_bytes'] / 1e6:.2f} MB",
+                pct(x["test_acc"]),
+                "-" if x.get("epochs") is None else str(x["epochs"]),
+                str(x.get("stop_reason")),
+                minutes(m.get("wall_s")),
+            ]
+        )
     header = ["stage", "architecture", "parameters", "non-zero", "MACs", "size", "test accuracy", "epochs", "stopped by", "wall time"]
     return Table(header, rows, "Test accuracy on the full test set; size: serialized weights (the INT8 model for QAT runs)."), data
 
 
-def distillation_table(spec: dict, manifests: dict[str, dict], groups: dict[str, list[str]]) -> tuple[Optional[Table], list[dict]]:
+def distillation_table(spec: dict, manifests: dict[str, dict], groups: dict[str, list[str]]) -> tuple[Table | None, list[dict]]:
     """Rows of ``spec["rows"]`` (stage or seed-group names) against ``spec["baseline"]``: mean, spread, delta."""
     if not spec:
         return None, []
@@ -86,13 +106,30 @@ def distillation_table(spec: dict, manifests: dict[str, dict], groups: dict[str,
             continue
         mean = statistics.mean(values)
         spread = statistics.stdev(values) if len(values) > 1 else None
-        record = {"stage": name, "seeds": len(values), "test_accs": values, "mean": mean, "std": spread,
-                  "delta_vs_baseline": None if base_mean is None or name == spec["baseline"] else mean - base_mean}
+        record = {
+            "stage": name,
+            "seeds": len(values),
+            "test_accs": values,
+            "mean": mean,
+            "std": spread,
+            "delta_vs_baseline": None if base_mean is None or name == spec["baseline"] else mean - base_mean,
+        }
         data.append(record)
-        rows.append([name + (" (data only)" if name == spec["baseline"] else ""), str(len(values)), ", ".join(pct(v) for v in values),
-                     pct(mean), "-" if spread is None else f"{100 * spread:.2f}", pts(record["delta_vs_baseline"])])
-    table = Table(["student", "seeds", "test accuracy per seed", "mean", "std (points)", "vs data only (points)"], rows,
-                  "Same student architecture, seeds and data; the teacher is frozen.")
+        rows.append(
+            [
+                name + (" (data only)" if name == spec["baseline"] else ""),
+                str(len(values)),
+                ", ".join(pct(v) for v in values),
+                pct(mean),
+                "-" if spread is None else f"{100 * spread:.2f}",
+                pts(record["delta_vs_baseline"]),
+            ]
+        )
+    table = Table(
+        ["student", "seeds", "test accuracy per seed", "mean", "std (points)", "vs data only (points)"],
+        rows,
+        "Same student architecture, seeds and data; the teacher is frozen.",
+    )
     return table, data
 
 
@@ -103,29 +140,55 @@ def ptq_table(manifest: dict) -> tuple[Table, list[dict]]:
     for r in result["rows"]:
         drop = fp32 - r["acc"]
         data.append({**r, "drop": drop})
-        rows.append([r["runtime"], f"W{r['weight_bits']}A{r['act_bits']}", r["method"], r["granularity"],
-                     "yes" if r["first_last_8bit"] else "no", pct(r["acc"]), f"{100 * drop:.2f}", pct(r["agree_fp32"])])
-    return Table(["runtime", "bits", "method", "granularity", "first/last 8-bit", "test accuracy", "drop (points)", "same top-1 as FP32"], rows,
-                 f"{result['test_images']} test images, {result['calib_images']} calibration images from the training set."), data
+        rows.append(
+            [
+                r["runtime"],
+                f"W{r['weight_bits']}A{r['act_bits']}",
+                r["method"],
+                r["granularity"],
+                "yes" if r["first_last_8bit"] else "no",
+                pct(r["acc"]),
+                f"{100 * drop:.2f}",
+                pct(r["agree_fp32"]),
+            ]
+        )
+    return Table(
+        ["runtime", "bits", "method", "granularity", "first/last 8-bit", "test accuracy", "drop (points)", "same top-1 as FP32"],
+        rows,
+        f"{result['test_images']} test images, {result['calib_images']} calibration images from the training set.",
+    ), data
 
 
 def mixed_precision_section(name: str, result: dict) -> Section:
     """The chosen per-layer widths of a ``lit-kd ptq --max-drop`` stage, test accuracies, and its Pareto plot."""
     search = result["search"]
     chosen = search["chosen"]["weight_bits"]
-    rows = [[path, f"{facts['params']:,}", f"{chosen[path]}/{search['act_bits']}", f"{search['sensitivity'][path][str(chosen[path])]:+.4f}"]
-            for path, facts in search["layers"].items()]
+    rows = [
+        [path, f"{facts['params']:,}", f"{chosen[path]}/{search['act_bits']}", f"{search['sensitivity'][path][str(chosen[path])]:+.4f}"]
+        for path, facts in search["layers"].items()
+    ]
     accs = result["test_acc"]
-    text = (f"Budget {100 * search['max_drop']:.2f} points on {result['eval_images']} held-out training images; average weight "
-            f"width {result['chosen_average_weight_bits']:.2f} bits, {result['chosen_weight_bytes'] / 1024:.1f} KiB of weights against "
-            f"{result['fp32_weight_bytes'] / 1024:.1f} KiB in FP32 and {result['uniform_int8_weight_bytes'] / 1024:.1f} KiB in uniform INT8; "
-            f"search {result['search_seconds']} s. Test accuracy: " + ", ".join(f"{k} {pct(v)}" for k, v in accs.items()) + ".")
-    return Section(f"Mixed precision ({name})", [text, Table(["layer", "parameters", "bits (W/A)", "sensitivity"], rows,
-                                                         "Sensitivity: increase of the held-out loss with this layer alone at its width."),
-                                                 Figure(Path(result["plot"]), "Accuracy against weight size of every allocation evaluated.")])
+    text = (
+        f"Budget {100 * search['max_drop']:.2f} points on {result['eval_images']} held-out training images; average weight "
+        f"width {result['chosen_average_weight_bits']:.2f} bits, {result['chosen_weight_bytes'] / 1024:.1f} KiB of weights against "
+        f"{result['fp32_weight_bytes'] / 1024:.1f} KiB in FP32 and {result['uniform_int8_weight_bytes'] / 1024:.1f} KiB in uniform INT8; "
+        f"search {result['search_seconds']} s. Test accuracy: " + ", ".join(f"{k} {pct(v)}" for k, v in accs.items()) + "."
+    )
+    return Section(
+        f"Mixed precision ({name})",
+        [
+            text,
+            Table(
+                ["layer", "parameters", "bits (W/A)", "sensitivity"],
+                rows,
+                "Sensitivity: increase of the held-out loss with this layer alone at its width.",
+            ),
+            Figure(Path(result["plot"]), "Accuracy against weight size of every allocation evaluated."),
+        ],
+    )
 
 
-def qat_table(manifests: dict[str, dict]) -> tuple[Optional[Table], list[dict]]:
+def qat_table(manifests: dict[str, dict]) -> tuple[Table | None, list[dict]]:
     rows, data = [], []
     for name, m in manifests.items():
         if m["kind"] != "fit" or "int8" not in m["outputs"]:
@@ -133,18 +196,35 @@ def qat_table(manifests: dict[str, dict]) -> tuple[Optional[Table], list[dict]]:
         start = _start_of(m, manifests)
         start_acc = manifests[start]["metrics"]["test_acc"] if start else None
         x = m["metrics"]
-        record = {"stage": name, "started_from": start, "fp32_acc": start_acc, "fake_quant_val_acc": x.get("best_val_acc"),
-                  "int8_test_acc": x["test_acc"], "drop": None if start_acc is None else start_acc - x["test_acc"]}
+        record = {
+            "stage": name,
+            "started_from": start,
+            "fp32_acc": start_acc,
+            "fake_quant_val_acc": x.get("best_val_acc"),
+            "int8_test_acc": x["test_acc"],
+            "drop": None if start_acc is None else start_acc - x["test_acc"],
+        }
         data.append(record)
-        rows.append([name, start or "-", pct(start_acc), pct(x.get("best_val_acc")), pct(x["test_acc"]),
-                     "-" if record["drop"] is None else f"{100 * record['drop']:.2f}"])
+        rows.append(
+            [
+                name,
+                start or "-",
+                pct(start_acc),
+                pct(x.get("best_val_acc")),
+                pct(x["test_acc"]),
+                "-" if record["drop"] is None else f"{100 * record['drop']:.2f}",
+            ]
+        )
     if not rows:
         return None, []
-    return Table(["stage", "started from", "FP32 test accuracy", "fake-quant validation (best)", "real INT8 test accuracy", "drop (points)"],
-                 rows, "INT8: torch.ao FX, x86 kernels, converted at the end of training."), data
+    return Table(
+        ["stage", "started from", "FP32 test accuracy", "fake-quant validation (best)", "real INT8 test accuracy", "drop (points)"],
+        rows,
+        "INT8: torch.ao FX, x86 kernels, converted at the end of training.",
+    ), data
 
 
-def _start_of(manifest: dict, manifests: dict[str, dict]) -> Optional[str]:
+def _start_of(manifest: dict, manifests: dict[str, dict]) -> str | None:
     """The stage whose checkpoint a fit stage started from (through a select stage when there is one)."""
     consumed = manifest["inputs"].get("consumed", {})
     for name in manifest.get("needs", []):
@@ -154,27 +234,55 @@ def _start_of(manifest: dict, manifests: dict[str, dict]) -> Optional[str]:
     return None
 
 
-def export_table(manifests: dict[str, dict]) -> tuple[Optional[Table], list[dict]]:
+def export_table(manifests: dict[str, dict]) -> tuple[Table | None, list[dict]]:
     rows, data = [], []
     for name, m in manifests.items():
         if m["kind"] != "export":
             continue
         x, v = m["metrics"], m["metrics"]["validation"]
         data.append({"stage": name, "precision": x["precision"], "weight_sparsity": x["weight_sparsity"], **v})
-        rows.append([name, x["precision"], f"{100 * x['weight_sparsity']:.1f} %", str(v["images"]), pct(v["pytorch"]["acc"]),
-                     pct(v["onnxruntime"]["acc"]), pct(v["onnxruntime"]["agreement"]), pct(v["deepsparse"]["acc"]), pct(v["deepsparse"]["agreement"])])
+        rows.append(
+            [
+                name,
+                x["precision"],
+                f"{100 * x['weight_sparsity']:.1f} %",
+                str(v["images"]),
+                pct(v["pytorch"]["acc"]),
+                pct(v["onnxruntime"]["acc"]),
+                pct(v["onnxruntime"]["agreement"]),
+                pct(v["deepsparse"]["acc"]),
+                pct(v["deepsparse"]["agreement"]),
+            ]
+        )
     if not rows:
         return None, []
-    return Table(["export", "precision", "weight sparsity", "images", "PyTorch", "ONNX Runtime", "agrees with PyTorch", "DeepSparse",
-                  "agrees with PyTorch"], rows, "ONNX files validated on test images in both runtimes."), data
+    return Table(
+        [
+            "export",
+            "precision",
+            "weight sparsity",
+            "images",
+            "PyTorch",
+            "ONNX Runtime",
+            "agrees with PyTorch",
+            "DeepSparse",
+            "agrees with PyTorch",
+        ],
+        rows,
+        "ONNX files validated on test images in both runtimes.",
+    ), data
 
 
 def speed_table(manifest: dict) -> tuple[Table, list[dict], dict]:
     result = manifest["metrics"]
-    rows = [[r["model"], r["runtime"], str(r["batch"]), f"{r['latency_ms_median']:.2f}", f"{r['images_per_s']:.0f}"] for r in result["rows"]]
+    rows = [
+        [r["model"], r["runtime"], str(r["batch"]), f"{r['latency_ms_median']:.2f}", f"{r['images_per_s']:.0f}"] for r in result["rows"]
+    ]
     m = result["machine"]
-    caption = (f"{m['cpu']} ({m['isa']}, VNNI {'yes' if m['vnni'] else 'no'}), {m['cores_used']} cores, load average "
-               f"{m['load_average_1min']:.2f} at the start; medians after warm-up.")
+    caption = (
+        f"{m['cpu']} ({m['isa']}, VNNI {'yes' if m['vnni'] else 'no'}), {m['cores_used']} cores, load average "
+        f"{m['load_average_1min']:.2f} at the start; medians after warm-up."
+    )
     return Table(["model", "runtime", "batch", "latency (ms)", "images/s"], rows, caption), result["rows"], result["ratios"]
 
 
@@ -187,26 +295,32 @@ def findings(models: list[dict], ptq: list[dict], bench_rows: list[dict], accura
     if ptq:
         worst = max((r for r in ptq if r["runtime"] != "fp32"), key=lambda r: r["drop"], default=None)
         if worst is not None:
-            out.append(f"Largest quantization drop: W{worst['weight_bits']}A{worst['act_bits']} {worst['method']} "
-                       f"({worst['granularity']}), {100 * worst['drop']:.2f} points.")
+            out.append(
+                f"Largest quantization drop: W{worst['weight_bits']}A{worst['act_bits']} {worst['method']} "
+                f"({worst['granularity']}), {100 * worst['drop']:.2f} points."
+            )
             same = [r for r in ptq if (r["weight_bits"], r["act_bits"]) == (worst["weight_bits"], worst["act_bits"]) and r is not worst]
             if same:
                 fix = min(same, key=lambda r: r["drop"])
-                out.append(f"What recovered it: {fix['method']} ({fix['granularity']}, first/last 8-bit "
-                           f"{'yes' if fix['first_last_8bit'] else 'no'}) at the same widths, drop {100 * fix['drop']:.2f} points.")
+                out.append(
+                    f"What recovered it: {fix['method']} ({fix['granularity']}, first/last 8-bit "
+                    f"{'yes' if fix['first_last_8bit'] else 'no'}) at the same widths, drop {100 * fix['drop']:.2f} points."
+                )
     if bench_rows and accuracy_of_bench_model and models:
         best_acc = max(r["test_acc"] for r in models)
         eligible = [r for r in bench_rows if r["batch"] == 32 and accuracy_of_bench_model.get(r["model"], -1) >= best_acc - 0.01]
         if eligible:
             fast = max(eligible, key=lambda r: r["images_per_s"])
-            out.append(f"Fastest model within 1 point of the best accuracy: {fast['model']} in {fast['runtime']}, "
-                       f"{fast['images_per_s']:.0f} images/s at batch 32 ({pct(accuracy_of_bench_model[fast['model']])}).")
+            out.append(
+                f"Fastest model within 1 point of the best accuracy: {fast['model']} in {fast['runtime']}, "
+                f"{fast['images_per_s']:.0f} images/s at batch 32 ({pct(accuracy_of_bench_model[fast['model']])})."
+            )
         else:
             out.append("No benchmarked model is within 1 point of the best accuracy.")
     return out
 
 
-def bench_accuracies(manifests: dict[str, dict], bench: Optional[dict]) -> dict[str, float]:
+def bench_accuracies(manifests: dict[str, dict], bench: dict | None) -> dict[str, float]:
     """Accuracy of each model label of the bench stage: the ONNX files' from their export validation (ONNX Runtime),
     PyTorch FP32 from the checkpoint's stage; PyTorch's dense INT8 (calibrated on random data) is not measured."""
     if not bench:
@@ -232,12 +346,15 @@ def build(study: Study, out: Path, manifests: dict[str, dict], report_settings: 
     cpu = env.get("cpu", {})
     results["machine"] = env
     total = sum(m.get("wall_s") or 0 for m in manifests.values())
-    intro = Section("Study", [
-        study.description or "",
-        f"Machine: {cpu.get('cpu', '?')} ({cpu.get('isa', '?')}, VNNI {'yes' if cpu.get('vnni') else 'no'}), "
-        f"{cpu.get('cores_used', '?')} cores used; torch {env.get('versions', {}).get('torch')}, "
-        f"lit-kd {env.get('versions', {}).get('lit-kd')}. Wall time of all stages: {minutes(total)}.",
-    ])
+    intro = Section(
+        "Study",
+        [
+            study.description or "",
+            f"Machine: {cpu.get('cpu', '?')} ({cpu.get('isa', '?')}, VNNI {'yes' if cpu.get('vnni') else 'no'}), "
+            f"{cpu.get('cores_used', '?')} cores used; torch {env.get('versions', {}).get('torch')}, "
+            f"lit-kd {env.get('versions', {}).get('lit-kd')}. Wall time of all stages: {minutes(total)}.",
+        ],
+    )
     sections.append(intro)
 
     models, model_data = models_table(manifests)
@@ -254,8 +371,17 @@ def build(study: Study, out: Path, manifests: dict[str, dict], report_settings: 
     curves = {n: read_curves(m["outputs"]["run_dir"]) for n, m in manifests.items() if m["kind"] == "fit"}
     curves = {n: c for n, c in curves.items() if c}
     if curves:
-        sections.append(Section("Training curves", [Figure(curves_figure(curves, fig_dir / "curves.png"),
-                                                           "Loss and accuracy per epoch (train dashed, validation solid), read from TensorBoard events.")]))
+        sections.append(
+            Section(
+                "Training curves",
+                [
+                    Figure(
+                        curves_figure(curves, fig_dir / "curves.png"),
+                        "Loss and accuracy per epoch (train dashed, validation solid), read from TensorBoard events.",
+                    )
+                ],
+            )
+        )
 
     examples = next((m for m in manifests.values() if m["kind"] == "examples"), None)
     if examples:
@@ -286,21 +412,33 @@ def build(study: Study, out: Path, manifests: dict[str, dict], report_settings: 
     if bench:
         table, bench_rows, ratios = speed_table(bench)
         results["speed"] = {"rows": bench_rows, "ratios": ratios}
-        blocks: list[Any] = [table, "; ".join(f"{k}: {v:.2f}x" for k, v in ratios.items()) or "",
-                             "DeepSparse's own benchmark reproduces its rows:",
-                             ("code", "\n".join(bench["metrics"]["deepsparse_benchmark_commands"]))]
+        blocks: list[Any] = [
+            table,
+            "; ".join(f"{k}: {v:.2f}x" for k, v in ratios.items()) or "",
+            "DeepSparse's own benchmark reproduces its rows:",
+            ("code", "\n".join(bench["metrics"]["deepsparse_benchmark_commands"])),
+        ]
         sections.append(Section("Speed", blocks))
 
-    sparse = {n: m["metrics"]["layer_sparsity"] for n, m in trained(manifests).items()
-              if m["metrics"].get("layer_sparsity") and 1 - m["metrics"]["nonzero_params"] / m["metrics"]["params"] > 0.05}
+    sparse = {
+        n: m["metrics"]["layer_sparsity"]
+        for n, m in trained(manifests).items()
+        if m["metrics"].get("layer_sparsity") and 1 - m["metrics"]["nonzero_params"] / m["metrics"]["params"] > 0.05
+    }
     if sparse:
-        sections.append(Section("Per-layer sparsity", [Figure(sparsity_figure(sparse, fig_dir / "sparsity.png"), "Zero weights per conv/linear layer.")]))
+        sections.append(
+            Section(
+                "Per-layer sparsity", [Figure(sparsity_figure(sparse, fig_dir / "sparsity.png"), "Zero weights per conv/linear layer.")]
+            )
+        )
 
     found = findings(model_data, ptq_data, bench_rows, bench_accuracies(manifests, bench))
     results["findings"] = found
     sections.insert(1, Section("Findings", ["\n".join(f"- {f}" for f in found)]))
 
-    commands = Table(["stage", "command", "wall time"], [[n, f"`{m.get('command')}`", minutes(m.get("wall_s"))] for n, m in manifests.items()])
+    commands = Table(
+        ["stage", "command", "wall time"], [[n, f"`{m.get('command')}`", minutes(m.get("wall_s"))] for n, m in manifests.items()]
+    )
     sections.append(Section("Commands", [commands]))
     return sections, results
 
@@ -308,8 +446,10 @@ def build(study: Study, out: Path, manifests: dict[str, dict], report_settings: 
 def examples_section(examples: dict, images, fig_dir: Path) -> Section:
     from lit_kd.study.figures import examples_figure
 
-    figure = Figure(examples_figure(images, examples["classes"], examples["labels"], fig_dir / "examples.png"),
-                    "The first test image of each class, with its true class.")
+    figure = Figure(
+        examples_figure(images, examples["classes"], examples["labels"], fig_dir / "examples.png"),
+        "The first test image of each class, with its true class.",
+    )
     return Section("Example predictions", [figure, _examples_table(examples)])
 
 
@@ -352,8 +492,10 @@ font-size:12px;text-align:left;padding-top:3px}img{max-width:100%}pre{background
 
 
 def to_html(title: str, sections: list[Section]) -> str:
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
-             f"<h1>{html.escape(title)}</h1>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
     for s in sections:
         parts.append(f"<h2>{html.escape(s.title)}</h2>")
         for b in s.blocks:
@@ -363,8 +505,10 @@ def to_html(title: str, sections: list[Section]) -> str:
                 parts.append(f"<table><caption>{html.escape(b.caption)}</caption><tr>{head}</tr>{body}</table>")
             elif isinstance(b, Figure):
                 data = base64.b64encode(b.path.read_bytes()).decode()
-                parts.append(f"<figure><img alt='{html.escape(b.caption)}' src='data:image/png;base64,{data}'>"
-                             f"<figcaption><i>{html.escape(b.caption)}</i></figcaption></figure>")
+                parts.append(
+                    f"<figure><img alt='{html.escape(b.caption)}' src='data:image/png;base64,{data}'>"
+                    f"<figcaption><i>{html.escape(b.caption)}</i></figcaption></figure>"
+                )
             elif isinstance(b, tuple):
                 parts.append(f"<pre>{html.escape(b[1])}</pre>")
             elif b:
@@ -383,7 +527,7 @@ def _cell(text: str) -> str:
     return f"<td{cls}>{html.escape(text)}</td>"
 
 
-def write_report(study: Study, out: Path, manifests: dict[str, dict], report_settings: Optional[dict] = None) -> dict[str, Path]:
+def write_report(study: Study, out: Path, manifests: dict[str, dict], report_settings: dict | None = None) -> dict[str, Path]:
     examples = next((m for m in manifests.values() if m["kind"] == "examples"), None)
     images = example_images(examples) if examples else None  # read from the data, not stored in the manifest
     sections, results = build(study, out, manifests, report_settings or {}, images)
@@ -401,4 +545,3 @@ def example_images(examples_manifest: dict):
     dm = CIFAR10DataModule(examples_manifest["inputs"]["data"])
     dm.setup("test")
     return dm.splits["test"].images[examples_manifest["metrics"]["indices"]].float().div(255)
-

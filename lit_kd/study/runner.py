@@ -16,7 +16,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from rich.console import Console
 
@@ -46,8 +46,9 @@ def resolve_settings(study: Study, stage: Stage, manifests: dict[str, dict], pla
                 return f"<{ref_stage}.{output}>"
             raise StudyError(f"stage {stage.name!r}: needs {ref_stage!r}, which has not finished")
         if output not in manifest["outputs"]:
-            raise StudyError(f"stage {stage.name!r}: ${{{name}}}: stage {ref_stage!r} produced no {output!r} "
-                             f"(it has {sorted(manifest['outputs'])})")
+            raise StudyError(
+                f"stage {stage.name!r}: ${{{name}}}: stage {ref_stage!r} produced no {output!r} (it has {sorted(manifest['outputs'])})"
+            )
         return manifest["outputs"][output]
 
     settings = substitute(dict(stage.spec), lookup)
@@ -65,7 +66,7 @@ def stage_inputs(study: Study, stage: Stage, manifests: dict[str, dict], data: s
     return {"settings": settings, "payload": payload, "hash": input_hash(payload)}
 
 
-def changed(old: Optional[dict], new: dict) -> str:
+def changed(old: dict | None, new: dict) -> str:
     """Which input of a stage changed, in words."""
     if not old or "inputs" not in old:
         return "inputs changed"
@@ -80,7 +81,7 @@ def changed(old: Optional[dict], new: dict) -> str:
     return "inputs changed"
 
 
-def plan(study: Study, out: Path, data: str, hashes: FileHashes, force: set[str], selected: Optional[set[str]]) -> list[Step]:
+def plan(study: Study, out: Path, data: str, hashes: FileHashes, force: set[str], selected: set[str] | None) -> list[Step]:
     steps: list[Step] = []
     will_run: set[str] = set()
     manifests = {name: read_manifest(out / name) for name in study.stages}
@@ -92,8 +93,10 @@ def plan(study: Study, out: Path, data: str, hashes: FileHashes, force: set[str]
             continue
         missing = [n for n in stage.needs if n not in will_run and n not in done]
         if missing:
-            raise StudyError(f"stage {stage.name!r} needs {', '.join(missing)}, which has not finished and is not selected to run: "
-                             "run the study without --only/--from first")
+            raise StudyError(
+                f"stage {stage.name!r} needs {', '.join(missing)}, which has not finished and is not selected to run: "
+                "run the study without --only/--from first"
+            )
         upstream = [n for n in stage.needs if n in will_run]
         if stage.name in force:
             action, reason = "run", "asked for (--only/--from)"
@@ -147,8 +150,10 @@ def validate_fit_configs(study: Study, out: Path, data: str, steps: list[Step]) 
                 ParseOnly(args=["--config", _yaml_arg(config)], run=False)
         except SystemExit:
             detail = [line for line in stderr.getvalue().strip().splitlines() if line.strip()]
-            raise StudyError(f"stage {step.stage.name!r}: the config {step.stage.spec['fit']} with the study's overrides "
-                             f"does not parse: {' '.join(detail[-3:])}") from None
+            raise StudyError(
+                f"stage {step.stage.name!r}: the config {step.stage.spec['fit']} with the study's overrides "
+                f"does not parse: {' '.join(detail[-3:])}"
+            ) from None
 
 
 def _yaml_arg(config: dict) -> str:
@@ -163,8 +168,13 @@ def torch_process_state():
     deterministic algorithms on (quantized kernels then refuse to run), benchmarks pin threads."""
     import torch
 
-    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-             torch.get_num_threads(), torch.backends.quantized.engine, torch.backends.cudnn.benchmark)
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.get_num_threads(),
+        torch.backends.quantized.engine,
+        torch.backends.cudnn.benchmark,
+    )
     try:
         yield
     finally:
@@ -175,17 +185,17 @@ def torch_process_state():
 
 
 class Runner:
-    def __init__(self, study: Study, out: Path, data: str, console: Optional[Console] = None):
+    def __init__(self, study: Study, out: Path, data: str, console: Console | None = None):
         self.study, self.out, self.data = study, out, data
         self.console = console or Console()
         self.hashes = FileHashes(out / ".hashes.json")
 
-    def plan(self, only: Optional[list[str]] = None, start: Optional[str] = None) -> list[Step]:
+    def plan(self, only: list[str] | None = None, start: str | None = None) -> list[Step]:
         names = set(self.study.stages) | set(self.study.groups)
         for name in [*(only or []), *([start] if start else [])]:
             if name not in names:
                 raise StudyError(f"--only/--from: unknown stage {name!r} (stages: {', '.join(self.study.stages)})")
-        expand = lambda n: set(self.study.groups.get(n, [n]))  # noqa: E731
+        expand = lambda n: set(self.study.groups.get(n, [n]))
         force: set[str] = set()
         selected = None
         if only:
@@ -212,8 +222,13 @@ class Runner:
 
     def run(self, steps: list[Step], resume_command: str) -> int:
         manifests = {s.stage.name: read_manifest(self.out / s.stage.name) for s in steps}
-        ctx = Context(self.study, self.out, self.data, progress=self._progress,
-                      manifests={n: m for n, m in manifests.items() if m and m.get("status") == "done"})
+        ctx = Context(
+            self.study,
+            self.out,
+            self.data,
+            progress=self._progress,
+            manifests={n: m for n, m in manifests.items() if m and m.get("status") == "done"},
+        )
         total, started = len(steps), time.perf_counter()
         for index, step in enumerate(steps, 1):
             label = f"[{index}/{total}] {step.stage.name}"
@@ -226,8 +241,10 @@ class Runner:
             except (Exception, SystemExit) as err:  # a step's usage error exits; the study reports it as the stage's failure
                 message = f"{type(err).__name__}: {err}" if not isinstance(err, SystemExit) else f"exited with status {err.code}"
                 self._fail(step, message)
-                self.console.print(f"[bold red]study stopped at stage {step.stage.name!r} ({index}/{total}):[/] {message}\n"
-                                   f"fix the cause, then resume with: {resume_command}")
+                self.console.print(
+                    f"[bold red]study stopped at stage {step.stage.name!r} ({index}/{total}):[/] {message}\n"
+                    f"fix the cause, then resume with: {resume_command}"
+                )
                 return 1
             finally:
                 self.hashes.save()
@@ -237,17 +254,30 @@ class Runner:
             self.console.print("report: " + ", ".join(report["metrics"]["files"].values()))
         return 0
 
-    def _run_stage(self, ctx: Context, step: Step, label: str, previous: Optional[dict]) -> dict:
+    def _run_stage(self, ctx: Context, step: Step, label: str, previous: dict | None) -> dict:
         stage, stage_dir = step.stage, self.out / step.stage.name
         if step.action == "run" and stage_dir.exists():
             shutil.rmtree(stage_dir)  # the study owns <out>/<stage>: a rerun starts clean
         stage_dir.mkdir(parents=True, exist_ok=True)
         inputs = stage_inputs(self.study, stage, ctx.manifests, self.data, self.hashes)
         base_wall = (previous or {}).get("wall_s", 0.0) if step.action == "resume" else 0.0
-        manifest = {"stage": stage.name, "kind": stage.kind, "group": stage.group, "seed": stage.seed, "status": "running",
-                    "input_hash": inputs["hash"], "inputs": inputs["payload"], "needs": stage.needs, "outputs": {},
-                    "metrics": {}, "command": None, "wall_s": base_wall, "attempts": (previous or {}).get("attempts", 0) + 1,
-                    "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "environment": environment()}
+        manifest = {
+            "stage": stage.name,
+            "kind": stage.kind,
+            "group": stage.group,
+            "seed": stage.seed,
+            "status": "running",
+            "input_hash": inputs["hash"],
+            "inputs": inputs["payload"],
+            "needs": stage.needs,
+            "outputs": {},
+            "metrics": {},
+            "command": None,
+            "wall_s": base_wall,
+            "attempts": (previous or {}).get("attempts", 0) + 1,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "environment": environment(),
+        }
         write_manifest(stage_dir, manifest)
         ctx.resume = step.action == "resume"
         start = time.perf_counter()
@@ -259,11 +289,19 @@ class Runner:
             import yaml
 
             manifest["resolved_config"] = yaml.safe_load(Path(outputs["config"]).read_text())
-        manifest.update(status="done", outputs=outputs, metrics=metrics, command=command,
-                        wall_s=round(base_wall + time.perf_counter() - start, 2), finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        manifest.update(
+            status="done",
+            outputs=outputs,
+            metrics=metrics,
+            command=command,
+            wall_s=round(base_wall + time.perf_counter() - start, 2),
+            finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        )
         write_manifest(stage_dir, manifest)
-        self.console.print(f"[bold]{label}[/]: done in {time.perf_counter() - start:.1f} s" +
-                           (f", test accuracy {metrics['test_acc']:.4f}" if isinstance(metrics.get("test_acc"), float) else ""))
+        self.console.print(
+            f"[bold]{label}[/]: done in {time.perf_counter() - start:.1f} s"
+            + (f", test accuracy {metrics['test_acc']:.4f}" if isinstance(metrics.get("test_acc"), float) else "")
+        )
         return manifest
 
     def _fail(self, step: Step, message: str) -> None:

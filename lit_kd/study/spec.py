@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 STEP_KINDS = ("ptq", "export", "bench", "examples", "report")
-KINDS = ("fit", "weights", "select") + STEP_KINDS
+KINDS = ("fit", "weights", "select", *STEP_KINDS)
 OUTPUTS = {
     "fit": ("ckpt", "last", "run_dir", "config", "int8"),
     "weights": ("ckpt",),
@@ -157,8 +157,11 @@ def _parse_stage(path: Path, name: str, body: Any, fit_overrides: dict) -> list[
     if len(kinds) != 1:
         raise StudyError(f"stage {name!r}: needs exactly one of the keys {list(KINDS)}, found {kinds or sorted(body)}")
     kind = kinds[0]
-    allowed = {"fit": {"fit", "overrides", "seeds", "description"}, "weights": {"weights", "model", "model_kwargs", "description"},
-               "select": {"select", "description"}}.get(kind, {kind, "description"})
+    allowed = {
+        "fit": {"fit", "overrides", "seeds", "description"},
+        "weights": {"weights", "model", "model_kwargs", "description"},
+        "select": {"select", "description"},
+    }.get(kind, {kind, "description"})
     extra = set(body) - allowed
     if extra:
         raise StudyError(f"stage {name!r}: unknown keys {sorted(extra)} for a {kind} stage (allowed: {sorted(allowed)})")
@@ -172,8 +175,10 @@ def _parse_stage(path: Path, name: str, body: Any, fit_overrides: dict) -> list[
         if seeds is not None:
             if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
                 raise StudyError(f"stage {name!r}: seeds must be a non-empty list of integers, got {seeds!r}")
-            return [Stage(f"{name}.seed{s}", kind, {**spec, "overrides": {**spec["overrides"], "seed_everything": s}}, group=name, seed=s)
-                    for s in seeds]
+            return [
+                Stage(f"{name}.seed{s}", kind, {**spec, "overrides": {**spec["overrides"], "seed_everything": s}}, group=name, seed=s)
+                for s in seeds
+            ]
     elif kind == "weights":
         if not isinstance(spec.get("model"), str):
             raise StudyError(f"stage {name!r}: a weights stage names its architecture: model: <name>")
@@ -188,8 +193,10 @@ def _parse_stage(path: Path, name: str, body: Any, fit_overrides: dict) -> list[
 def _stand_in(path: Path, stages: dict[str, Stage], name: str, weights: str) -> Stage:
     stage = stages.get(name)
     if stage is None or stage.kind != "fit" or references(stage.spec["fit"]):
-        raise StudyError(f"--use {name}={weights}: {name!r} is not a fit stage with its own config "
-                         f"(fit stages: {[n for n, s in stages.items() if s.kind == 'fit' and not references(s.spec['fit'])]})")
+        raise StudyError(
+            f"--use {name}={weights}: {name!r} is not a fit stage with its own config "
+            f"(fit stages: {[n for n, s in stages.items() if s.kind == 'fit' and not references(s.spec['fit'])]})"
+        )
     config = yaml.safe_load((path.parent / stage.spec["fit"]).read_text()) or {}
     init = (config.get("model") or {}).get("init_args") or {}
     arch = init.get("student", init.get("model"))
@@ -198,7 +205,9 @@ def _stand_in(path: Path, stages: dict[str, Stage], name: str, weights: str) -> 
     file = Path(weights).resolve()
     if not file.is_file():
         raise StudyError(f"--use {name}={weights}: file {str(file)!r} does not exist")
-    return Stage(name, "weights", {"weights": str(file), "model": arch, "model_kwargs": init.get("student_kwargs", init.get("model_kwargs"))})
+    return Stage(
+        name, "weights", {"weights": str(file), "model": arch, "model_kwargs": init.get("student_kwargs", init.get("model_kwargs"))}
+    )
 
 
 def _needs(stage: Stage, stages: dict[str, Stage], groups: dict[str, list[str]]) -> list[str]:
@@ -207,7 +216,9 @@ def _needs(stage: Stage, stages: dict[str, Stage], groups: dict[str, list[str]])
     def need(name: str, key: str) -> None:
         for member in groups.get(name, [name]):
             if member not in stages:
-                raise StudyError(f"stage {stage.name!r}, {key}: refers to unknown stage {name!r} (stages: {sorted(set(stages) | set(groups))})")
+                raise StudyError(
+                    f"stage {stage.name!r}, {key}: refers to unknown stage {name!r} (stages: {sorted(set(stages) | set(groups))})"
+                )
             if member == stage.name:
                 raise StudyError(f"stage {stage.name!r}, {key}: refers to itself")
             if member not in needs:
@@ -227,12 +238,16 @@ def _needs(stage: Stage, stages: dict[str, Stage], groups: dict[str, list[str]])
     for key, value in _settings(stage).items():
         for ref_stage, output in references(value):
             if ref_stage in groups:
-                raise StudyError(f"stage {stage.name!r}, {key}: {ref_stage!r} runs several seeds; name one "
-                                 f"({', '.join(groups[ref_stage])}) or select the best with a select stage")
+                raise StudyError(
+                    f"stage {stage.name!r}, {key}: {ref_stage!r} runs several seeds; name one "
+                    f"({', '.join(groups[ref_stage])}) or select the best with a select stage"
+                )
             need(ref_stage, key)
             kind = stages[ref_stage].kind
             if output not in OUTPUTS[kind]:
-                raise StudyError(f"stage {stage.name!r}, {key}: ${{{ref_stage}.{output}}}: a {kind} stage has outputs {list(OUTPUTS[kind])}")
+                raise StudyError(
+                    f"stage {stage.name!r}, {key}: ${{{ref_stage}.{output}}}: a {kind} stage has outputs {list(OUTPUTS[kind])}"
+                )
     return needs
 
 
@@ -254,7 +269,7 @@ def _ordered(stages: dict[str, Stage]) -> dict[str, Stage]:
         if name in done:
             return
         if name in visiting:
-            cycle = visiting[visiting.index(name):] + [name]
+            cycle = [*visiting[visiting.index(name) :], name]
             raise StudyError(f"stage {name!r}: the stages depend on each other in a cycle: {' -> '.join(cycle)}")
         visiting.append(name)
         for need in stages[name].needs:
@@ -303,7 +318,7 @@ def check_override_key(config: dict, key: str, where: str) -> None:
             node = node[int(part)]
         elif isinstance(node, dict):
             if part not in node and i > 0:
-                raise StudyError(f"{where}: the config has no {'.'.join(parts[:i + 1])!r} (keys there: {sorted(node)})")
+                raise StudyError(f"{where}: the config has no {'.'.join(parts[: i + 1])!r} (keys there: {sorted(node)})")
             node = node.setdefault(part, {}) if part not in node else node[part]
         else:
             raise StudyError(f"{where}: {'.'.join(parts[:i])!r} is a value, not a mapping")

@@ -9,9 +9,10 @@ import json
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import lightning as L
 import torch
@@ -44,10 +45,14 @@ def stage_config(ctx: Context, stage: Stage, settings: dict) -> dict:
     for key, value in settings["overrides"].items():
         set_dotted(config, key, value)
     set_dotted(config, "data.init_args.data_dir", ctx.data)
-    set_dotted(config, "trainer.logger", {
-        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-        "init_args": {"save_dir": str(ctx.stage_dir(stage.name)), "name": "", "version": RUN_DIR, "default_hp_metric": False},
-    })
+    set_dotted(
+        config,
+        "trainer.logger",
+        {
+            "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+            "init_args": {"save_dir": str(ctx.stage_dir(stage.name)), "name": "", "version": RUN_DIR, "default_hp_metric": False},
+        },
+    )
     return config
 
 
@@ -56,7 +61,7 @@ class StageProgress(L.Callback):
 
     def __init__(self, label: str, report: Callable[[str], None]):
         self.label, self.report = label, report
-        self.started: Optional[float] = None
+        self.started: float | None = None
         self.first_epoch = 0
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -70,8 +75,11 @@ class StageProgress(L.Callback):
         left = max(trainer.max_epochs - trainer.current_epoch - 1, 0) if trainer.max_epochs and trainer.max_epochs > 0 else None
         acc = trainer.callback_metrics.get("val/acc")
         eta = f", ETA {left * per_epoch / 60:.1f} min at most" if left is not None else ""
-        self.report(f"{self.label}: epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
-                    + (f", val/acc {float(acc):.4f}" if acc is not None else "") + f", {per_epoch:.0f} s/epoch{eta}")
+        self.report(
+            f"{self.label}: epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
+            + (f", val/acc {float(acc):.4f}" if acc is not None else "")
+            + f", {per_epoch:.0f} s/epoch{eta}"
+        )
 
 
 def stop_reason(trainer: L.Trainer) -> str:
@@ -114,25 +122,24 @@ def run_fit(ctx: Context, stage: Stage, settings: dict, label: str) -> tuple[dic
         "teacher_val_acc": _metric(trainer, "teacher/val_acc"),
         **network_facts(best, int8 if int8.is_file() else None),
     }
-    command = (f"lit-kd fit --config {config_path} && lit-kd test --config {stage_dir / RUN_DIR / 'config.yaml'} "
-               f"--ckpt_path {best}")
+    command = f"lit-kd fit --config {config_path} && lit-kd test --config {stage_dir / RUN_DIR / 'config.yaml'} --ckpt_path {best}"
     return outputs, metrics, command
 
 
-def _metric(trainer: L.Trainer, name: str) -> Optional[float]:
+def _metric(trainer: L.Trainer, name: str) -> float | None:
     value = trainer.logged_metrics.get(name, trainer.callback_metrics.get(name))
     return None if value is None else float(value)
 
 
-def network_facts(ckpt: str | Path, int8: Optional[Path] = None) -> dict:
+def network_facts(ckpt: str | Path, int8: Path | None = None) -> dict:
     """Parameters, non-zero parameters, MACs, per-layer sparsity and size in bytes of a checkpoint's network.
 
     Parameters and MACs are those of the plain architecture; non-zero counts come from the checkpoint's own tensors
     (so a pruned or QAT checkpoint counts what it stores); ``size_bytes`` is the serialized float state dict, or the
     INT8 model's when the run saved one."""
+    from lit_kd.checkpoints import build_network, network_key, network_state, read_checkpoint
     from lit_kd.models import model_summary
     from lit_kd.models.summary import summary_totals
-    from lit_kd.checkpoints import build_network, network_key, network_state, read_checkpoint
 
     checkpoint = read_checkpoint(ckpt)
     network = build_network(checkpoint, ckpt)
@@ -146,22 +153,29 @@ def network_facts(ckpt: str | Path, int8: Optional[Path] = None) -> dict:
         if name.endswith((".weight", ".bias", "weight_orig")):
             nonzero += int(tensor.count_nonzero())
             if tensor.ndim in (2, 4) and not name.endswith(".bias"):
-                layers[name.removesuffix("_orig").removesuffix(".weight").replace(".module", "")] = 1 - int(tensor.count_nonzero()) / tensor.numel()
+                layers[name.removesuffix("_orig").removesuffix(".weight").replace(".module", "")] = (
+                    1 - int(tensor.count_nonzero()) / tensor.numel()
+                )
     buffer = io.BytesIO()
     torch.save({k: v for k, v in state.items()}, buffer)
     size = int8.stat().st_size if int8 is not None else buffer.tell()
     spec = checkpoint["hyper_parameters"][network_key(checkpoint["hyper_parameters"])]
-    return {"architecture": spec if isinstance(spec, str) else spec.get("class_path"),
-            "params": totals["params"], "nonzero_params": min(nonzero, totals["params"]), "macs": totals["macs"],
-            "size_bytes": size, "layer_sparsity": layers}
+    return {
+        "architecture": spec if isinstance(spec, str) else spec.get("class_path"),
+        "params": totals["params"],
+        "nonzero_params": min(nonzero, totals["params"]),
+        "macs": totals["macs"],
+        "size_bytes": size,
+        "layer_sparsity": layers,
+    }
 
 
 # ------------------------------------------------------------------------------------------------ other stages
 def run_weights(ctx: Context, stage: Stage, settings: dict, label: str) -> tuple[dict, dict, str]:
     """Shipped weights stand in for a trained stage: a weights file (a plain state dict or a portable checkpoint,
     loaded with ``weights_only=True``) becomes a checkpoint of the named architecture, tested on the full test set."""
-    from lit_kd.commands.classify import accuracy_on_test_set
     from lit_kd.checkpoints import instantiate_network, load_weights, read_checkpoint, write_weights_file
+    from lit_kd.commands.classify import accuracy_on_test_set
 
     source = ctx.study.here / settings["weights"]
     state = read_checkpoint(source)  # weights_only: a file with pickled objects is refused
@@ -169,8 +183,7 @@ def run_weights(ctx: Context, stage: Stage, settings: dict, label: str) -> tuple
     ckpt = write_weights_file(network, settings["model"], ctx.stage_dir(stage.name) / "model.ckpt", 10, settings.get("model_kwargs"))
     ctx.progress(f"{label}: testing shipped weights {source.name}")
     correct, total = accuracy_on_test_set(network.eval(), ctx.data, 250, "cpu")
-    metrics = {"test_acc": correct / total, "epochs": None, "stop_reason": f"shipped weights ({source.name})",
-               **network_facts(ckpt)}
+    metrics = {"test_acc": correct / total, "epochs": None, "stop_reason": f"shipped weights ({source.name})", **network_facts(ckpt)}
     return {"ckpt": str(ckpt)}, metrics, f"lit-kd classify --ckpt {ckpt} --data {ctx.data}"
 
 
@@ -181,8 +194,7 @@ def run_select(ctx: Context, stage: Stage, settings: dict, label: str) -> tuple[
     chosen = max(candidates, key=lambda n: (candidates[n], -list(candidates).index(n)))
     ctx.progress(f"{label}: {chosen} has the best test accuracy ({candidates[chosen]:.4f}) of {len(candidates)}")
     outputs = {k: v for k, v in ctx.manifests[chosen]["outputs"].items() if k in ("ckpt", "config")}
-    return (outputs, {"chosen": chosen, "candidates": candidates},
-            f"best test_acc of {', '.join(candidates)}")
+    return (outputs, {"chosen": chosen, "candidates": candidates}, f"best test_acc of {', '.join(candidates)}")
 
 
 def flags(settings: dict) -> list[str]:
@@ -245,8 +257,14 @@ def run_report(ctx: Context, stage: Stage, settings: dict, label: str) -> tuple[
 
 
 EXECUTORS: dict[str, Callable[[Context, Stage, dict, str], tuple[dict, dict, str]]] = {
-    "fit": run_fit, "weights": run_weights, "select": run_select, "ptq": run_step, "export": run_step,
-    "bench": run_step, "examples": run_examples, "report": run_report,
+    "fit": run_fit,
+    "weights": run_weights,
+    "select": run_select,
+    "ptq": run_step,
+    "export": run_step,
+    "bench": run_step,
+    "examples": run_examples,
+    "report": run_report,
 }
 
 
@@ -270,4 +288,3 @@ def consumed_files(stage: Stage, settings: Any, manifests: dict[str, dict]) -> l
         for name in stage.needs:
             files += [v for k, v in manifests[name]["outputs"].items() if k in ("ckpt", "int8", "json", "onnx")]
     return sorted(set(files))
-
