@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import sys
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_kd.checkpoints import AtomicCheckpointIO, is_local_path
+from lit_kd.commands.arguments import yaml_error
 
 LOG_ROOT = "lightning_logs"
 
@@ -177,6 +180,49 @@ def experiment_name(config_paths: list) -> str:
     return path.stem
 
 
+class CkptPathError(ValueError):
+    """A ``--ckpt_path`` this run cannot use: no Lightning checkpoint, or a network that does not fit the config's."""
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost directory of ``path`` (resolved) that does not exist yet: what a run would create there."""
+    path = path.resolve()
+    missing = None
+    while not path.exists():
+        missing, path = path, path.parent
+    return missing
+
+
+def state_dict_mismatch(error: str, module: str) -> str:
+    """One line for Lightning's strict-load error: how many keys are missing and unexpected, a few of each, and
+    the likely cause when one side holds fake-quantize modules (a float checkpoint under a QAT config, or the
+    reverse)."""
+    from lit_kd.checkpoints import QAT_MARKERS
+
+    def keys(kind: str) -> list[str]:
+        start = error.find(kind)
+        if start < 0:
+            return []
+        text = error[start + len(kind) :].split(". \n")[0].split(".\n")[0]
+        return list(dict.fromkeys(k.strip().strip('"') for k in text.split(",") if k.strip().strip('"').strip(".")))
+
+    missing, unexpected = keys("Missing key(s) in state_dict:"), keys("Unexpected key(s) in state_dict:")
+    size = [line.strip() for line in error.splitlines() if "size mismatch" in line]
+    parts = []
+    for name, found in (("missing", missing), ("unexpected", unexpected)):
+        if found:
+            parts.append(f"{len(found)} {name} key(s) (e.g. {found[0]})")
+    if size:
+        parts.append(f"{len(size)} shape mismatch(es) (e.g. {size[0]})")
+    why = ""
+    qat_missing, qat_unexpected = (any(m in k for k in found for m in QAT_MARKERS) for found in (missing, unexpected))
+    if qat_missing and not qat_unexpected:
+        why = "; this config makes a QAT network, the checkpoint holds a float one (for QAT give it as the callback's init_ckpt)"
+    elif qat_unexpected and not qat_missing:
+        why = "; the checkpoint holds a QAT network, this config builds a float one (use the config it was trained with)"
+    return f"the checkpoint does not fit the {module} this config builds: {'; '.join(parts) or error.splitlines()[0]}{why}"
+
+
 def best_checkpoint_callback() -> ModelCheckpoint:
     from lit_kd.callbacks.best_and_last_checkpoint import BestAndLastCheckpoint
 
@@ -218,7 +264,8 @@ class LitKDCLI(LightningCLI):
         return trainer
 
     def _parse_ckpt_path(self) -> None:
-        """Lightning's (the checkpoint's hyperparameters replace the config's model arguments), with the checkpoint
+        """Lightning's (the checkpoint's hyperparameters replace the config's model arguments; hyperparameters without
+        LightningCLI's ``_class_path``, as in a weights file, are left out), with the checkpoint
         read by :func:`~lit_kd.checkpoints.safe_load` (a file with pickled objects is refused with a clear message,
         unless trusted as in :class:`~lit_kd.checkpoints.AtomicCheckpointIO`), and the config as given kept for the
         resume decision (:meth:`_resume_run_dir`)."""
@@ -231,18 +278,45 @@ class LitKDCLI(LightningCLI):
             return
         from lit_kd.checkpoints import safe_load
 
-        checkpoint = safe_load(ckpt_path, trust=self.config[subcommand].get("weights_only") is False)  # as Lightning's load
+        try:
+            checkpoint = safe_load(ckpt_path, trust=self.config[subcommand].get("weights_only") is False)  # as Lightning's
+        except ValueError as err:  # pickled objects refused, not a torch file, truncated
+            raise CkptPathError(f"--ckpt_path: {err}") from None
+        missing = [k for k in ("state_dict", "pytorch-lightning_version") if not isinstance(checkpoint, dict) or k not in checkpoint]
+        if missing:
+            raise CkptPathError(
+                f"--ckpt_path {ckpt_path} is no Lightning checkpoint (it lacks {' and '.join(map(repr, missing))}); expected a "
+                "checkpoint written by lit-kd fit (a file of weights only goes to a module's init_ckpt or teacher_ckpt)"
+            )
         hparams = dict((checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None) or {})
         hparams.pop("_instantiator", None)
         if not hparams:
             return
-        if "_class_path" in hparams:
-            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        if "_class_path" not in hparams:  # not saved by LightningCLI (e.g. a weights file): the config's model stands
+            rank_zero_info(f"{ckpt_path}: hyperparameters not saved by LightningCLI; the config's model arguments are used")
+            return
+        hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
         try:
             self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
         except SystemExit:
             sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
             raise
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Lightning's, with a ``--ckpt_path`` whose network does not fit this config's (Lightning's strict
+        ``load_state_dict`` RuntimeError) reported as :class:`CkptPathError`, after removing the run directory
+        this run created (its config.yaml and event file): nothing is left behind by a run that never started."""
+        log_dir = getattr(self.trainer.logger, "log_dir", None) if self.trainer.logger else None
+        created = _first_missing(Path(log_dir)) if log_dir and is_local_path(log_dir) else None
+        try:
+            super()._run_subcommand(subcommand)
+        except RuntimeError as err:
+            if "Error(s) in loading state_dict" not in str(err):
+                raise
+            if created is not None and created.is_dir():
+                shutil.rmtree(created, ignore_errors=True)
+            ckpt_path = self.config[subcommand].get("ckpt_path")
+            raise CkptPathError(f"--ckpt_path {ckpt_path}: {state_dict_mismatch(str(err), type(self.model).__name__)}") from err
 
     def _set_seed(self) -> None:
         self._random_seed = self._get(self.config, "seed_everything") is True  # replaced by the drawn seed below
@@ -317,6 +391,8 @@ def run(args: list[str] | None = None, extra_callbacks: list | None = None) -> L
     import lit_kd.data
     import lit_kd.modules  # noqa: F401
 
+    # args is given on purpose (main() passes its argv; the study runner its stage's), not by mistake
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
     return LitKDCLI(args=args, extra_callbacks=extra_callbacks)
 
 
@@ -351,7 +427,33 @@ def main(argv: list[str] | None = None) -> None:
         if not argv:
             sys.exit(2)
         return
-    run(argv)
+    prog = "lit-kd " + next((a for a in argv if not a.startswith("-")), "")
+    for path in config_files(argv):
+        problem = yaml_error(path)
+        if problem:
+            print(f"{prog}: error: --config {problem}", file=sys.stderr)
+            sys.exit(2)
+    try:
+        run(argv)
+    except CkptPathError as err:
+        raise SystemExit(f"{prog}: error: {err}") from None
+
+
+def config_files(argv: list[str]) -> list[str]:
+    """The existing files given to ``--config``/``-c`` (``--config=FILE`` too): checked for YAML syntax before
+    LightningCLI reads them (its message names neither the file nor the line)."""
+    found = []
+    for i, arg in enumerate(argv):
+        value = (
+            argv[i + 1]
+            if arg in ("--config", "-c") and i + 1 < len(argv)
+            else arg.partition("=")[2]
+            if arg.startswith("--config=")
+            else None
+        )
+        if value and Path(value).is_file():
+            found.append(value)
+    return found
 
 
 if __name__ == "__main__":

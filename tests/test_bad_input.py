@@ -127,6 +127,9 @@ def bad(tiny_zip, tmp_path_factory) -> dict[str, Path]:
     float_run["hyper_parameters"] = {"_class_path": "lit_kd.modules.ClassifierModule", "model": "resnet8", "num_classes": 10}
     torch.save(float_run, root / "float_run.ckpt")
     f["float_run"] = root / "float_run.ckpt"
+    qat_run = {**float_run, "state_dict": torch.load(f["qat"], weights_only=True)["state_dict"]}  # as a QAT fit writes it
+    torch.save(qat_run, root / "qat_run.ckpt")
+    f["qat_run"] = root / "qat_run.ckpt"
     return f
 
 
@@ -139,8 +142,6 @@ class Case:
     argv: list[str]  # {name} is replaced by the path of bad[name]
     status: int  # 2: usage error, 1: failure
     says: list[str]  # each in the error line
-    xfail: str = ""  # why the case still fails (the file that has to change)
-    stream: str = "stderr"  # where the one error line goes
 
 
 PTQ = ["ptq", "--ckpt", "{ckpt}", "--data", "{zip}", "--bits", "8"]
@@ -260,27 +261,36 @@ CASES = [
     Case("bench warmup negative", [*BENCH, "--warmup", "-1"], 2, ["--warmup must be >= 0, got -1"]),
     Case("bench QAT ckpt", [*BENCH, "--ckpt", "{qat}"], 1, ["--ckpt", QAT_PTQ, "Give the dense checkpoint"]),
     Case("bench text ckpt", [*BENCH, "--ckpt", "{text}"], 1, ["--ckpt", "text.ckpt' is not a checkpoint"]),
-    # lit-kd study (errors on stdout, through its rich console)
-    Case("study missing file", ["study", "nope.yaml", "--dry-run"], 2, ["study file '", "nope.yaml' does not exist"], stream="stdout"),
-    Case("study YAML syntax error", ["study", "{broken}", "--dry-run"], 2, ["broken.yaml: not valid YAML"], stream="stdout"),
+    # lit-kd study
+    Case("study missing file", ["study", "nope.yaml", "--dry-run"], 2, ["study file '", "nope.yaml' does not exist"]),
+    Case("study YAML syntax error", ["study", "{broken}", "--dry-run"], 2, ["broken.yaml: not valid YAML"]),
     Case("study --use without '='", ["study", "{broken}", "--use", "teacher"], 2, ["--use takes STAGE=FILE pairs"]),
     # LightningCLI
     Case(
         "fit YAML syntax error",
         ["fit", "--config", "{broken}"],
         2,
-        ["Problems parsing config", "broken.yaml"],
-        xfail="LightningCLI (jsonargparse) says 'Problems parsing config: while parsing a flow sequence' without the file "
-        "or the line; needs lit_kd/cli.py",
+        ["lit-kd fit: error: --config", "broken.yaml' is not valid YAML (line 3, column 1): expected ',' or ']'"],
     ),
     Case(
         "test --ckpt_path of another structure",
         ["test", "--config", "{cfg_qat}", "--ckpt_path", "{float_run}"],
         1,
-        ["--ckpt_path", "float_run.ckpt", "does not fit"],
-        xfail="a float checkpoint under a QAT config: Lightning's strict load_state_dict RuntimeError escapes as a "
-        "traceback (after lightning_logs/ was created); needs a catch in lit_kd/cli.py",
+        ["lit-kd test: error: --ckpt_path", "float_run.ckpt: the checkpoint does not fit", "missing key(s)", "holds a float one"],
     ),
+    Case(
+        "test --ckpt_path of a QAT run under a float config",
+        ["test", "--config", "{cfg8}", "--ckpt_path", "{qat_run}"],
+        1,
+        ["lit-kd test: error: --ckpt_path", "qat_run.ckpt: the checkpoint does not fit", "unexpected key(s)", "holds a QAT network"],
+    ),
+    Case(
+        "test --ckpt_path of no Lightning checkpoint",
+        ["test", "--config", "{cfg8}", "--ckpt_path", "{qat}"],
+        1,
+        ["--ckpt_path", "qat.ckpt is no Lightning checkpoint (it lacks 'pytorch-lightning_version')"],
+    ),
+    Case("test --ckpt_path of a text file", ["test", "--config", "{cfg8}", "--ckpt_path", "{text}"], 1, ["--ckpt_path:", "text.ckpt"]),
 ]
 
 # The interpreter's handling of what main() ends with, per case, in a fresh run directory; fds 1 and 2 captured.
@@ -366,15 +376,13 @@ def error_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if "error:" in line or line.startswith("error")]
 
 
-@pytest.mark.parametrize(
-    "case", [pytest.param(c, id=c.id, marks=[pytest.mark.xfail(reason=c.xfail, strict=True)] if c.xfail else []) for c in CASES]
-)
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES])
 def test_a_bad_command_line_gets_one_clear_error(case: Case, outcomes, bad):
     got = outcomes[case.id]
     output = got["stdout"] + got["stderr"]
     assert "Traceback" not in output, output[-3000:]
     assert got["status"] == case.status, output[-3000:]
-    lines = error_lines(got[case.stream])
+    lines = error_lines(got["stderr"])
     assert len(lines) == 1, output[-3000:]
     line = " ".join(lines[0].split())
     for text in case.says:
@@ -538,18 +546,12 @@ ENTRY_POINTS = [
     ("load_network another architecture", lambda b: _load(b["mismatch"]), ValueError, "does not fit CifarResNet .*another architecture"),
     ("load_network unknown architecture", lambda b: _load(b["unknown_arch"]), ValueError, "unknown model 'resnet9'"),
 ]
-ENTRY_XFAIL: dict[str, str] = {}
 ENTRY_POINTS.append(("load_network QAT checkpoint", lambda b: _load(b["qat"]), ValueError, "QAT|quantization-aware"))
 
 
 @pytest.mark.parametrize(
     ("call", "error", "match"),
-    [
-        pytest.param(
-            call, error, match, id=name, marks=[pytest.mark.xfail(reason=ENTRY_XFAIL[name], strict=True)] if name in ENTRY_XFAIL else []
-        )
-        for name, call, error, match in ENTRY_POINTS
-    ],
+    [pytest.param(call, error, match, id=name) for name, call, error, match in ENTRY_POINTS],
 )
 def test_a_bad_argument_to_an_entry_point_is_named(call, error, match, bad):
     with pytest.raises(error, match=match):

@@ -18,7 +18,10 @@ from lit_kd.modules import ClassifierModule, DistillationModule, load_network
 from tests.conftest import REPO
 from tests.helpers import read_events, run_cli, scalars
 
-DISTILL_CONFIGS = sorted(p for p in (REPO / "experiments").glob("*.yaml") if p.name.startswith(("distill_", "kd_")))
+EXPERIMENTS = REPO / "experiments"
+# the standalone distillation configs (resnet101/, kd_variants/, resnet50_to_resnet18/), which name their teacher;
+# the CPU study's cifar_cpu/kd_*.yaml get theirs from the study (teacher_ckpt: null)
+DISTILL_CONFIGS = sorted(p for p in EXPERIMENTS.glob("*/*.yaml") if p.parent.name != "cifar_cpu" and p.name.startswith(("distill_", "kd_")))
 
 
 def quiet_trainer(**kwargs) -> L.Trainer:
@@ -138,7 +141,7 @@ def test_teacher_sources(teacher_ckpts, tmp_path):
 
 def test_distilled_checkpoint_has_no_teacher_and_tests_without_it(tiny_zip, teacher_ckpts, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    config = REPO / "experiments" / "kd_regressor.yaml"
+    config = EXPERIMENTS / "kd_variants" / "kd_regressor.yaml"
     run_cli(
         "fit",
         "--config",
@@ -188,7 +191,7 @@ def test_distilled_checkpoint_has_no_teacher_and_tests_without_it(tiny_zip, teac
         quiet_trainer(max_steps=1).fit(DistillationModule(), dm)
 
 
-@pytest.mark.parametrize("config", DISTILL_CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("config", DISTILL_CONFIGS, ids=lambda p: p.relative_to(EXPERIMENTS).as_posix())
 def test_every_distillation_config_fits_through_the_cli(config, tiny_zip, teacher_ckpts, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     arch = re.search(r"teacher_(resnet\d+)", config.read_text()).group(1)

@@ -233,7 +233,7 @@ def test_a_broken_study_fails_before_anything_runs(case, tmp_path, tiny_zip):
     (tmp_path / "broken.yaml").write_text(text)
     proc = lit_kd("study", "broken.yaml", "--out", tmp_path / "out", "--data", tiny_zip, cwd=tmp_path, check=False)
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert message in " ".join(proc.stdout.split()), proc.stdout
+    assert message in " ".join(proc.stderr.split()) and "lit-kd study: error:" in proc.stderr, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
     assert not (tmp_path / "out").exists()
 
@@ -266,5 +266,18 @@ def test_use_lets_shipped_weights_stand_in_for_a_fit_stage(tmp_path, tiny_zip):
     assert re.search(r"│ teacher +│ weights +│ run +│ never run", plan), plan
     assert load_study(study, {"teacher": str(weights)}).stages["teacher"].spec["model"] == "resnet20"
     bad = lit_kd("study", study, "--out", tmp_path / "out", "--use", "best_student=x.pt", "--dry-run", cwd=tmp_path, check=False)
-    assert bad.returncode == 2 and "'best_student' is not a fit stage" in bad.stdout
+    assert bad.returncode == 2 and "'best_student' is not a fit stage" in bad.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_failing_stage_stops_the_study_with_its_own_error_line(tmp_path, tiny_zip):
+    (tmp_path / "junk.ckpt").write_text("not a checkpoint\n")
+    study = tmp_path / "fails.yaml"
+    study.write_text(yaml.safe_dump({"stages": {"ptq": {"ptq": {"ckpt": str(tmp_path / "junk.ckpt"), "bits": [8]}}}}))
+    proc = lit_kd("study", study, "--out", tmp_path / "out", "--data", tiny_zip, cwd=tmp_path, check=False)
+    stderr = " ".join(proc.stderr.split())
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "study stopped at stage 'ptq' (1/1): lit-kd ptq: error: --ckpt" in stderr and "junk.ckpt" in stderr, stderr
+    assert "resume with: lit-kd study" in stderr and "Traceback" not in proc.stdout + proc.stderr
+    manifest = json.loads((tmp_path / "out" / "ptq" / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["error"].startswith("lit-kd ptq: error: --ckpt")

@@ -50,6 +50,22 @@ def require_output(cli: argparse.ArgumentParser, value: str, flag: str = "--out"
     return path
 
 
+def yaml_error(path: str | Path) -> str | None:
+    """Why the YAML file at ``path`` does not parse, with the line and column of the problem; None when it parses
+    (or cannot be read: that is reported by whoever reads it)."""
+    import yaml
+
+    try:
+        yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        return f"{str(path)!r} is not valid YAML{where}: {getattr(err, 'problem', None) or err}"
+    except (OSError, UnicodeDecodeError):
+        return None
+    return None
+
+
 def checkpoint_error(ckpt: str, err: Exception) -> str:
     """The one-line message for a ``--ckpt`` that could not be loaded (``safe_load`` already names a file that is no
     torch file at all)."""

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         resume = shlex.join(["lit-kd", "study", args.study, "--out", str(out), "--data", data, *(["--use", *args.use] if args.use else [])])
         return runner.run(steps, resume)
     except StudyError as err:
-        console.print(f"[bold red]error:[/] {err}", highlight=False)
+        Console(stderr=True, width=None if sys.stderr.isatty() else 150).print(f"lit-kd study: [bold red]error:[/] {err}", highlight=False)
         return 2
 
 

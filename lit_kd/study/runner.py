@@ -184,6 +184,14 @@ def torch_process_state():
         torch.backends.cudnn.benchmark = saved[4]
 
 
+def exit_message(err: BaseException) -> str:
+    """What a failed stage reports: the exception, or a subcommand's own error line (``SystemExit("lit-kd ptq:
+    error: ...")``), or its exit status."""
+    if not isinstance(err, SystemExit):
+        return f"{type(err).__name__}: {err}"
+    return err.code if isinstance(err.code, str) else f"exited with status {err.code}"
+
+
 class Runner:
     def __init__(self, study: Study, out: Path, data: str, console: Console | None = None):
         self.study, self.out, self.data = study, out, data
@@ -239,9 +247,9 @@ class Runner:
             try:
                 ctx.manifests[step.stage.name] = self._run_stage(ctx, step, label, manifests.get(step.stage.name))
             except (Exception, SystemExit) as err:  # a step's usage error exits; the study reports it as the stage's failure
-                message = f"{type(err).__name__}: {err}" if not isinstance(err, SystemExit) else f"exited with status {err.code}"
+                message = exit_message(err)
                 self._fail(step, message)
-                self.console.print(
+                Console(stderr=True, width=self.console.width).print(
                     f"[bold red]study stopped at stage {step.stage.name!r} ({index}/{total}):[/] {message}\n"
                     f"fix the cause, then resume with: {resume_command}"
                 )
