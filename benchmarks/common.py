@@ -12,6 +12,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from lit_kd.atomic import write_text
 from lit_kd.commands.bench import cpu_model
 
 
@@ -53,7 +54,7 @@ def machine_info(threads: int) -> dict:
 def write_json(path: str | Path, payload: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    write_text(path, json.dumps(payload, indent=2) + "\n")  # atomic: a killed benchmark leaves no half-written JSON
 
 
 def sync(device: torch.device) -> None:

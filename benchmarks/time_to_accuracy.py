@@ -16,6 +16,8 @@ import argparse
 import json
 from pathlib import Path
 
+from lit_kd.atomic import write_text
+
 
 def accuracy_over_time(run_dir: str | Path, tag: str = "val/acc") -> dict:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -54,7 +56,7 @@ def main(argv=None) -> dict:
     print(f"final: {last['acc']:.4f} after epoch {last['epoch']}, {last['minutes']:.1f} min ({result['event_files']} event file(s))")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_text(out, json.dumps(result, indent=2) + "\n")
     return result
 
 

@@ -26,6 +26,9 @@ Shape = tuple[int, ...]  # feature shape without the batch dimension
 Pair = tuple[str, str]  # (student module path, teacher module path)
 
 
+TERMS: dict[str, type[LossTerm]] = {}  # loss term name -> class, filled by LossTerm.__init_subclass__
+
+
 @dataclass
 class DistillContext:
     student_logits: Tensor
@@ -51,9 +54,19 @@ def check_temperature(term: str, temperature) -> float:
 
 
 class LossTerm(nn.Module):
-    """A named loss term; ``forward(ctx)`` returns ``{summand name: scalar}``."""
+    """A named loss term; ``forward(ctx)`` returns ``{summand name: scalar}``. A subclass that sets ``name`` is
+    registered under it in :data:`TERMS` (usable in ``losses:`` of a config) by being defined."""
 
     name: str = ""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        name = cls.__dict__.get("name")
+        if name:
+            known = TERMS.get(name)
+            if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
+                raise TypeError(f"loss term name {name!r} of {cls.__qualname__} is taken by {known.__module__}.{known.__qualname__}")
+            TERMS[name] = cls
 
     def forward(self, ctx: DistillContext) -> dict[str, Tensor]:
         raise NotImplementedError
@@ -277,12 +290,6 @@ class AttentionTransfer(FeatureTerm):
     def pair_loss(self, index: int, student: Tensor, teacher: Tensor) -> Tensor:
         s, t = _common_spatial(_as_4d(student.float()), _as_4d(teacher.float()))
         return self.beta / 2 * (self.attention_map(s) - self.attention_map(t)).pow(2).mean()
-
-
-TERMS: dict[str, type[LossTerm]] = {
-    cls.name: cls
-    for cls in (CrossEntropy, SoftCrossEntropy, KLDivergence, DecoupledKD, FeatureMSE, CosineFeatureLoss, RegressorMSE, AttentionTransfer)
-}
 
 
 def build_term(name: str, pairs: Sequence[Pair] | None = None, **kwargs) -> LossTerm:

@@ -167,3 +167,30 @@ def test_term_errors():
     with pytest.raises(ValueError, match="soft_ce temperature must be a finite number > 0, got 0"):
         SoftCrossEntropy(0)
     assert math.isclose(build_term("soft_ce", temperature=2.0).temperature, 2.0)
+
+
+def test_a_term_is_registered_by_defining_it():
+    from lit_kd.losses import TERMS, LossTerm
+    from lit_kd.models import build_model
+    from lit_kd.modules import DistillationModule
+
+    assert sorted(TERMS) == ["attention", "ce", "cosine", "dkd", "feature_mse", "kl", "regressor", "soft_ce"]
+    try:
+
+        class LogitL1(LossTerm):
+            name = "logit_l1"
+
+            def forward(self, ctx: DistillContext) -> dict[str, torch.Tensor]:
+                return {self.name: (ctx.student_logits - ctx.teacher_logits).abs().mean()}
+
+        assert TERMS["logit_l1"] is LogitL1 and isinstance(build_term("logit_l1"), LogitL1)
+        module = DistillationModule(student="resnet8", teacher=build_model("resnet8"), losses=["ce", "logit_l1"], num_example_images=0)
+        s, t = torch.randn(4, 10), torch.randn(4, 10)
+        _, parts = module.criterion(ctx(s, t))
+        assert torch.allclose(parts["logit_l1"], (s - t).abs().mean())
+        with pytest.raises(TypeError, match=r"loss term name 'ce' of .*Clash is taken by lit_kd\.losses\.CrossEntropy"):
+
+            class Clash(LossTerm):
+                name = "ce"
+    finally:
+        TERMS.pop("logit_l1", None)
