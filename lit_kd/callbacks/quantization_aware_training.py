@@ -1,8 +1,10 @@
 """QuantizationAwareTraining: train with fake quantization, end with a real INT8 model (torch.ao FX, x86).
 
 - ``setup`` (every stage, before a checkpoint is restored and before the optimizer exists) replaces the module's
-  network (``pl_module.model``) by ``prepare_qat_fx(network, get_default_qat_qconfig_mapping(backend))``: conv,
-  BatchNorm and ReLU fused, fake-quantize modules on weights (per-channel int8) and activations (uint8). Training
+  network (``pl_module.model``) by ``prepare_qat_fx`` with torch's default QAT qconfig for the backend: conv,
+  BatchNorm and ReLU fused, fake-quantize modules on weights (per-channel int8) and activations (uint8). x86/fbgemm
+  activations keep torch's 7-bit ranges but are rounded onto all 256 codes, as the INT8 kernels do
+  (:class:`~lit_kd.quant.torch_qat.Int8CodesFakeQuantize`), so the network trained is the INT8 model's. Training
   uses the module's own loss (cross-entropy, or the distillation loss with its frozen teacher).
 - ``freeze_observers_epoch`` / ``freeze_bn_epoch``: from that epoch on the quantization ranges, and BatchNorm
   running statistics, stop moving (decided from the epoch number alone, so a resumed run behaves the same).
@@ -12,10 +14,13 @@
   exactly, and ``lit-kd test`` with the same config evaluates the checkpoint converted to the real INT8 model.
 - At fit end the network is converted (``convert_fx``) and saved as ``int8_model.pt`` next to the checkpoints: the
   converted state dict plus what rebuilds it (architecture, backend, input shape); :func:`load_int8_model` loads it.
+  If no QAT step observed data (``trainer.max_epochs`` 0: post-training quantization through the same path), the
+  ranges are first calibrated on ``calibration_batches`` training batches, and the log says so.
 """
 
 from __future__ import annotations
 
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +30,7 @@ import torch.nn as nn
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_kd.checkpoints import load_weights, network_key
-from lit_kd.quant.torch_qat import INT8_FILE, convert_int8, prepare_qat, save_int8_model
+from lit_kd.quant.torch_qat import INT8_FILE, activation_ranges_observed, calibrate, convert_int8, prepare_qat, save_int8_model
 
 
 class QuantizationAwareTraining(L.Callback):
@@ -40,6 +45,7 @@ class QuantizationAwareTraining(L.Callback):
         test_int8: run ``test`` (and ``predict``) on the converted INT8 model, on the CPU.
         init_ckpt: a lit-kd checkpoint (or state-dict file) whose float network weights QAT starts from when
             fitting (the best student of an earlier stage); a resumed run then restores its own QAT state over it.
+        calibration_batches: training batches that set the quantization ranges at fit end when no QAT step did.
     """
 
     def __init__(
@@ -51,11 +57,18 @@ class QuantizationAwareTraining(L.Callback):
         attribute: str = "model",
         test_int8: bool = True,
         init_ckpt: str | None = None,
+        calibration_batches: int = 8,
     ):
         super().__init__()
+        if freeze_observers_epoch is not None and freeze_observers_epoch < 1:
+            raise ValueError(
+                f"freeze_observers_epoch must be >= 1 or None, got {freeze_observers_epoch}: ranges frozen from epoch 0 never see data"
+            )
+        if calibration_batches < 1:
+            raise ValueError(f"calibration_batches must be >= 1, got {calibration_batches}")
         self.backend, self.input_shape, self.attribute, self.test_int8 = backend, tuple(input_shape), attribute, test_int8
         self.freeze_observers_epoch, self.freeze_bn_epoch = freeze_observers_epoch, freeze_bn_epoch
-        self.init_ckpt = init_ckpt
+        self.init_ckpt, self.calibration_batches = init_ckpt, calibration_batches
         self.int8_path: Path | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -94,12 +107,30 @@ class QuantizationAwareTraining(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        int8 = convert_int8(getattr(pl_module, self.attribute))
+        network = getattr(pl_module, self.attribute)
+        if not activation_ranges_observed(network):
+            self._calibrate(trainer, network)
+        int8 = convert_int8(network)
         ckpt_dir = Path(trainer.checkpoint_callback.dirpath) if trainer.checkpoint_callback else Path(trainer.default_root_dir)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         self.int8_path = ckpt_dir / INT8_FILE
         save_int8_model(int8, self._recipe(pl_module), self.int8_path)
         rank_zero_info(f"QAT: converted INT8 model saved to {self.int8_path}")
+
+    def _calibrate(self, trainer: L.Trainer, network: nn.Module) -> None:
+        """No QAT step observed data: set the ranges from the first training batches (through the datamodule's batch
+        hooks, as the training step sees them) rather than convert never-observed ranges (scale 1.0, zero point 0)."""
+        loader = trainer.train_dataloader if trainer.train_dataloader is not None else ()
+        batches = (trainer.strategy.batch_to_device(batch) for batch in islice(loader, self.calibration_batches))
+        count = calibrate(network, (b[0] if isinstance(b, (tuple, list)) else b for b in batches))
+        if not count:
+            raise ValueError(
+                "QAT: no training step observed the quantization ranges and there are no training batches to calibrate them on "
+                "(trainer.limit_train_batches must be > 0)"
+            )
+        rank_zero_info(
+            f"QAT: no training step observed the quantization ranges; calibrated them on {count} training batches before converting"
+        )
 
     def _recipe(self, pl_module: L.LightningModule) -> dict[str, Any]:
         hp = pl_module.hparams

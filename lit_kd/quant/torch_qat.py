@@ -3,16 +3,65 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+from torch.ao.quantization import (
+    FakeQuantize,
+    FakeQuantizeBase,
+    MovingAverageMinMaxObserver,
+    QConfig,
+    QConfigMapping,
+    get_default_qat_qconfig_mapping,
+)
 
 INT8_FILE = "int8_model.pt"
 
 
+class Int8CodesFakeQuantize(FakeQuantize):
+    """Activation fake-quantize that rounds onto the codes the converted INT8 model stores (quint8: 0..255), with the
+    scale and zero point its observer computes on the reduced 0..127 range (``reduce_range``, x86 and fbgemm).
+
+    ``convert_fx`` keeps only the scale and zero point, so INT8 kernels clip at code 255, about twice the observed
+    maximum; torch's fake-quantize clips at code 127, the observed maximum itself, and trains a network that differs
+    from its INT8 model wherever activations outgrow the lagging moving-average range. The reduced range is kept
+    because it matters: without AVX-512 VNNI, x86 kernels add pairs of uint8 x int8 products in saturating int16
+    (``vpmaddubsw``), exact only for activation codes below 128 (what the observed range maps to).
+    """
+
+    def __init__(self, observer=MovingAverageMinMaxObserver, quant_min: int = 0, quant_max: int = 255, **observer_kwargs):
+        super().__init__(observer, quant_min, quant_max, **observer_kwargs)
+        self.codes = (quant_min, quant_max)  # the observer's quant_min/quant_max are the reduced range
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.observer_enabled[0] == 1:
+            self.activation_post_process(x.detach())
+            scale, zero_point = self.calculate_qparams()
+            self.scale.copy_(scale)
+            self.zero_point.copy_(zero_point)
+        if self.fake_quant_enabled[0] == 1:
+            x = torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, *self.codes)
+        return x
+
+
+def qat_qconfig_mapping(backend: str) -> QConfigMapping:
+    """torch's default QAT qconfig mapping for ``backend``, its reduced-range activation fake-quantizers (x86,
+    fbgemm) replaced by :class:`Int8CodesFakeQuantize`; qnnpack and onednn already fake-quantize on 0..255."""
+    mapping = get_default_qat_qconfig_mapping(backend)
+    default = mapping.global_qconfig.activation
+    if not default.p.keywords.get("reduce_range"):
+        return mapping
+    activation = Int8CodesFakeQuantize.with_args(**default.p.keywords)
+    mapping.set_global(QConfig(activation=activation, weight=mapping.global_qconfig.weight))
+    for pattern, qconfig in list(mapping.object_type_qconfigs.items()):
+        if qconfig is not None and qconfig.activation is default:
+            mapping.set_object_type(pattern, QConfig(activation=activation, weight=qconfig.weight))
+    return mapping
+
+
 def prepare_qat(network: nn.Module, backend: str, input_shape) -> nn.Module:
-    from torch.ao.quantization import get_default_qat_qconfig_mapping
     from torch.ao.quantization.quantize_fx import prepare_qat_fx
 
     if backend not in torch.backends.quantized.supported_engines:
@@ -20,7 +69,39 @@ def prepare_qat(network: nn.Module, backend: str, input_shape) -> nn.Module:
     torch.backends.quantized.engine = backend
     device = next(network.parameters()).device
     example = torch.zeros(*input_shape, device=device)
-    return prepare_qat_fx(network.train(), get_default_qat_qconfig_mapping(backend), (example,))
+    return prepare_qat_fx(network.train(), qat_qconfig_mapping(backend), (example,))
+
+
+def activation_ranges_observed(prepared: nn.Module) -> bool:
+    """Whether every activation observer of a QAT-prepared network has seen data (not so after zero QAT steps)."""
+    observers = [m.activation_post_process for m in prepared.modules() if isinstance(m, FakeQuantizeBase) and m.dtype == torch.quint8]
+    return all(bool(torch.isfinite(o.min_val).all()) for o in observers if hasattr(o, "min_val"))
+
+
+def calibrate(prepared: nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """Set every quantization range of a QAT-prepared network from ``batches`` of its input, as post-training
+    quantization does: in eval mode (BatchNorm statistics untouched), each range the mean of the per-batch ranges (the
+    moving averages restarted, with constant 1/k at batch k). Restores the modes and observer switches; returns the
+    number of batches used."""
+    fake_quants = [
+        m for m in prepared.modules() if isinstance(m, FakeQuantizeBase) and hasattr(m.activation_post_process, "averaging_constant")
+    ]
+    saved = [(m.activation_post_process.averaging_constant, m.observer_enabled.clone()) for m in fake_quants]
+    training = prepared.training
+    prepared.eval()
+    for m in fake_quants:
+        m.observer_enabled.fill_(1)
+    count = 0
+    with torch.no_grad():
+        for count, x in enumerate(batches, 1):
+            for m in fake_quants:
+                m.activation_post_process.averaging_constant = 1.0 / count
+            prepared(x)
+    for m, (constant, enabled) in zip(fake_quants, saved):
+        m.activation_post_process.averaging_constant = constant
+        m.observer_enabled.copy_(enabled)
+    prepared.train(training)
+    return count
 
 
 def convert_int8(prepared: nn.Module) -> nn.Module:
