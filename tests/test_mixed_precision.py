@@ -93,8 +93,36 @@ def test_search_respects_the_budget_and_beats_uniform_at_equal_accuracy(setup, t
             assert chosen.cost <= uniform.cost
     assert chosen.cost < max(u.cost for u in result.uniform)  # something was narrowed below 8 bits
     assert {p.cost for p in result.front} <= {p.cost for p in result.evaluated + result.uniform}
-    cached = json.loads((tmp_path / "sens.json").read_text())["sensitivity"]
-    assert set(cached) == set(result.layers) and all(set(v) == {"2", "4", "8"} for v in cached.values())
+    cached = json.loads((tmp_path / "sens.json").read_text())
+    assert set(cached["sensitivity"]) == set(result.layers) and all(set(v) == {"2", "4", "8"} for v in cached["sensitivity"].values())
+    distinct = {json.dumps(p.weight_bits, sort_keys=True): p.acc for p in result.evaluated + result.uniform}
+    assert cached["accuracy"] == distinct  # each allocation evaluated once (uniform 8 and 2 bits are the order's ends)
+
+
+def test_an_interrupted_search_resumes_from_its_cache(setup, tmp_path, monkeypatch):
+    """A search stopped after two layers' sensitivities measures only the rest, and ends like the uninterrupted one;
+    a finished search's cache answers a rerun without quantizing anything."""
+    import lit_kd.quant.mixed_precision as mp
+
+    model, calib, held_out = setup
+    full = search_bits(model, calib, held_out, 0.05, (2, 4, 8), evaluations=4, cache=tmp_path / "full.json")
+    stored = json.loads((tmp_path / "full.json").read_text())
+    first_two = dict(list(stored["sensitivity"].items())[:2])
+    (tmp_path / "cut.json").write_text(json.dumps({"key": stored["key"], "sensitivity": first_two, "accuracy": {}}))
+    calls = []
+    real = mp.quantize
+    monkeypatch.setattr(mp, "quantize", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    resumed = search_bits(model, calib, held_out, 0.05, (2, 4, 8), evaluations=4, cache=tmp_path / "cut.json")
+    sensitivity_calls = [w for w in calls if w.get("default", 0) is None]
+    assert {p for w in sensitivity_calls for p in w if p != "default"} == set(full.layers) - set(first_two)
+    assert resumed.chosen.weight_bits == full.chosen.weight_bits and resumed.chosen.acc == full.chosen.acc
+    assert resumed.sensitivity == full.sensitivity
+
+    calls.clear()
+    again = search_bits(model, calib, held_out, 0.05, (2, 4, 8), evaluations=4, cache=tmp_path / "full.json")
+    assert calls == [] and again.chosen.weight_bits == full.chosen.weight_bits
+    other = search_bits(model, calib, held_out, 0.05, (4, 8), evaluations=2, cache=tmp_path / "full.json")  # another key
+    assert calls and set(other.chosen.weight_bits.values()) <= {4, 8}
 
 
 @pytest.mark.parametrize(

@@ -281,3 +281,15 @@ def test_a_failing_stage_stops_the_study_with_its_own_error_line(tmp_path, tiny_
     assert "resume with: lit-kd study" in stderr and "Traceback" not in proc.stdout + proc.stderr
     manifest = json.loads((tmp_path / "out" / "ptq" / "manifest.json").read_text())
     assert manifest["status"] == "failed" and manifest["error"].startswith("lit-kd ptq: error: --ckpt")
+
+
+def test_a_rerun_clears_the_stage_dir_but_keeps_keyed_caches(tmp_path):
+    from lit_kd.study.runner import clear_stage_dir
+
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    (tmp_path / "ptq.json").write_text("{}")
+    (tmp_path / "manifest.json").write_text("{}")
+    (tmp_path / "ptq.cache.json").write_text('{"key": "k"}')
+    clear_stage_dir(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ptq.cache.json"]

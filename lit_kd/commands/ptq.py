@@ -250,7 +250,7 @@ def run_search(args: argparse.Namespace) -> dict:
         args.cost,
         act_bits=args.act_bits,
         evaluations=args.evaluations,
-        cache=out.with_suffix(".sensitivity.json"),
+        cache=out.with_suffix(".cache.json"),
         progress=lambda s: print(s, flush=True),
         **options,
     )

@@ -9,6 +9,8 @@
    on ``eval_data`` stays within ``max_drop``, plus evenly spaced points along it for the Pareto front; every point
    is a real quantization of all layers and an evaluation. ``eval_data`` must not be the test set: the CLI holds it
    out of the training split (``val_split``) and only reports test accuracy.
+4. Resume: every measurement (a layer's sensitivities, an allocation's accuracy) goes to ``cache`` as it is made
+   (:class:`SearchCache`), so an interrupted search (hours with AdaRound on 2 cores) continues where it stopped.
 
 Cost: ``bits`` is the weights' storage, sum of parameters x width; ``bops`` is sum of MACs x weight width x
 activation width (Baskin et al.), both counted over the quantized layers. ``max_drop`` is a fraction (0.01 = one
@@ -110,17 +112,56 @@ def evaluate(model: nn.Module, batches: list) -> tuple[float, float]:
     return correct / total, loss / total
 
 
-def sensitivity_key(model: nn.Module, candidates: tuple[int, ...], act_bits: int, eval_batches: list, options: dict) -> str:
-    """A hash of the model's weights, the candidates, the evaluation images and the quantizer options."""
+def search_key(model: nn.Module, candidates: tuple[int, ...], act_bits: int, calib: list, eval_batches: list, options: dict) -> str:
+    """A hash of what a search's measurements depend on: the model's weights, the candidates, the activation width,
+    the calibration and evaluation images and the quantizer options."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     digest.update(json.dumps(["others float", list(candidates), act_bits, options], sort_keys=True).encode())
-    for x, _ in eval_batches:
+    for x in [*calib, *(x for x, _ in eval_batches)]:
         digest.update(x.cpu().numpy().tobytes()[:4096])
         digest.update(str(tuple(x.shape)).encode())
     return digest.hexdigest()
+
+
+class SearchCache:
+    """The measurements of a search, kept in a JSON file as they are made (written atomically after each), so an
+    interrupted search resumes where it stopped: per-layer sensitivities and the accuracy of every allocation
+    evaluated. Entries are used only when the file's key (:func:`search_key`) is this search's; ``path=None``
+    keeps them in memory."""
+
+    def __init__(self, path: Path | None, key: str):
+        self.path, self.key = path, key
+        self.data: dict = {"key": key, "sensitivity": {}, "accuracy": {}}
+        if path is not None and Path(path).is_file():
+            try:
+                stored = json.loads(Path(path).read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                stored = {}  # unreadable: measured again
+            if isinstance(stored, dict) and stored.get("key") == key:
+                self.data["sensitivity"] = stored.get("sensitivity") or {}
+                self.data["accuracy"] = stored.get("accuracy") or {}
+
+    def sensitivity(self, path: str) -> dict[int, float] | None:
+        found = self.data["sensitivity"].get(path)
+        return {int(b): v for b, v in found.items()} if found is not None else None
+
+    def accuracy(self, widths: dict[str, int | None]) -> float | None:
+        return self.data["accuracy"].get(json.dumps(widths, sort_keys=True))
+
+    def put_sensitivity(self, path: str, values: dict[int, float]) -> None:
+        self.data["sensitivity"][path] = {str(b): v for b, v in values.items()}
+        self._save()
+
+    def put_accuracy(self, widths: dict[str, int | None], acc: float) -> None:
+        self.data["accuracy"][json.dumps(widths, sort_keys=True)] = acc
+        self._save()
+
+    def _save(self) -> None:
+        if self.path is not None:
+            write_text(self.path, json.dumps(self.data, indent=1))
 
 
 def layer_sensitivity(
@@ -130,32 +171,26 @@ def layer_sensitivity(
     candidates: tuple[int, ...],
     act_bits: int,
     quant_options: dict,
-    cache: Path | None = None,
+    cache: SearchCache,
     progress: Callable[[str], None] = lambda s: None,
 ) -> dict[str, dict[int, float]]:
-    """``{layer: {bits: loss increase}}`` with each layer quantized alone; read from / written to ``cache``."""
-    key = sensitivity_key(model, candidates, act_bits, eval_batches, quant_options)
-    if cache is not None and cache.is_file():
-        try:
-            stored = json.loads(cache.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            stored = {}  # unreadable (written by a version that did not write it atomically): computed again
-        if isinstance(stored, dict) and stored.get("key") == key:
-            progress(f"sensitivities from {cache}")
-            return {p: {int(b): v for b, v in s.items()} for p, s in stored["sensitivity"].items()}
+    """``{layer: {bits: loss increase}}`` with each layer quantized alone; layers already in ``cache`` are not
+    measured again, each new layer is added to it as soon as it is measured."""
     _, float_loss = evaluate(model, eval_batches)
     order = execution_order(fold_batchnorm(model), calib[0][:1])
     result: dict[str, dict[int, float]] = {}
     for path in order:
+        cached = cache.sensitivity(path)
+        if cached is not None and set(cached) == set(candidates):
+            result[path] = cached
+            progress(f"sensitivity {path}: from {cache.path}")
+            continue
         result[path] = {}
         for bits in candidates:
             qmodel = quantize(model, calib, {"default": None, path: bits}, {"default": None, path: act_bits}, **quant_options)
             result[path][bits] = evaluate(qmodel, eval_batches)[1] - float_loss
+        cache.put_sensitivity(path, result[path])
         progress(f"sensitivity {path}: " + ", ".join(f"{b} bits {v:+.4f}" for b, v in result[path].items()))
-    if cache is not None:
-        write_text(
-            cache, json.dumps({"key": key, "sensitivity": {p: {str(b): v for b, v in s.items()} for p, s in result.items()}}, indent=1)
-        )
     return result
 
 
@@ -228,7 +263,16 @@ def search_bits(
         raise ValueError("eval_data is empty: expected (images, labels) batches held out from training")
     layers = layer_facts(model, calib[0])
     fp32_acc, _ = evaluate(model.eval(), eval_batches)
-    sens = layer_sensitivity(model, calib, eval_batches, candidates, act_bits, quant_options, cache, progress)
+    store = SearchCache(cache, search_key(model, candidates, act_bits, calib, eval_batches, quant_options))
+    sens = layer_sensitivity(model, calib, eval_batches, candidates, act_bits, quant_options, store, progress)
+
+    def accuracy_of(widths: dict[str, int]) -> float:
+        acc = store.accuracy(widths)
+        if acc is None:
+            acc, _ = evaluate(quantize(model, calib, widths, act_bits, **quant_options), eval_batches)
+            store.put_accuracy(widths, acc)
+        return acc
+
     steps = greedy_order(sens, candidates, act_bits, layers, cost)
     evaluated: dict[int, Point] = {}
 
@@ -241,7 +285,7 @@ def search_bits(
     def point(k: int) -> Point:
         if k not in evaluated:
             widths = allocation(k)
-            acc, _ = evaluate(quantize(model, calib, widths, act_bits, **quant_options), eval_batches)
+            acc = accuracy_of(widths)
             evaluated[k] = Point(allocation_cost(widths, act_bits, layers, cost), acc, widths, f"step {k}")
             progress(
                 f"step {k}/{len(steps)}: average weight bits {average_bits(widths, layers):.2f}, accuracy {acc:.4f} "
@@ -264,7 +308,7 @@ def search_bits(
     uniform = []
     for bits in candidates:
         widths = {p: bits for p in layers}
-        acc, _ = evaluate(quantize(model, calib, widths, act_bits, **quant_options), eval_batches)
+        acc = accuracy_of(widths)
         uniform.append(Point(allocation_cost(widths, act_bits, layers, cost), acc, widths, f"uniform W{bits}A{act_bits}"))
     ok = [p for p in [*evaluated.values(), *uniform] if fp32_acc - p.acc <= max_drop]
     chosen = min(ok, key=lambda p: (p.cost, -p.acc)) if ok else point(0)

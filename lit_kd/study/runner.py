@@ -184,6 +184,16 @@ def torch_process_state():
         torch.backends.cudnn.benchmark = saved[4]
 
 
+def clear_stage_dir(stage_dir: Path) -> None:
+    """Empty a stage's directory for a rerun, except ``*.cache.json`` files: measurements keyed by everything they
+    depend on (e.g. the mixed-precision search's), which their reader checks and an interrupted stage resumes from."""
+    for entry in stage_dir.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        elif not entry.name.endswith(".cache.json"):
+            entry.unlink()
+
+
 def exit_message(err: BaseException) -> str:
     """What a failed stage reports: the exception, or a subcommand's own error line (``SystemExit("lit-kd ptq:
     error: ...")``), or its exit status."""
@@ -265,7 +275,7 @@ class Runner:
     def _run_stage(self, ctx: Context, step: Step, label: str, previous: dict | None) -> dict:
         stage, stage_dir = step.stage, self.out / step.stage.name
         if step.action == "run" and stage_dir.exists():
-            shutil.rmtree(stage_dir)  # the study owns <out>/<stage>: a rerun starts clean
+            clear_stage_dir(stage_dir)  # the study owns <out>/<stage>: a rerun starts clean, keyed caches aside
         stage_dir.mkdir(parents=True, exist_ok=True)
         inputs = stage_inputs(self.study, stage, ctx.manifests, self.data, self.hashes)
         base_wall = (previous or {}).get("wall_s", 0.0) if step.action == "resume" else 0.0
