@@ -42,6 +42,18 @@ def test_fit_then_test_from_best_checkpoint_reproduces_accuracy(tiny_zip, workdi
     assert (workdir / "lightning_logs" / "tiny" / "version_1").is_dir()  # the saved config keeps the name
 
 
+def test_test_ckpt_path_takes_a_weights_file(trained_ckpt, tiny_zip, workdir):
+    """A portable weights file (hyperparameters without LightningCLI's _class_path) tests under a config that builds
+    its network, with the accuracy of the checkpoint it was written from."""
+    from lit_kd.checkpoints import load_network, write_weights_file
+
+    weights = write_weights_file(load_network(trained_ckpt), "resnet8", workdir / "weights.ckpt")
+    config = write_config(workdir / "w.yaml", tiny_zip, model="resnet8")
+    from_weights = run_cli("test", "--config", config, "--ckpt_path", weights).trainer.callback_metrics["test/acc"].item()
+    from_run = run_cli("test", "--config", config, "--ckpt_path", trained_ckpt).trainer.callback_metrics["test/acc"].item()
+    assert from_weights == from_run > 0.3
+
+
 def test_resume_from_last_equals_uninterrupted_run(tiny_zip, workdir):
     config = write_config(workdir / "resume.yaml", tiny_zip, epochs=3)
     run_cli("fit", "--config", config)
