@@ -108,7 +108,9 @@ def test_an_interrupted_search_resumes_from_its_cache(setup, tmp_path, monkeypat
     full = search_bits(model, calib, held_out, 0.05, (2, 4, 8), evaluations=4, cache=tmp_path / "full.json")
     stored = json.loads((tmp_path / "full.json").read_text())
     first_two = dict(list(stored["sensitivity"].items())[:2])
-    (tmp_path / "cut.json").write_text(json.dumps({"key": stored["key"], "sensitivity": first_two, "accuracy": {}}))
+    carried = {f"sensitivity {p}": stored["seconds"][f"sensitivity {p}"] for p in first_two}
+    (tmp_path / "cut.json").write_text(json.dumps({"key": stored["key"], "sensitivity": first_two, "accuracy": {}, "seconds": carried}))
+    assert mp.SearchCache(tmp_path / "cut.json", stored["key"]).measured_seconds() == sum(carried.values()) > 0
     calls = []
     real = mp.quantize
     monkeypatch.setattr(mp, "quantize", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
@@ -117,6 +119,8 @@ def test_an_interrupted_search_resumes_from_its_cache(setup, tmp_path, monkeypat
     assert {p for w in sensitivity_calls for p in w if p != "default"} == set(full.layers) - set(first_two)
     assert resumed.chosen.weight_bits == full.chosen.weight_bits and resumed.chosen.acc == full.chosen.acc
     assert resumed.sensitivity == full.sensitivity
+    after = json.loads((tmp_path / "cut.json").read_text())["seconds"]
+    assert carried.items() <= after.items() and resumed.measured_seconds == pytest.approx(sum(after.values()))  # both attempts
 
     calls.clear()
     again = search_bits(model, calib, held_out, 0.05, (2, 4, 8), evaluations=4, cache=tmp_path / "full.json")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -61,6 +62,7 @@ class SearchResult:
     sensitivity: dict[str, dict[int, float]]
     layers: dict[str, dict]  # path -> {"params", "macs"}
     order: list[tuple[str, int]] = field(default_factory=list)  # the greedy narrowing sequence
+    measured_seconds: float = 0.0  # time spent on the measurements, summed over every attempt of a resumed search
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -134,7 +136,7 @@ class SearchCache:
 
     def __init__(self, path: Path | None, key: str):
         self.path, self.key = path, key
-        self.data: dict = {"key": key, "sensitivity": {}, "accuracy": {}}
+        self.data: dict = {"key": key, "sensitivity": {}, "accuracy": {}, "seconds": {}}
         if path is not None and Path(path).is_file():
             try:
                 stored = json.loads(Path(path).read_text())
@@ -143,6 +145,7 @@ class SearchCache:
             if isinstance(stored, dict) and stored.get("key") == key:
                 self.data["sensitivity"] = stored.get("sensitivity") or {}
                 self.data["accuracy"] = stored.get("accuracy") or {}
+                self.data["seconds"] = stored.get("seconds") or {}
 
     def sensitivity(self, path: str) -> dict[int, float] | None:
         found = self.data["sensitivity"].get(path)
@@ -151,13 +154,20 @@ class SearchCache:
     def accuracy(self, widths: dict[str, int | None]) -> float | None:
         return self.data["accuracy"].get(json.dumps(widths, sort_keys=True))
 
-    def put_sensitivity(self, path: str, values: dict[int, float]) -> None:
+    def put_sensitivity(self, path: str, values: dict[int, float], seconds: float) -> None:
         self.data["sensitivity"][path] = {str(b): v for b, v in values.items()}
+        self.data["seconds"]["sensitivity " + path] = seconds
         self._save()
 
-    def put_accuracy(self, widths: dict[str, int | None], acc: float) -> None:
-        self.data["accuracy"][json.dumps(widths, sort_keys=True)] = acc
+    def put_accuracy(self, widths: dict[str, int | None], acc: float, seconds: float) -> None:
+        key = json.dumps(widths, sort_keys=True)
+        self.data["accuracy"][key] = acc
+        self.data["seconds"]["accuracy " + key] = seconds
         self._save()
+
+    def measured_seconds(self) -> float:
+        """The time the stored measurements took, whichever attempt made them."""
+        return float(sum(self.data["seconds"].values()))
 
     def _save(self) -> None:
         if self.path is not None:
@@ -185,11 +195,11 @@ def layer_sensitivity(
             result[path] = cached
             progress(f"sensitivity {path}: from {cache.path}")
             continue
-        result[path] = {}
+        result[path], start = {}, time.perf_counter()
         for bits in candidates:
             qmodel = quantize(model, calib, {"default": None, path: bits}, {"default": None, path: act_bits}, **quant_options)
             result[path][bits] = evaluate(qmodel, eval_batches)[1] - float_loss
-        cache.put_sensitivity(path, result[path])
+        cache.put_sensitivity(path, result[path], time.perf_counter() - start)
         progress(f"sensitivity {path}: " + ", ".join(f"{b} bits {v:+.4f}" for b, v in result[path].items()))
     return result
 
@@ -269,8 +279,9 @@ def search_bits(
     def accuracy_of(widths: dict[str, int]) -> float:
         acc = store.accuracy(widths)
         if acc is None:
+            start = time.perf_counter()
             acc, _ = evaluate(quantize(model, calib, widths, act_bits, **quant_options), eval_batches)
-            store.put_accuracy(widths, acc)
+            store.put_accuracy(widths, acc, time.perf_counter() - start)
         return acc
 
     steps = greedy_order(sens, candidates, act_bits, layers, cost)
@@ -326,6 +337,7 @@ def search_bits(
         sens,
         layers,
         steps,
+        store.measured_seconds(),
     )
 
 
