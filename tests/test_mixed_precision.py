@@ -125,8 +125,16 @@ def test_an_interrupted_search_resumes_from_its_cache(setup, tmp_path, monkeypat
     calls.clear()
     again = search_bits(model, calib, held_out, 0.05, (2, 4, 8), evaluations=4, cache=tmp_path / "full.json")
     assert calls == [] and again.chosen.weight_bits == full.chosen.weight_bits
-    other = search_bits(model, calib, held_out, 0.05, (4, 8), evaluations=2, cache=tmp_path / "full.json")  # another key
-    assert calls and set(other.chosen.weight_bits.values()) <= {4, 8}
+    fewer = search_bits(model, calib, held_out, 0.05, (4, 8), evaluations=2, cache=tmp_path / "full.json")
+    assert not [w for w in calls if w.get("default", 0) is None]  # a subset of the widths: every sensitivity cached
+    assert set(fewer.chosen.weight_bits.values()) <= {4, 8}
+    calls.clear()
+    more = search_bits(model, calib, held_out, 0.05, (2, 3, 4, 8), evaluations=4, cache=tmp_path / "full.json")
+    sensitivity_calls = [w for w in calls if w.get("default", 0) is None]
+    assert sorted(w[p] for w in sensitivity_calls for p in w if p != "default") == [3] * len(full.layers)  # only the new width
+    assert all(more.sensitivity[p][b] == full.sensitivity[p][b] for p in full.layers for b in (2, 4, 8))
+    other = search_bits(model, calib, held_out, 0.05, (4, 8), act_bits=6, evaluations=2, cache=tmp_path / "full.json")
+    assert set(other.sensitivity) == set(full.layers) and other.sensitivity != fewer.sensitivity  # another key: measured anew
 
 
 @pytest.mark.parametrize(

@@ -114,14 +114,15 @@ def evaluate(model: nn.Module, batches: list) -> tuple[float, float]:
     return correct / total, loss / total
 
 
-def search_key(model: nn.Module, candidates: tuple[int, ...], act_bits: int, calib: list, eval_batches: list, options: dict) -> str:
-    """A hash of what a search's measurements depend on: the model's weights, the candidates, the activation width,
-    the calibration and evaluation images and the quantizer options."""
+def search_key(model: nn.Module, act_bits: int, calib: list, eval_batches: list, options: dict) -> str:
+    """A hash of what a search's measurements depend on: the model's weights, the activation width, the calibration
+    and evaluation images and the quantizer options (not the candidate widths: each measurement names its widths, so a
+    search with more candidates reuses those of one with fewer)."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    digest.update(json.dumps(["others float", list(candidates), act_bits, options], sort_keys=True).encode())
+    digest.update(json.dumps(["others float", act_bits, options], sort_keys=True).encode())
     for x in [*calib, *(x for x, _ in eval_batches)]:
         digest.update(x.cpu().numpy().tobytes()[:4096])
         digest.update(str(tuple(x.shape)).encode())
@@ -155,8 +156,9 @@ class SearchCache:
         return self.data["accuracy"].get(json.dumps(widths, sort_keys=True))
 
     def put_sensitivity(self, path: str, values: dict[int, float], seconds: float) -> None:
-        self.data["sensitivity"][path] = {str(b): v for b, v in values.items()}
-        self.data["seconds"]["sensitivity " + path] = seconds
+        """Add a layer's sensitivities at some widths (kept beside those stored at other widths)."""
+        self.data["sensitivity"].setdefault(path, {}).update({str(b): v for b, v in values.items()})
+        self.data["seconds"]["sensitivity " + path] = self.data["seconds"].get("sensitivity " + path, 0.0) + seconds
         self._save()
 
     def put_accuracy(self, widths: dict[str, int | None], acc: float, seconds: float) -> None:
@@ -184,23 +186,24 @@ def layer_sensitivity(
     cache: SearchCache,
     progress: Callable[[str], None] = lambda s: None,
 ) -> dict[str, dict[int, float]]:
-    """``{layer: {bits: loss increase}}`` with each layer quantized alone; layers already in ``cache`` are not
-    measured again, each new layer is added to it as soon as it is measured."""
+    """``{layer: {bits: loss increase}}`` with each layer quantized alone at each candidate width; widths already in
+    ``cache`` are not measured again, each layer's new ones are added to it as soon as they are measured."""
     _, float_loss = evaluate(model, eval_batches)
     order = execution_order(fold_batchnorm(model), calib[0][:1])
     result: dict[str, dict[int, float]] = {}
     for path in order:
-        cached = cache.sensitivity(path)
-        if cached is not None and set(cached) == set(candidates):
-            result[path] = cached
-            progress(f"sensitivity {path}: from {cache.path}")
-            continue
-        result[path], start = {}, time.perf_counter()
-        for bits in candidates:
-            qmodel = quantize(model, calib, {"default": None, path: bits}, {"default": None, path: act_bits}, **quant_options)
-            result[path][bits] = evaluate(qmodel, eval_batches)[1] - float_loss
-        cache.put_sensitivity(path, result[path], time.perf_counter() - start)
-        progress(f"sensitivity {path}: " + ", ".join(f"{b} bits {v:+.4f}" for b, v in result[path].items()))
+        cached = cache.sensitivity(path) or {}
+        missing = [b for b in candidates if b not in cached]
+        if missing:
+            measured, start = {}, time.perf_counter()
+            for bits in missing:
+                qmodel = quantize(model, calib, {"default": None, path: bits}, {"default": None, path: act_bits}, **quant_options)
+                measured[bits] = evaluate(qmodel, eval_batches)[1] - float_loss
+            cache.put_sensitivity(path, measured, time.perf_counter() - start)
+            cached = {**cached, **measured}
+        result[path] = {b: cached[b] for b in candidates}
+        source = "" if missing == list(candidates) else f" ({len(candidates) - len(missing)} from {cache.path})"
+        progress(f"sensitivity {path}: " + ", ".join(f"{b} bits {v:+.4f}" for b, v in result[path].items()) + source)
     return result
 
 
@@ -273,7 +276,7 @@ def search_bits(
         raise ValueError("eval_data is empty: expected (images, labels) batches held out from training")
     layers = layer_facts(model, calib[0])
     fp32_acc, _ = evaluate(model.eval(), eval_batches)
-    store = SearchCache(cache, search_key(model, candidates, act_bits, calib, eval_batches, quant_options))
+    store = SearchCache(cache, search_key(model, act_bits, calib, eval_batches, quant_options))
     sens = layer_sensitivity(model, calib, eval_batches, candidates, act_bits, quant_options, store, progress)
 
     def accuracy_of(widths: dict[str, int]) -> float:
