@@ -114,15 +114,21 @@ def network_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
     return state
 
 
+def state_mismatch(own: dict[str, Any], state: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
+    """What keeps ``state`` from loading into a module whose state dict is ``own``: the keys it lacks, the keys the
+    module lacks, and the shared keys whose shapes differ (each sorted)."""
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    return missing, unexpected, wrong
+
+
 def load_weights(network: nn.Module, path: str | Path, checkpoint: dict | None = None) -> nn.Module:
     """Load a lit-kd checkpoint's network (or a plain state-dict file) into ``network``; a clear error on mismatch.
 
     ``checkpoint``: the already-read contents of ``path``, to avoid reading a large file twice."""
     state = network_state(checkpoint if checkpoint is not None else read_checkpoint(path))
-    own = network.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    missing, unexpected, wrong = state_mismatch(network.state_dict(), state)
     if missing or unexpected or wrong:
         detail = "; ".join(
             f"{label}: {keys[:5]}{' ...' if len(keys) > 5 else ''}"

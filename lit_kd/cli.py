@@ -193,34 +193,25 @@ def _first_missing(path: Path) -> Path | None:
     return missing
 
 
-def state_dict_mismatch(error: str, module: str) -> str:
-    """One line for Lightning's strict-load error: how many keys are missing and unexpected, a few of each, and
-    the likely cause when one side holds fake-quantize modules (a float checkpoint under a QAT config, or the
-    reverse)."""
-    from lit_kd.checkpoints import QAT_MARKERS
+def state_dict_mismatch(own: dict, state: dict, module: str) -> str:
+    """One line for a checkpoint ``state`` that does not load into a module whose state dict is ``own``: how many
+    keys are missing and unexpected and how many shapes differ, one example of each, and the likely cause when one
+    side holds fake-quantize modules (a float checkpoint under a QAT config, or the reverse)."""
+    from lit_kd.checkpoints import QAT_MARKERS, state_mismatch
 
-    def keys(kind: str) -> list[str]:
-        start = error.find(kind)
-        if start < 0:
-            return []
-        text = error[start + len(kind) :].split(". \n")[0].split(".\n")[0]
-        return list(dict.fromkeys(k.strip().strip('"') for k in text.split(",") if k.strip().strip('"').strip(".")))
-
-    missing, unexpected = keys("Missing key(s) in state_dict:"), keys("Unexpected key(s) in state_dict:")
-    size = [line.strip() for line in error.splitlines() if "size mismatch" in line]
-    parts = []
-    for name, found in (("missing", missing), ("unexpected", unexpected)):
-        if found:
-            parts.append(f"{len(found)} {name} key(s) (e.g. {found[0]})")
-    if size:
-        parts.append(f"{len(size)} shape mismatch(es) (e.g. {size[0]})")
+    missing, unexpected, wrong = state_mismatch(own, state)
+    parts = [
+        f"{len(keys)} {label} (e.g. {keys[0]})"
+        for label, keys in (("missing key(s)", missing), ("unexpected key(s)", unexpected), ("shape mismatch(es)", wrong))
+        if keys
+    ]
     why = ""
-    qat_missing, qat_unexpected = (any(m in k for k in found for m in QAT_MARKERS) for found in (missing, unexpected))
+    qat_missing, qat_unexpected = (any(m in k for k in keys for m in QAT_MARKERS) for keys in (missing, unexpected))
     if qat_missing and not qat_unexpected:
         why = "; this config makes a QAT network, the checkpoint holds a float one (for QAT give it as the callback's init_ckpt)"
     elif qat_unexpected and not qat_missing:
         why = "; the checkpoint holds a QAT network, this config builds a float one (use the config it was trained with)"
-    return f"the checkpoint does not fit the {module} this config builds: {'; '.join(parts) or error.splitlines()[0]}{why}"
+    return f"the checkpoint does not fit the {module} this config builds: {'; '.join(parts)}{why}"
 
 
 def best_checkpoint_callback() -> ModelCheckpoint:
@@ -311,12 +302,18 @@ class LitKDCLI(LightningCLI):
         try:
             super()._run_subcommand(subcommand)
         except RuntimeError as err:
-            if "Error(s) in loading state_dict" not in str(err):
+            ckpt_path = self.config[subcommand].get("ckpt_path")
+            if "Error(s) in loading state_dict" not in str(err) or not (ckpt_path and Path(ckpt_path).is_file()):
                 raise
             if created is not None and created.is_dir():
                 shutil.rmtree(created, ignore_errors=True)
-            ckpt_path = self.config[subcommand].get("ckpt_path")
-            raise CkptPathError(f"--ckpt_path {ckpt_path}: {state_dict_mismatch(str(err), type(self.model).__name__)}") from err
+            from lit_kd.checkpoints import safe_load
+
+            state = safe_load(ckpt_path, trust=self.config[subcommand].get("weights_only") is False)[
+                "state_dict"
+            ]  # checked in _parse_ckpt_path
+            mismatch = state_dict_mismatch(self.model.state_dict(), state, type(self.model).__name__)
+            raise CkptPathError(f"--ckpt_path {ckpt_path}: {mismatch}") from err
 
     def _set_seed(self) -> None:
         self._random_seed = self._get(self.config, "seed_everything") is True  # replaced by the drawn seed below

@@ -50,17 +50,22 @@ def require_output(cli: argparse.ArgumentParser, value: str, flag: str = "--out"
     return path
 
 
+def yaml_problem(path: str | Path, err: Exception) -> str:
+    """``'<path>' is not valid YAML (line L, column C): <problem>`` for a YAML parse error of the file at ``path``."""
+    mark = getattr(err, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+    return f"{str(path)!r} is not valid YAML{where}: {getattr(err, 'problem', None) or err}"
+
+
 def yaml_error(path: str | Path) -> str | None:
-    """Why the YAML file at ``path`` does not parse, with the line and column of the problem; None when it parses
-    (or cannot be read: that is reported by whoever reads it)."""
+    """Why the YAML file at ``path`` does not parse (:func:`yaml_problem`); None when it parses (or cannot be read:
+    that is reported by whoever reads it)."""
     import yaml
 
     try:
         yaml.safe_load(Path(path).read_text())
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        return f"{str(path)!r} is not valid YAML{where}: {getattr(err, 'problem', None) or err}"
+        return yaml_problem(path, err)
     except (OSError, UnicodeDecodeError):
         return None
     return None

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from lit_kd.atomic import atomic_path, write_text
 from lit_kd.checkpoints import load_for_export
-from lit_kd.commands.arguments import checkpoint_error, fail, require_data, require_file, require_output, require_positive, yaml_error
+from lit_kd.commands.arguments import checkpoint_error, fail, require_data, require_file, require_output, require_positive, yaml_problem
 from lit_kd.onnx_export import MIN_FP32_AGREEMENT, export_onnx_model, graph_facts, validate, weight_sparsity
 
 MIN_OPSET, MAX_OPSET = 7, 20  # torch's TorchScript exporter (the one sparseml's exporter is driven with)
@@ -74,11 +74,10 @@ def read_config(prog: str, path: str) -> None:
     """A run's config.yaml must be a YAML mapping; its syntax errors are reported with their line (exit status 1)."""
     import yaml
 
-    problem = yaml_error(path)
-    if problem:
-        fail(prog, f"--config {problem}")
     try:
         config = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as err:
+        fail(prog, f"--config {yaml_problem(path, err)}")
     except (OSError, UnicodeDecodeError) as err:
         fail(prog, f"--config {path!r} cannot be read ({type(err).__name__}: {err})")
     if not isinstance(config, dict):
