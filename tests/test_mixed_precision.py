@@ -137,6 +137,47 @@ def test_an_interrupted_search_resumes_from_its_cache(setup, tmp_path, monkeypat
     assert set(other.sensitivity) == set(full.layers) and other.sensitivity != fewer.sensitivity  # another key: measured anew
 
 
+def test_allocation_cost_in_bops_uses_each_layers_activation_width():
+    layers = {"a": {"params": 5, "macs": 10}, "b": {"params": 7, "macs": 20}}
+    assert allocation_cost({"a": 4, "b": 2}, {"a": 8, "b": 4}, layers, "bops") == 10 * 4 * 8 + 20 * 2 * 4
+    assert allocation_cost({"a": 4, "b": 2}, 8, layers, "bops") == 10 * 4 * 8 + 20 * 2 * 8
+    assert allocation_cost({"a": 4, "b": 2}, {"a": 8, "b": 4}, layers, "bits") == 5 * 4 + 7 * 2
+
+
+def test_search_with_per_layer_activation_widths(setup, tmp_path, monkeypatch):
+    """Activations at 4 bits except the first layer's input (the image) and the last's at 8: each layer's sensitivity is
+    measured with its own input width, every allocation is quantized with all of them, and a mapping that gives every
+    layer the same width is the plain width (same cache)."""
+    import lit_kd.quant.mixed_precision as mp
+
+    model, calib, held_out = setup
+    paths = [p for p, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    first, last = paths[0], paths[-1]
+    calls = []
+    real = mp.quantize
+    monkeypatch.setattr(mp, "quantize", lambda *a, **k: calls.append((a[2], a[3])) or real(*a, **k))
+    act = {"default": 4, first: 8, last: 8}
+    result = search_bits(model, calib, held_out, 0.05, (4, 8), act_bits=act, evaluations=2, cache=tmp_path / "a4.json")
+    expected = {p: 8 if p in (first, last) else 4 for p in paths}
+    assert result.layer_act_bits == expected and result.act_bits == 4
+    for weights, acts in calls:
+        if weights.get("default", 0) is None:  # a sensitivity: one layer alone, its input at its own width
+            (path,) = [p for p in weights if p != "default"]
+            assert acts == {"default": None, path: expected[path]}
+        else:
+            assert acts == expected
+    alone = [w for w, _ in calls if w.get("default", 0) is None]
+    assert {(p, b) for w in alone for p, b in w.items() if p != "default"} == {(p, b) for p in paths for b in (4, 8)}
+    acc, _ = evaluate(real(model, calib, result.chosen.weight_bits, expected), held_out)
+    assert acc == result.chosen.acc
+    assert [u.label for u in result.uniform] == [f"uniform W4A4 (A8: {first}, {last})", f"uniform W8A4 (A8: {first}, {last})"]
+
+    plain = search_bits(model, calib, held_out, 0.05, (4, 8), act_bits=6, evaluations=2, cache=tmp_path / "a6.json")
+    calls.clear()
+    mapped = search_bits(model, calib, held_out, 0.05, (4, 8), act_bits={"default": 6}, evaluations=2, cache=tmp_path / "a6.json")
+    assert calls == [] and mapped.chosen == plain.chosen and mapped.layer_act_bits == dict.fromkeys(paths, 6)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -144,6 +185,9 @@ def test_an_interrupted_search_resumes_from_its_cache(setup, tmp_path, monkeypat
         ({"max_drop": -0.01}, "max_drop is a fraction"),
         ({"cost": "flops"}, "cost must be one of"),
         ({"candidates": (1, 4)}, "candidate width must be an integer from 2 to 16"),
+        ({"act_bits": {"default": 4, "layer9.conv": 8}}, r"\['layer9.conv'\] are not quantizable layers"),
+        ({"act_bits": {"default": None}}, "a search quantizes every layer's input"),
+        ({"act_bits": {"default": 4, "conv1": 1}}, "activation bit width of conv1 must be an integer from 2 to 16"),
     ],
 )
 def test_search_rejects_bad_input(setup, kwargs, message):
@@ -196,6 +240,9 @@ def test_ptq_cli_max_drop_usage_errors(trained_ckpt, capsys):
     for args, message in (
         (["--max-drop", "-1"], "--max-drop is an accuracy budget"),
         (["--max-drop", "1", "--candidates", "1"], "from 2 to 16"),
+        (["--max-drop", "1", "--layer-act-bits", "conv1"], "--layer-act-bits: expected LAYER=BITS (e.g. conv1=8), got 'conv1'"),
+        (["--max-drop", "1", "--layer-act-bits", "conv1=1"], "--layer-act-bits conv1 width must be an integer from 2 to 16, got 1"),
+        (["--layer-act-bits", "conv1=8"], "--layer-act-bits applies to a --max-drop search"),
     ):
         with pytest.raises(SystemExit) as exit:
             main(["--ckpt", str(trained_ckpt), *args])

@@ -71,7 +71,14 @@ def parser() -> argparse.ArgumentParser:
     search = p.add_argument_group("mixed precision (with --max-drop: search per-layer weight widths instead of the table)")
     search.add_argument("--max-drop", type=float, help="accuracy budget in points on held-out training images, e.g. 1.0")
     search.add_argument("--candidates", type=int, nargs="+", default=[2, 4, 8], help="weight widths to choose from")
-    search.add_argument("--act-bits", type=int, default=8, help="activation width of every layer during the search")
+    search.add_argument("--act-bits", type=int, default=8, help="activation width of every layer's input during the search")
+    search.add_argument(
+        "--layer-act-bits",
+        nargs="+",
+        default=[],
+        metavar="LAYER=BITS",
+        help="other activation widths for some layers' inputs, e.g. conv1=8 linear=8 (the image and the pooled features)",
+    )
     search.add_argument("--cost", choices=["bits", "bops"], default="bits", help="what the allocation minimises")
     search.add_argument("--eval-images", type=int, default=5000, help="training images held out to evaluate allocations on")
     search.add_argument("--evaluations", type=int, default=8, help="evenly spaced allocations evaluated for the front")
@@ -241,23 +248,27 @@ def run_search(args: argparse.Namespace) -> dict:
     }
     start = time.perf_counter()
     out = Path(args.out)
-    result = search_bits(
-        model,
-        calib,
-        held_out,
-        args.max_drop / 100,
-        tuple(args.candidates),
-        args.cost,
-        act_bits=args.act_bits,
-        evaluations=args.evaluations,
-        cache=out.with_suffix(".cache.json"),
-        progress=lambda s: print(s, flush=True),
-        **options,
-    )
+    act_bits = {"default": args.act_bits, **args.layer_act_bits} if args.layer_act_bits else args.act_bits
+    try:
+        result = search_bits(
+            model,
+            calib,
+            held_out,
+            args.max_drop / 100,
+            tuple(args.candidates),
+            args.cost,
+            act_bits=act_bits,
+            evaluations=args.evaluations,
+            cache=out.with_suffix(".cache.json"),
+            progress=lambda s: print(s, flush=True),
+            **options,
+        )
+    except ValueError as err:  # e.g. --layer-act-bits naming a module that is not a Conv2d/Linear layer of the model
+        fail(PROG, str(err))
     seconds = time.perf_counter() - start
     test_acc = {"fp32": accuracy(model, test)}
     for name, point in [("chosen", result.chosen), *((p.label, p) for p in result.uniform)]:
-        test_acc[name] = accuracy(quantize(model, calib, point.weight_bits, args.act_bits, **options), test)
+        test_acc[name] = accuracy(quantize(model, calib, point.weight_bits, result.layer_act_bits, **options), test)
     layers = result.layers
     fp32_bytes = sum(v["params"] for v in layers.values()) * 4
     summary = {
@@ -289,7 +300,8 @@ def print_search(summary: dict, result) -> None:
     for col in ("layer", "params", "bits (W/A)", "sensitivity (loss increase at that width)"):
         table.add_column(col, justify="left" if col == "layer" else "right")
     for path, facts in result.layers.items():
-        table.add_row(path, f"{facts['params']:,}", f"{chosen[path]}/{result.act_bits}", f"{result.sensitivity[path][chosen[path]]:+.4f}")
+        act = result.layer_act_bits[path]
+        table.add_row(path, f"{facts['params']:,}", f"{chosen[path]}/{act}", f"{result.sensitivity[path][chosen[path]]:+.4f}")
     console = Console(width=None if sys.stdout.isatty() else 160)
     console.print(table)
     t = summary["test_acc"]
@@ -304,6 +316,17 @@ def print_search(summary: dict, result) -> None:
     )
 
 
+def parse_layer_bits(cli: argparse.ArgumentParser, flag: str, values: list[str]) -> dict[str, int]:
+    """``["conv1=8", "linear=8"]`` -> ``{"conv1": 8, "linear": 8}`` (a usage error names a malformed item)."""
+    parsed = {}
+    for item in values:
+        path, sep, bits = item.partition("=")
+        if not sep or not path or not bits.strip().isdigit():
+            cli.error(f"{flag}: expected LAYER=BITS (e.g. conv1=8), got {item!r}")
+        parsed[path] = int(bits)
+    return parsed
+
+
 def main(argv: list[str] | None = None) -> dict:
     cli = parser()
     args = cli.parse_args(argv)
@@ -313,8 +336,14 @@ def main(argv: list[str] | None = None) -> dict:
     require_positive(cli, args, "calib_batches", "batch_size", "threads", "test_images", "adaround_iterations")
     if search:
         require_positive(cli, args, "eval_images", "evaluations")
+    if args.layer_act_bits and not search:
+        cli.error("--layer-act-bits applies to a --max-drop search (the table's rows use --first-last-8bit)")
+    if search:
+        args.layer_act_bits = parse_layer_bits(cli, "--layer-act-bits", args.layer_act_bits)
     widths = (
-        [("--candidates", b) for b in args.candidates] + [("--act-bits", args.act_bits)]
+        [("--candidates", b) for b in args.candidates]
+        + [("--act-bits", args.act_bits)]
+        + [(f"--layer-act-bits {path}", b) for path, b in args.layer_act_bits.items()]
         if search
         else [("--bits", b) for b in args.bits] + [("--weight-only-bits", b) for b in args.weight_only_bits]
     )

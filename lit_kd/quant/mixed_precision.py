@@ -23,7 +23,8 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 
 from lit_kd.atomic import atomic_path, write_text
 from lit_kd.quant.affine import check_bits
-from lit_kd.quant.ptq import calibration_batches, execution_order, fold_batchnorm, quantize
+from lit_kd.quant.ptq import Bits, bits_per_layer, calibration_batches, execution_order, fold_batchnorm, quantize
 
 COSTS = ("bits", "bops")
 
@@ -53,7 +54,7 @@ class SearchResult:
     chosen: Point
     fp32_acc: float
     max_drop: float
-    act_bits: int
+    act_bits: int  # the activation width of most layers; layer_act_bits has every layer's
     cost_kind: str
     fp32_cost: float
     uniform: list[Point]
@@ -63,6 +64,7 @@ class SearchResult:
     layers: dict[str, dict]  # path -> {"params", "macs"}
     order: list[tuple[str, int]] = field(default_factory=list)  # the greedy narrowing sequence
     measured_seconds: float = 0.0  # time spent on the measurements, summed over every attempt of a resumed search
+    layer_act_bits: dict[str, int] = field(default_factory=dict)  # activation width of each layer's input
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -95,10 +97,33 @@ def layer_facts(model: nn.Module, example: torch.Tensor) -> dict[str, dict]:
     return facts
 
 
-def allocation_cost(weight_bits: dict[str, int], act_bits: int, layers: dict[str, dict], kind: str) -> float:
+def allocation_cost(weight_bits: dict[str, int], act_bits: int | dict[str, int], layers: dict[str, dict], kind: str) -> float:
+    """Weight bits (``bits``) or bit operations (``bops``: MACs x weight width x activation width, per layer)."""
     if kind == "bits":
         return float(sum(layers[p]["params"] * b for p, b in weight_bits.items()))
-    return float(sum(layers[p]["macs"] * b * act_bits for p, b in weight_bits.items()))
+    act = act_bits if isinstance(act_bits, dict) else dict.fromkeys(weight_bits, act_bits)
+    return float(sum(layers[p]["macs"] * b * act[p] for p, b in weight_bits.items()))
+
+
+def activation_widths(act_bits: Bits, layers: dict[str, dict]) -> dict[str, int]:
+    """Every layer's input width from an int or a mapping (``{"default": 4, "conv1": 8}``); a search quantizes every
+    layer, so none may stay float."""
+    widths = bits_per_layer(act_bits, list(layers), "activation bit width")
+    floating = [p for p, b in widths.items() if b is None]
+    if floating:
+        raise ValueError(f"activation bit width: a search quantizes every layer's input; {floating} would stay float")
+    return widths
+
+
+def act_label(widths: dict[str, int]) -> str:
+    """``A4``, or ``A4 (A8: conv1, linear)`` when some layers' inputs have another width."""
+    common = Counter(widths.values()).most_common(1)[0][0]
+    others: dict[int, list[str]] = {}
+    for path, bits in widths.items():
+        if bits != common:
+            others.setdefault(bits, []).append(path)
+    extra = "; ".join(f"A{b}: {', '.join(paths)}" for b, paths in sorted(others.items(), reverse=True))
+    return f"A{common}" + (f" ({extra})" if extra else "")
 
 
 def evaluate(model: nn.Module, batches: list) -> tuple[float, float]:
@@ -114,7 +139,7 @@ def evaluate(model: nn.Module, batches: list) -> tuple[float, float]:
     return correct / total, loss / total
 
 
-def search_key(model: nn.Module, act_bits: int, calib: list, eval_batches: list, options: dict) -> str:
+def search_key(model: nn.Module, act_bits: int | dict[str, int], calib: list, eval_batches: list, options: dict) -> str:
     """A hash of what a search's measurements depend on: the model's weights, the activation width, the calibration
     and evaluation images and the quantizer options (not the candidate widths: each measurement names its widths, so a
     search with more candidates reuses those of one with fewer)."""
@@ -181,7 +206,7 @@ def layer_sensitivity(
     calib: list,
     eval_batches: list,
     candidates: tuple[int, ...],
-    act_bits: int,
+    act_bits: dict[str, int],
     quant_options: dict,
     cache: SearchCache,
     progress: Callable[[str], None] = lambda s: None,
@@ -197,7 +222,7 @@ def layer_sensitivity(
         if missing:
             measured, start = {}, time.perf_counter()
             for bits in missing:
-                qmodel = quantize(model, calib, {"default": None, path: bits}, {"default": None, path: act_bits}, **quant_options)
+                qmodel = quantize(model, calib, {"default": None, path: bits}, {"default": None, path: act_bits[path]}, **quant_options)
                 measured[bits] = evaluate(qmodel, eval_batches)[1] - float_loss
             cache.put_sensitivity(path, measured, time.perf_counter() - start)
             cached = {**cached, **measured}
@@ -208,7 +233,7 @@ def layer_sensitivity(
 
 
 def greedy_order(
-    sensitivity: dict[str, dict[int, float]], candidates: tuple[int, ...], act_bits: int, layers: dict[str, dict], kind: str
+    sensitivity: dict[str, dict[int, float]], candidates: tuple[int, ...], act_bits: dict[str, int], layers: dict[str, dict], kind: str
 ) -> list[tuple[str, int]]:
     """The narrowing steps ``(layer, new width)`` from all-widest to all-narrowest, cheapest harm per saved cost first."""
     widths = sorted(candidates, reverse=True)
@@ -249,14 +274,15 @@ def search_bits(
     candidates=(2, 4, 8),
     cost: str = "bits",
     *,
-    act_bits: int = 8,
+    act_bits: Bits = 8,
     evaluations: int = 8,
     cache: Path | None = None,
     progress: Callable[[str], None] = lambda s: None,
     **quant_options,
 ) -> SearchResult:
     """The cheapest weight-width allocation found whose accuracy on ``eval_data`` is at most ``max_drop`` (a fraction)
-    below the float model's, and the Pareto front of every allocation evaluated. ``quant_options`` go to
+    below the float model's, and the Pareto front of every allocation evaluated. ``act_bits`` is every layer's input
+    width, or a mapping like ``{"default": 4, "conv1": 8, "linear": 8}``; ``quant_options`` go to
     :func:`~lit_kd.quant.ptq.quantize` (observer, per_channel, rounding, bias_correction, ...)."""
     candidates = tuple(sorted({check_bits(b, "candidate width") for b in candidates}))
     if not candidates:
@@ -265,7 +291,8 @@ def search_bits(
         raise ValueError(f"max_drop is a fraction of accuracy from 0 to 1 (0.01 = one point), got {max_drop}")
     if cost not in COSTS:
         raise ValueError(f"cost must be one of {COSTS}, got {cost!r}")
-    check_bits(act_bits, "activation bit width")
+    if not isinstance(act_bits, Mapping):
+        check_bits(act_bits, "activation bit width")
     if evaluations < 1:
         raise ValueError(f"evaluations must be >= 1, got {evaluations}")
     if quant_options.get("keep_first_last_8bit"):
@@ -275,19 +302,21 @@ def search_bits(
     if not eval_batches:
         raise ValueError("eval_data is empty: expected (images, labels) batches held out from training")
     layers = layer_facts(model, calib[0])
+    act = activation_widths(act_bits, layers)
     fp32_acc, _ = evaluate(model.eval(), eval_batches)
-    store = SearchCache(cache, search_key(model, act_bits, calib, eval_batches, quant_options))
-    sens = layer_sensitivity(model, calib, eval_batches, candidates, act_bits, quant_options, store, progress)
+    uniform_act = len(set(act.values())) == 1  # then the key holds the width alone (as before per-layer widths existed)
+    store = SearchCache(cache, search_key(model, next(iter(act.values())) if uniform_act else act, calib, eval_batches, quant_options))
+    sens = layer_sensitivity(model, calib, eval_batches, candidates, act, quant_options, store, progress)
 
     def accuracy_of(widths: dict[str, int]) -> float:
         acc = store.accuracy(widths)
         if acc is None:
             start = time.perf_counter()
-            acc, _ = evaluate(quantize(model, calib, widths, act_bits, **quant_options), eval_batches)
+            acc, _ = evaluate(quantize(model, calib, widths, act, **quant_options), eval_batches)
             store.put_accuracy(widths, acc, time.perf_counter() - start)
         return acc
 
-    steps = greedy_order(sens, candidates, act_bits, layers, cost)
+    steps = greedy_order(sens, candidates, act, layers, cost)
     evaluated: dict[int, Point] = {}
 
     def allocation(k: int) -> dict[str, int]:
@@ -300,7 +329,7 @@ def search_bits(
         if k not in evaluated:
             widths = allocation(k)
             acc = accuracy_of(widths)
-            evaluated[k] = Point(allocation_cost(widths, act_bits, layers, cost), acc, widths, f"step {k}")
+            evaluated[k] = Point(allocation_cost(widths, act, layers, cost), acc, widths, f"step {k}")
             progress(
                 f"step {k}/{len(steps)}: average weight bits {average_bits(widths, layers):.2f}, accuracy {acc:.4f} "
                 f"(drop {100 * (fp32_acc - acc):.2f} points)"
@@ -323,15 +352,15 @@ def search_bits(
     for bits in candidates:
         widths = {p: bits for p in layers}
         acc = accuracy_of(widths)
-        uniform.append(Point(allocation_cost(widths, act_bits, layers, cost), acc, widths, f"uniform W{bits}A{act_bits}"))
+        uniform.append(Point(allocation_cost(widths, act, layers, cost), acc, widths, f"uniform W{bits}{act_label(act)}"))
     ok = [p for p in [*evaluated.values(), *uniform] if fp32_acc - p.acc <= max_drop]
     chosen = min(ok, key=lambda p: (p.cost, -p.acc)) if ok else point(0)
-    fp32_cost = allocation_cost({p: 32 for p in layers}, 32 if cost == "bops" else act_bits, layers, cost)
+    fp32_cost = allocation_cost({p: 32 for p in layers}, 32 if cost == "bops" else act, layers, cost)
     return SearchResult(
         chosen,
         fp32_acc,
         max_drop,
-        act_bits,
+        Counter(act.values()).most_common(1)[0][0],
         cost,
         fp32_cost,
         uniform,
@@ -341,6 +370,7 @@ def search_bits(
         layers,
         steps,
         store.measured_seconds(),
+        act,
     )
 
 
@@ -377,7 +407,7 @@ def pareto_plot(result: SearchResult, path: Path, test_acc: dict[str, float] | N
     ax.axhline(100 * result.fp32_acc, color="black", linestyle="--", linewidth=1, label="FP32")
     ax.set_xlabel("weight storage of the quantized layers (KiB)")
     ax.set_ylabel("accuracy on the held-out images (%)")
-    ax.set_title(f"Mixed-precision search, activations at {result.act_bits} bits", fontsize=10)
+    ax.set_title(f"Mixed-precision search, activations {act_label(result.layer_act_bits)}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

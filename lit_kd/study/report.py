@@ -163,8 +163,9 @@ def mixed_precision_section(name: str, result: dict) -> Section:
     """The chosen per-layer widths of a ``lit-kd ptq --max-drop`` stage, test accuracies, and its Pareto plot."""
     search = result["search"]
     chosen = search["chosen"]["weight_bits"]
+    act, harm = search.get("layer_act_bits") or {}, search["sensitivity"]
     rows = [
-        [path, f"{facts['params']:,}", f"{chosen[path]}/{search['act_bits']}", f"{search['sensitivity'][path][str(chosen[path])]:+.4f}"]
+        [path, f"{facts['params']:,}", f"{chosen[path]}/{act.get(path, search['act_bits'])}", f"{harm[path][str(chosen[path])]:+.4f}"]
         for path, facts in search["layers"].items()
     ]
     accs = result["test_acc"]
