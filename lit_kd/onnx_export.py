@@ -107,6 +107,32 @@ def validate(path: Path, network: nn.Module, batches: list, batch_size: int, cor
     return result
 
 
+class OnnxRuntimeNetwork(nn.Module):
+    """An ONNX classifier run by ONNX Runtime on the CPU, called like a network: float images (N, 3, H, W) in, logits
+    out (``lit-kd classify --ckpt model.onnx``). A model exported with a fixed batch size gets zero-padded batches."""
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        super().__init__()
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        model_input = self.session.get_inputs()[0]
+        self.input_name = model_input.name
+        self.fixed_batch = model_input.shape[0] if isinstance(model_input.shape[0], int) else None
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.detach().cpu().float().numpy()
+        step = self.fixed_batch or len(x)
+        outputs = [
+            self.session.run(None, {self.input_name: padded(x[i : i + step], step)})[0][: len(x[i : i + step])]
+            for i in range(0, len(x), step)
+        ]
+        return torch.from_numpy(np.concatenate(outputs))
+
+
 def weight_sparsity(network: nn.Module) -> float:
     from lit_kd.sparse.counts import sparsity_counts
 

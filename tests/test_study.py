@@ -4,6 +4,7 @@ against the stage manifests, resumption after SIGKILL, reruns after a change, an
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import os
@@ -193,6 +194,77 @@ def test_from_reruns_a_stage_and_everything_after_it(finished, tiny_zip):
     plan = lit_kd("study", study, "--out", out, "--data", tiny_zip, "--from", "sparse", "--dry-run", cwd=out.parent).stdout
     runs = set(re.findall(r"│ (\w+) +│ \w+ +│ run ", plan))
     assert runs == {"sparse", "export_sparse", "bench", "examples", "report"}
+
+
+def ship(*args, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "lit_kd.study.ship", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=900
+    )
+
+
+def test_ship_writes_measured_weights_and_the_report_and_keeps_what_it_did_not_make(finished, tiny_zip, tmp_path):
+    """python -m lit_kd.study.ship on the finished study: a float student, the QAT run's INT8 model and the sparse ONNX
+    export, each reproduced by lit-kd classify; a rerun changes nothing; a different model under a shipped name is
+    refused without --replace."""
+    _, out, _ = finished
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "README.md").write_text("# Weights\n\n<!-- weights:start -->\nold table\n<!-- weights:end -->\nkept\n")
+    entries = ["student.pt=best_student", "student_int8.pt=qat:int8", "sparse.onnx=export_sparse:onnx"]
+    proc = ship(out, *entries, "--weights", weights, "--results", tmp_path / "results", "--data", tiny_zip, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shipped, stages = json.loads((weights / "weights.json").read_text()), manifests(out)
+    assert sorted(shipped) == ["sparse.onnx", "student.pt", "student_int8.pt"]
+    chosen = stages["best_student"]["metrics"]["chosen"]
+    student = shipped["student.pt"]
+    assert student["stage"] == f"best_student ({chosen})" and student["format"] == "float weights"
+    assert student["correct"] == round(stages[chosen]["metrics"]["test_acc"] * student["test_images"])  # the stage's own test
+    assert shipped["student_int8.pt"]["format"] == "INT8 (torch)" and shipped["sparse.onnx"]["stage"] == "export_sparse (sparse)"
+    for name, entry in shipped.items():
+        path = weights / name
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"] and entry["architecture"] == "resnet20_trunc"
+        if name.endswith(".pt"):
+            torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only
+        classified = lit_kd("classify", "--ckpt", path, "--data", tiny_zip, cwd=tmp_path).stdout
+        assert f"({entry['correct']} of {entry['test_images']} test images correct)" in classified, name
+        assert str(out.resolve()) not in entry["command"] and "<out>" in entry["command"]
+    readme = (weights / "README.md").read_text()
+    assert "old table" not in readme and readme.endswith("<!-- weights:end -->\nkept\n")
+    assert all(f"| `{name}` | resnet20_trunc |" in readme for name in shipped)
+    report_files = sorted(p.relative_to(tmp_path / "results").as_posix() for p in (tmp_path / "results").rglob("*") if p.is_file())
+    expected = ["report.html", "report.md", "results.json"] + [f"report_files/{p.name}" for p in (out / "report_files").glob("*.png")]
+    assert report_files == sorted(expected) and (tmp_path / "results" / "results.json").read_bytes() == (out / "results.json").read_bytes()
+
+    stamps = {name: ((weights / name).stat().st_mtime_ns, shipped[name]["sha256"]) for name in shipped}
+    again = ship(out, *entries, "--weights", weights, "--data", tiny_zip, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    reshipped = json.loads((weights / "weights.json").read_text())
+    assert {name: ((weights / name).stat().st_mtime_ns, e["sha256"]) for name, e in reshipped.items()} == stamps
+
+    other = ship(out, "student.pt=prune_100k", "--weights", weights, "--data", tiny_zip, cwd=tmp_path)
+    assert other.returncode == 2 and "exists with other content; pass --replace" in other.stderr
+    assert hashlib.sha256((weights / "student.pt").read_bytes()).hexdigest() == student["sha256"]
+    assert json.loads((weights / "weights.json").read_text()) == reshipped
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ("student.pt", "expected FILE=STAGE[:OUTPUT]"),
+        ("student.pt=no_such_stage", "stage 'no_such_stage': no manifest"),
+        ("student.pt=qat:weights", "OUTPUT must be one of ckpt, int8, onnx, got 'weights'"),
+        ("student.onnx=qat:int8", "a shipped int8 file is named *.pt"),
+        ("student.pt=best_student:int8", "stage 'best_student' has no 'int8' output"),
+        ("../student.pt=best_student", "FILE is a plain file name inside the weights folder"),
+    ],
+)
+def test_ship_refuses_bad_entries_before_writing_anything(finished, tiny_zip, tmp_path, entry, message, capsys):
+    from lit_kd.study.ship import main
+
+    _, out, _ = finished
+    assert main([str(out), entry, "--weights", str(tmp_path), "--data", str(tiny_zip)]) == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_changed_stage_reruns_with_its_dependents_only(finished, tiny_zip):

@@ -1,5 +1,5 @@
-"""The shipped weights: their sha256, a load that unpickles no objects, and their test accuracy reproduced exactly
-on the real CIFAR-10 test set by the real CLI."""
+"""The shipped weights (float, INT8 and ONNX files): their sha256, a load that unpickles no objects, and their test
+accuracy reproduced exactly on the real CIFAR-10 test set by the real CLI."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
 
@@ -21,8 +22,11 @@ SHIPPED = json.loads((REPO / "weights" / "weights.json").read_text())
 def test_shipped_weights_reproduce_their_test_accuracy(name, real_cifar10):
     entry, path = SHIPPED[name], REPO / "weights" / name
     assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"]
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # tensors, strings and dicts only
-    assert checkpoint["hyper_parameters"]["model"] == entry["architecture"]
+    if path.suffix == ".onnx":
+        onnx.checker.check_model(str(path))
+    else:
+        saved = torch.load(path, map_location="cpu", weights_only=True)  # tensors, strings and dicts only
+        assert (saved["network"] if entry["format"] == "INT8 (torch)" else saved["hyper_parameters"]["model"]) == entry["architecture"]
     exe = Path(sys.executable).with_name("lit-kd")
     proc = subprocess.run(
         [str(exe), "classify", "--ckpt", str(path), "--data", str(real_cifar10)], capture_output=True, text=True, timeout=600

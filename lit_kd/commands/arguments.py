@@ -103,4 +103,29 @@ def load_float_network(prog: str, ckpt: str, qat_advice: str) -> torch.nn.Module
         fail(prog, checkpoint_error(ckpt, err))
 
 
+def load_trained_model(prog: str, ckpt: str, qat_advice: str) -> tuple[torch.nn.Module, str]:
+    """A model file to run for predictions, and its kind: a lit-kd checkpoint or weights file (``"float"``,
+    :func:`load_float_network`), an INT8 model written by QAT (``"int8"``, ``int8_model.pt``: torch's quantized CPU
+    kernels), or an ``.onnx`` file (``"onnx"``, run by ONNX Runtime on the CPU). Failures are one line (exit 1)."""
+    from lit_kd.checkpoints import safe_load
+    from lit_kd.quant.torch_qat import int8_model_from, is_int8_model, quiet_rebuild
+
+    if Path(ckpt).suffix.lower() == ".onnx":
+        from lit_kd.onnx_export import OnnxRuntimeNetwork
+
+        try:
+            return OnnxRuntimeNetwork(ckpt), "onnx"
+        except Exception as err:  # onnxruntime raises its own exception types for unreadable or invalid models
+            fail(prog, f"--ckpt {ckpt!r} is not an ONNX model that ONNX Runtime can load ({type(err).__name__}: {err})")
+    if Path(ckpt).stat().st_size > 0:
+        try:
+            with quiet_rebuild():
+                saved = safe_load(ckpt)
+            if is_int8_model(saved):
+                return int8_model_from(saved).eval(), "int8"
+        except (ValueError, RuntimeError, KeyError, TypeError) as err:
+            fail(prog, checkpoint_error(ckpt, err))
+    return load_float_network(prog, ckpt, qat_advice), "float"
+
+
 # ---------------------------------------------------------------------------------------------- classify

@@ -3,7 +3,8 @@
     lit-kd classify --ckpt best.ckpt cat.png photos/ [--top-k 3]
     lit-kd classify --ckpt best.ckpt --data data/cifar10-png.zip
 
-Any lit-kd checkpoint works (dense, distilled, pruned): its network is loaded with ``load_network``. Folders are
+Any lit-kd checkpoint or weights file works (dense, distilled, pruned), and so do the INT8 model a QAT run writes
+(``int8_model.pt``, torch's quantized CPU kernels) and an ``.onnx`` file (ONNX Runtime); the last two run on the CPU. Folders are
 searched recursively for image files (by suffix). An image that is not 32x32 is centre-cropped to a square and
 resized to 32x32 (noted in the table); every image is converted to RGB and normalised like the training data
 (``CIFAR10DataModule.normalize``).
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from lit_kd.commands.arguments import fail, load_float_network, require_data, require_file, require_positive
+from lit_kd.commands.arguments import fail, load_trained_model, require_data, require_file, require_positive
 from lit_kd.data import CIFAR10_CLASSES, IMAGE_SUFFIXES, CIFAR10DataModule
 
 SIZE = (32, 32)
@@ -28,11 +29,13 @@ SIZE = (32, 32)
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lit-kd classify", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="*", help="image files (PNG, JPEG, ...) and folders of them")
-    p.add_argument("--ckpt", required=True, help="lit-kd checkpoint (classifier, distilled student, pruned)")
+    p.add_argument(
+        "--ckpt", required=True, help="lit-kd checkpoint or weights file (classifier, distilled student, pruned), int8_model.pt or .onnx"
+    )
     p.add_argument("--top-k", type=int, default=1, help="show the K most probable classes per image")
     p.add_argument("--data", metavar="DATA", help="report accuracy on the test split of this CIFAR-10 source instead")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", help="torch device (default: cuda when available for float networks, else cpu)")
     return p
 
 
@@ -121,8 +124,8 @@ def print_rows(rows: list[dict], ckpt: str) -> None:
 
 
 QAT_ADVICE = (
-    "Classify the float checkpoint the QAT run started from, or test the QAT run's INT8 model with "
-    "`lit-kd test --config <run>/config.yaml --ckpt_path {ckpt}`."
+    "Classify the QAT run's INT8 model instead (int8_model.pt beside its checkpoints; a SparseML run's is its exported "
+    ".onnx), or the float checkpoint the run started from."
 )
 
 
@@ -133,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         cli.error("give image files or folders to classify, or --data DATA (not both)")
     require_positive(cli, args, "top_k", "batch_size")
     try:
-        device = torch.device(args.device)
+        device = torch.device(args.device or "cpu")
     except RuntimeError:
         cli.error(f"--device {args.device!r} is not a torch device (cpu, cuda, cuda:1, ...)")
     if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
@@ -144,7 +147,13 @@ def main(argv: list[str] | None = None) -> None:
         files = image_files(args.paths)
     except (FileNotFoundError, ValueError) as err:
         cli.error(str(err))
-    network = load_float_network(cli.prog, args.ckpt, QAT_ADVICE).to(device)
+    network, kind = load_trained_model(cli.prog, args.ckpt, QAT_ADVICE)
+    if kind != "float" and device.type != "cpu":
+        cli.error(f"--device {args.device}: an {'INT8' if kind == 'int8' else 'ONNX'} model runs on the CPU only; use --device cpu")
+    if args.device is None and kind == "float" and torch.cuda.is_available():
+        device = torch.device("cuda")
+    args.device = str(device)
+    network = network.to(device)
     try:
         if args.data:
             correct, total = accuracy_on_test_set(network, args.data, args.batch_size, args.device)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -122,13 +124,45 @@ def save_int8_model(int8: nn.Module, recipe: dict, path: str | Path) -> Path:
     return Path(path)
 
 
+REBUILD_NOTES = (  # UserWarnings torch emits while loading quantized tensors and converting an uncalibrated network
+    "TypedStorage is deprecated",
+    "torch.quantize_per_tensor, torch.quantize_per_channel",
+    "Please use quant_min and quant_max",
+    "must run observer before calling calculate_qparams",
+)
+INT8_KEYS = {"network", "num_classes", "backend", "input_shape", "state_dict"}
+
+
+@contextlib.contextmanager
+def quiet_rebuild():
+    """Silence torch's notes on reading quantized tensors and on converting a network whose observers never ran
+    (its quantization parameters are overwritten by the saved state dict right after)."""
+    with warnings.catch_warnings():
+        for message in REBUILD_NOTES:
+            warnings.filterwarnings("ignore", message=message, category=UserWarning)
+        yield
+
+
+def is_int8_model(saved) -> bool:
+    """Whether a loaded file is an INT8 model written by :func:`save_int8_model` (not a checkpoint)."""
+    return isinstance(saved, dict) and INT8_KEYS <= set(saved) and "hyper_parameters" not in saved
+
+
+def int8_model_from(saved: dict) -> nn.Module:
+    """The INT8 model described by the content of an ``int8_model.pt`` (see :func:`save_int8_model`)."""
+    from lit_kd.checkpoints import instantiate_network
+
+    with quiet_rebuild():
+        network = instantiate_network(saved["network"], saved["num_classes"], saved.get("network_kwargs"))
+        int8 = convert_int8(prepare_qat(network, saved["backend"], saved["input_shape"]))
+    int8.load_state_dict(saved["state_dict"])
+    return int8
+
+
 def load_int8_model(path: str | Path) -> nn.Module:
     """Rebuild the INT8 model saved by :class:`QuantizationAwareTraining` (``int8_model.pt``); read with
     :func:`lit_kd.checkpoints.safe_load` (a file with pickled objects is refused)."""
-    from lit_kd.checkpoints import instantiate_network, safe_load
+    from lit_kd.checkpoints import safe_load
 
-    saved = safe_load(path)
-    network = instantiate_network(saved["network"], saved["num_classes"], saved.get("network_kwargs"))
-    int8 = convert_int8(prepare_qat(network, saved["backend"], saved["input_shape"]))
-    int8.load_state_dict(saved["state_dict"])
-    return int8
+    with quiet_rebuild():
+        return int8_model_from(safe_load(path))

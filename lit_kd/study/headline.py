@@ -164,6 +164,10 @@ def mixed_precision_rows(results: dict) -> list[Row]:
         widths = Counter((search.get("chosen") or {}).get("weight_bits", {}).values())
         layers = ", ".join(f"{n} at {b} bits" for b, n in sorted(widths.items(), reverse=True))
         act = f", activations {search['act_bits']}-bit" if "act_bits" in search else ""
+        if search.get("layer_act_bits"):
+            from lit_kd.quant.mixed_precision import act_label
+
+            act = f", activations {act_label(search['layer_act_bits'])}"
         budget = f" (budget {100 * search['max_drop']:.1f} points)" if "max_drop" in search else ""
         what = f"Mixed precision `{stage}`{budget}: weights {mp['chosen_average_weight_bits']:.2f} bits on average{act}"
         if layers:
@@ -285,21 +289,21 @@ def render(results: dict, link: str, source: str = "results.json", command: str 
     return "\n".join(lines)
 
 
-def replace_between_markers(text: str, block: str, name: str = "README") -> str:
-    """``text`` with every line between the START and END marker lines replaced by ``block``; the marker lines and
+def replace_between_markers(text: str, block: str, name: str = "README", start_marker: str = START, end_marker: str = END) -> str:
+    """``text`` with every line between the start and end marker lines replaced by ``block``; the marker lines and
     everything outside them are kept byte for byte. A marker counts only alone on its line (a mention of it inside
     a sentence, as in the docs, is not one)."""
     lines = text.splitlines(keepends=True)
-    starts = [i for i, line in enumerate(lines) if line.strip() == START]
-    ends = [i for i, line in enumerate(lines) if line.strip() == END]
+    starts = [i for i, line in enumerate(lines) if line.strip() == start_marker]
+    ends = [i for i, line in enumerate(lines) if line.strip() == end_marker]
     if len(starts) != 1 or len(ends) != 1:
         raise HeadlineError(
-            f"{name} must contain the lines {START} and {END} exactly once each, each alone on its line "
-            f"(found {len(starts)} and {len(ends)}); add them around the place the headline table goes"
+            f"{name} must contain the lines {start_marker} and {end_marker} exactly once each, each alone on its line "
+            f"(found {len(starts)} and {len(ends)}); add them around the place the table goes"
         )
     start, end = starts[0], ends[0]
     if end < start:
-        raise HeadlineError(f"{name}: {END} comes before {START}; put the end marker after the start marker")
+        raise HeadlineError(f"{name}: {end_marker} comes before {start_marker}; put the end marker after the start marker")
     newline = "\r\n" if lines[start].endswith("\r\n") else "\n"
     body = "".join(line + newline for line in block.splitlines())
     return "".join(lines[: start + 1]) + body + "".join(lines[end:])
