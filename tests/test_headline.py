@@ -199,3 +199,12 @@ def test_cli_updates_the_readme_atomically_and_refuses_one_without_markers(tmp_p
     assert "exactly once" in capsys.readouterr().err and bare.read_text() == "# no markers\n"
     assert headline.main([str(tmp_path / "missing.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_mixed_precision_row_names_per_layer_activation_widths():
+    results = copy.deepcopy(RESULTS)
+    search = results["stages"]["mixed"]["metrics"]["search"]
+    search.update(act_bits=4, layer_act_bits={"conv1": 8, "a": 4, "b": 4, "c": 8})
+    mixed = next(v for k, v in rows_of(render(results, "r.md", "r.json")).items() if k.startswith("Mixed precision"))
+    assert "activations A4 (A8: conv1, c)" in mixed
+    assert "activations 8-bit" in next(v for k, v in rows_of(render(RESULTS, "r.md", "r.json")).items() if k.startswith("Mixed"))

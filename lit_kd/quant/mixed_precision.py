@@ -54,7 +54,7 @@ class SearchResult:
     chosen: Point
     fp32_acc: float
     max_drop: float
-    act_bits: int  # the activation width of most layers; layer_act_bits has every layer's
+    act_bits: int  # the activation width of the layers not named otherwise; layer_act_bits has every layer's
     cost_kind: str
     fp32_cost: float
     uniform: list[Point]
@@ -115,9 +115,10 @@ def activation_widths(act_bits: Bits, layers: dict[str, dict]) -> dict[str, int]
     return widths
 
 
-def act_label(widths: dict[str, int]) -> str:
-    """``A4``, or ``A4 (A8: conv1, linear)`` when some layers' inputs have another width."""
-    common = Counter(widths.values()).most_common(1)[0][0]
+def act_label(widths: dict[str, int], default: int | None = None) -> str:
+    """``A4``, or ``A4 (A8: conv1, linear)`` when some layers' inputs have another width than ``default`` (the most
+    common width when not given)."""
+    common = default if default is not None else Counter(widths.values()).most_common(1)[0][0]
     others: dict[int, list[str]] = {}
     for path, bits in widths.items():
         if bits != common:
@@ -304,6 +305,8 @@ def search_bits(
     layers = layer_facts(model, calib[0])
     act = activation_widths(act_bits, layers)
     fp32_acc, _ = evaluate(model.eval(), eval_batches)
+    default_act = act_bits.get("default") if isinstance(act_bits, Mapping) else act_bits
+    default_act = default_act or Counter(act.values()).most_common(1)[0][0]
     uniform_act = len(set(act.values())) == 1  # then the key holds the width alone (as before per-layer widths existed)
     store = SearchCache(cache, search_key(model, next(iter(act.values())) if uniform_act else act, calib, eval_batches, quant_options))
     sens = layer_sensitivity(model, calib, eval_batches, candidates, act, quant_options, store, progress)
@@ -352,7 +355,7 @@ def search_bits(
     for bits in candidates:
         widths = {p: bits for p in layers}
         acc = accuracy_of(widths)
-        uniform.append(Point(allocation_cost(widths, act, layers, cost), acc, widths, f"uniform W{bits}{act_label(act)}"))
+        uniform.append(Point(allocation_cost(widths, act, layers, cost), acc, widths, f"uniform W{bits}{act_label(act, default_act)}"))
     ok = [p for p in [*evaluated.values(), *uniform] if fp32_acc - p.acc <= max_drop]
     chosen = min(ok, key=lambda p: (p.cost, -p.acc)) if ok else point(0)
     fp32_cost = allocation_cost({p: 32 for p in layers}, 32 if cost == "bops" else act, layers, cost)
@@ -360,7 +363,7 @@ def search_bits(
         chosen,
         fp32_acc,
         max_drop,
-        Counter(act.values()).most_common(1)[0][0],
+        default_act,
         cost,
         fp32_cost,
         uniform,
@@ -407,7 +410,7 @@ def pareto_plot(result: SearchResult, path: Path, test_acc: dict[str, float] | N
     ax.axhline(100 * result.fp32_acc, color="black", linestyle="--", linewidth=1, label="FP32")
     ax.set_xlabel("weight storage of the quantized layers (KiB)")
     ax.set_ylabel("accuracy on the held-out images (%)")
-    ax.set_title(f"Mixed-precision search, activations {act_label(result.layer_act_bits)}", fontsize=10)
+    ax.set_title(f"Mixed-precision search, activations {act_label(result.layer_act_bits, result.act_bits)}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

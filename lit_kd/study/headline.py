@@ -167,7 +167,7 @@ def mixed_precision_rows(results: dict) -> list[Row]:
         if search.get("layer_act_bits"):
             from lit_kd.quant.mixed_precision import act_label
 
-            act = f", activations {act_label(search['layer_act_bits'])}"
+            act = f", activations {act_label(search['layer_act_bits'], search.get('act_bits'))}"
         budget = f" (budget {100 * search['max_drop']:.1f} points)" if "max_drop" in search else ""
         what = f"Mixed precision `{stage}`{budget}: weights {mp['chosen_average_weight_bits']:.2f} bits on average{act}"
         if layers:
