@@ -404,7 +404,8 @@ def pareto_plot(result: SearchResult, path: Path, test_acc: dict[str, float] | N
         [kb(p) for p in result.uniform], [100 * p.acc for p in result.uniform], marker="s", s=40, color="tab:orange", label="uniform"
     )
     for p in result.uniform:
-        ax.annotate(p.label.removeprefix("uniform "), (kb(p), 100 * p.acc), textcoords="offset points", xytext=(4, -10), fontsize=8)
+        short = p.label.removeprefix("uniform ").split(" (")[0]  # the title names per-layer activation widths
+        ax.annotate(short, (kb(p), 100 * p.acc), textcoords="offset points", xytext=(4, -10), fontsize=8)
     ax.scatter([kb(result.chosen)], [100 * result.chosen.acc], marker="*", s=160, color="tab:red", label="chosen", zorder=5)
     ax.axhline(100 * (result.fp32_acc - result.max_drop), color="tab:red", linestyle=":", linewidth=1, label="budget")
     ax.axhline(100 * result.fp32_acc, color="black", linestyle="--", linewidth=1, label="FP32")
