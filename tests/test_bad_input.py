@@ -197,7 +197,7 @@ CASES = [
     ),
     Case("ptq list ckpt", ["ptq", "--ckpt", "{list}", "--data", "{zip}"], 1, ["--ckpt", "holds a list, not a checkpoint"]),
     # lit-kd classify
-    Case("classify QAT ckpt", ["classify", "--ckpt", "{qat}", "{notimage}"], 1, ["--ckpt", QAT_PTQ, "lit-kd test --config"]),
+    Case("classify QAT ckpt", ["classify", "--ckpt", "{qat}", "{notimage}"], 1, ["--ckpt", QAT_PTQ, "INT8 model instead (int8_model.pt"]),
     Case("classify ckpt of another architecture", ["classify", "--ckpt", "{mismatch}", "--data", "{zip}"], 1, ["another architecture"]),
     Case("classify top-k 0", [*CLASSIFY, "--top-k", "0"], 2, ["--top-k must be >= 1, got 0"]),
     Case("classify batch-size 0", [*CLASSIFY, "--batch-size", "0"], 2, ["--batch-size must be >= 1, got 0"]),
