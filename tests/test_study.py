@@ -205,7 +205,7 @@ def ship(*args, cwd: Path) -> subprocess.CompletedProcess:
 def test_ship_writes_measured_weights_and_the_report_and_keeps_what_it_did_not_make(finished, tiny_zip, tmp_path):
     """python -m lit_kd.study.ship on the finished study: a float student, the QAT run's INT8 model and the sparse ONNX
     export, each reproduced by lit-kd classify; a rerun changes nothing; a different model under a shipped name is
-    refused without --replace."""
+    refused without --replace and takes its place with it."""
     _, out, _ = finished
     weights = tmp_path / "weights"
     weights.mkdir()
@@ -245,6 +245,12 @@ def test_ship_writes_measured_weights_and_the_report_and_keeps_what_it_did_not_m
     assert other.returncode == 2 and "exists with other content; pass --replace" in other.stderr
     assert hashlib.sha256((weights / "student.pt").read_bytes()).hexdigest() == student["sha256"]
     assert json.loads((weights / "weights.json").read_text()) == reshipped
+    replaced = ship(out, "student.pt=prune_100k", "--replace", "--weights", weights, "--data", tiny_zip, cwd=tmp_path)
+    assert replaced.returncode == 0, replaced.stderr[-3000:]
+    entry = json.loads((weights / "weights.json").read_text())["student.pt"]
+    assert entry["stage"] == "prune_100k" and entry["sha256"] != student["sha256"]
+    assert hashlib.sha256((weights / "student.pt").read_bytes()).hexdigest() == entry["sha256"]
+    assert [p.name for p in weights.iterdir() if p.name.startswith(".")] == []  # no staged file left behind
 
 
 @pytest.mark.parametrize(

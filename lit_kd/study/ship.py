@@ -135,15 +135,14 @@ def ship_model(study_out: Path, entry: str, weights_dir: Path, data: str, replac
     staged = target.with_name(f".new.{name}")  # same suffix: how it is loaded depends on it
     try:
         write_shipped_file(source, output, staged)
-        if target.exists() and not same_content(target, staged):
-            if not replace:
-                raise ShipError(f"{target} exists with other content; pass --replace to overwrite it")
-            target.unlink()
-        if not target.exists():  # a file already shipped with the same content is kept as it is (its sha256 too)
+        keep = target.exists() and same_content(target, staged)  # then the shipped file stays as it is (its sha256 too)
+        if target.exists() and not keep and not replace:
+            raise ShipError(f"{target} exists with other content; pass --replace to overwrite it")
+        correct, total = measure(staged, data)  # before it takes the name: a file that fails to load is never shipped
+        if not keep:
             staged.replace(target)
     finally:
         staged.unlink(missing_ok=True)
-    correct, total = measure(target, data)
     facts = trained.get("metrics", {})
     return {
         "architecture": facts.get("architecture"),
