@@ -77,17 +77,30 @@ def checkpoint_error(ckpt: str, err: Exception) -> str:
     return f"--ckpt: {err}"
 
 
-def load_float_network(prog: str, ckpt: str, qat_advice: str) -> torch.nn.Module:
-    """The float network of a lit-kd checkpoint (``load_network``), every way it can fail reported as one line (exit
-    status 1): an empty or unreadable file, a file that is no checkpoint, an unknown architecture, weights of another
-    architecture, and a quantization-aware-training checkpoint (its fake-quantize modules need their QAT structure;
-    ``qat_advice``, formatted with ``ckpt``, says what to do instead)."""
-    from lit_kd.checkpoints import QAT_MARKERS, build_network, checkpoint_sources, load_weights, network_state, read_checkpoint
+def read_model_file(prog: str, ckpt: str) -> dict:
+    """The content of a model file given as ``--ckpt`` (tensors and plain data only: ``read_checkpoint``); an empty,
+    unreadable or non-checkpoint file is reported as one line (exit status 1)."""
+    from lit_kd.checkpoints import read_checkpoint
 
     if Path(ckpt).stat().st_size == 0:
         fail(prog, f"--ckpt {ckpt!r} is empty (0 bytes); expected a lit-kd checkpoint")
     try:
-        checkpoint = read_checkpoint(ckpt)
+        return read_checkpoint(ckpt)
+    except (FileNotFoundError, ValueError) as err:
+        fail(prog, checkpoint_error(ckpt, err))
+
+
+def load_float_network(prog: str, ckpt: str, qat_advice: str, checkpoint: dict | None = None) -> torch.nn.Module:
+    """The float network of a lit-kd checkpoint (``load_network``), every way it can fail reported as one line (exit
+    status 1): an empty or unreadable file, a file that is no checkpoint, an unknown architecture, weights of another
+    architecture, and a quantization-aware-training checkpoint (its fake-quantize modules need their QAT structure;
+    ``qat_advice``, formatted with ``ckpt``, says what to do instead). ``checkpoint``: the file's content when the
+    caller has read it already (:func:`read_model_file`)."""
+    from lit_kd.checkpoints import QAT_MARKERS, build_network, checkpoint_sources, load_weights, network_state
+
+    if checkpoint is None:
+        checkpoint = read_model_file(prog, ckpt)
+    try:
         state = network_state(checkpoint)
         if not isinstance(state, dict):
             raise ValueError(f"checkpoint {ckpt!r} holds no state dict")
@@ -106,8 +119,8 @@ def load_float_network(prog: str, ckpt: str, qat_advice: str) -> torch.nn.Module
 def load_trained_model(prog: str, ckpt: str, qat_advice: str) -> tuple[torch.nn.Module, str]:
     """A model file to run for predictions, and its kind: a lit-kd checkpoint or weights file (``"float"``,
     :func:`load_float_network`), an INT8 model written by QAT (``"int8"``, ``int8_model.pt``: torch's quantized CPU
-    kernels), or an ``.onnx`` file (``"onnx"``, run by ONNX Runtime on the CPU). Failures are one line (exit 1)."""
-    from lit_kd.checkpoints import safe_load
+    kernels), or an ``.onnx`` file (``"onnx"``, run by ONNX Runtime on the CPU). The file is read once; failures are
+    one line (exit 1)."""
     from lit_kd.quant.torch_qat import int8_model_from, is_int8_model, quiet_rebuild
 
     if Path(ckpt).suffix.lower() == ".onnx":
@@ -117,15 +130,14 @@ def load_trained_model(prog: str, ckpt: str, qat_advice: str) -> tuple[torch.nn.
             return OnnxRuntimeNetwork(ckpt), "onnx"
         except Exception as err:  # onnxruntime raises its own exception types for unreadable or invalid models
             fail(prog, f"--ckpt {ckpt!r} is not an ONNX model that ONNX Runtime can load ({type(err).__name__}: {err})")
-    if Path(ckpt).stat().st_size > 0:
-        try:
-            with quiet_rebuild():
-                saved = safe_load(ckpt)
-            if is_int8_model(saved):
-                return int8_model_from(saved).eval(), "int8"
-        except (ValueError, RuntimeError, KeyError, TypeError) as err:
-            fail(prog, checkpoint_error(ckpt, err))
-    return load_float_network(prog, ckpt, qat_advice), "float"
+    with quiet_rebuild():
+        saved = read_model_file(prog, ckpt)
+    if not is_int8_model(saved):
+        return load_float_network(prog, ckpt, qat_advice, saved), "float"
+    try:
+        return int8_model_from(saved).eval(), "int8"
+    except (ValueError, RuntimeError, KeyError, TypeError) as err:
+        fail(prog, checkpoint_error(ckpt, err))
 
 
 # ---------------------------------------------------------------------------------------------- classify

@@ -152,13 +152,12 @@ def main(argv: list[str] | None = None) -> None:
         cli.error(f"--device {args.device}: an {'INT8' if kind == 'int8' else 'ONNX'} model runs on the CPU only; use --device cpu")
     if args.device is None and kind == "float" and torch.cuda.is_available():
         device = torch.device("cuda")
-    args.device = str(device)
     network = network.to(device)
     try:
         if args.data:
-            correct, total = accuracy_on_test_set(network, args.data, args.batch_size, args.device)
+            correct, total = accuracy_on_test_set(network, args.data, args.batch_size, str(device))
             print(f"test accuracy of {args.ckpt} on {args.data}: {100 * correct / total:.2f} % ({correct} of {total} test images correct)")
         else:
-            print_rows(classify(network, files, args.top_k, args.batch_size, args.device), args.ckpt)
+            print_rows(classify(network, files, args.top_k, args.batch_size, str(device)), args.ckpt)
     except (FileNotFoundError, ValueError) as err:
         fail(cli.prog, f"--data: {err}" if args.data else str(err))

@@ -113,11 +113,13 @@ def write_shipped_file(source: Path, output: str, target: Path) -> None:
         with atomic_path(target) as tmp:
             shutil.copyfile(source, tmp)
         return
-    from lit_kd.checkpoints import load_network, network_key, read_checkpoint, write_weights_file
+    from lit_kd.checkpoints import build_network, load_weights, network_key, read_checkpoint, write_weights_file
 
-    hparams = read_checkpoint(source)["hyper_parameters"]
+    checkpoint = read_checkpoint(source)  # read once: the network and the hyperparameters that name it
+    network = load_weights(build_network(checkpoint, source), source, checkpoint)
+    hparams = checkpoint["hyper_parameters"]
     key = network_key(hparams)
-    write_weights_file(load_network(source), hparams[key], target, hparams.get("num_classes", 10), hparams.get(f"{key}_kwargs"))
+    write_weights_file(network, hparams[key], target, hparams.get("num_classes", 10), hparams.get(f"{key}_kwargs"))
 
 
 def ship_model(study_out: Path, entry: str, weights_dir: Path, data: str, replace: bool) -> dict:
