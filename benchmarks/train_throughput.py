@@ -1,5 +1,7 @@
-"""Training images per second: the Lightning loop (ClassifierModule + Trainer) versus a plain PyTorch loop, and
-with ``--compile`` the same Lightning loop with the network compiled (``ClassifierModule(compile=True)``).
+"""Training images per second: the Lightning loop (ClassifierModule + Trainer) versus a plain PyTorch loop; with
+``--compile`` the same Lightning loop with the network compiled (``ClassifierModule(compile=True)``), with
+``--channels-last`` with channels-last batches (``CIFAR10DataModule(channels_last=True)``), with both flags also
+compiled on channels-last batches.
 
 Both run the same model, the same CIFAR10DataModule batches (augmented in ``on_after_batch_transfer``), the same
 optimizer (Adam, lr 1e-3) and batch size, and both compute cross-entropy and a torchmetrics accuracy each step,
@@ -8,9 +10,10 @@ alternating plain and Lightning; reported are the medians over repeats and the r
 Lightning / plain >= 0.95).
 
 Compilation happens in each repeat's warm-up steps (use ``--warmup`` >= 3 with ``--compile``: the first steps of
-each new module compile, the timed ones run the compiled code).
+each new module compile, the timed ones run the compiled code). Each variant's speed is also reported against the
+eager Lightning loop of the same repeat (median of the per-repeat ratios).
 
-    python -m benchmarks.train_throughput --data $LIT_KD_CIFAR10 --out results/train_throughput.json
+    python -m benchmarks.train_throughput --data $LIT_KD_CIFAR10 --compile --channels-last --out results/train_throughput.json
 """
 
 from __future__ import annotations
@@ -66,23 +69,31 @@ def main() -> None:
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--compile", action="store_true", help="also time the Lightning loop with torch.compile")
+    parser.add_argument("--channels-last", action="store_true", help="also time the Lightning loop on channels-last batches")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dm = CIFAR10DataModule(data_dir=args.data, batch_size=args.batch_size)
     dm.setup("fit")
-    plain, lightning, compiled = [], [], []
+    dm_channels_last = CIFAR10DataModule(data_dir=args.data, batch_size=args.batch_size, channels_last=True)
+    dm_channels_last.setup("fit")
+    variants = {"compiled": (dm, True)} if args.compile else {}  # name: (batches, compile)
+    if args.channels_last:
+        variants["channels_last"] = (dm_channels_last, False)
+        if args.compile:
+            variants["compiled_channels_last"] = (dm_channels_last, True)
+    plain, lightning, timed = [], [], {name: [] for name in variants}
     for repeat in range(args.repeats):
         L.seed_everything(repeat, verbose=False)
         plain.append(plain_loop(dm, args.model, args.warmup, args.steps, device))
         L.seed_everything(repeat, verbose=False)
         lightning.append(lightning_loop(dm, args.model, args.warmup, args.steps, device))
         line = f"repeat {repeat}: plain {plain[-1]:.1f} img/s, lightning {lightning[-1]:.1f} img/s"
-        if args.compile:
+        for name, (batches, compile) in variants.items():
             L.seed_everything(repeat, verbose=False)
-            compiled.append(lightning_loop(dm, args.model, args.warmup, args.steps, device, compile=True))
-            line += f", lightning compiled {compiled[-1]:.1f} img/s"
+            timed[name].append(lightning_loop(batches, args.model, args.warmup, args.steps, device, compile=compile))
+            line += f", {name.replace('_', ' ')} {timed[name][-1]:.1f} img/s"
         print(line, flush=True)
     result = {
         "benchmark": "train_throughput",
@@ -100,18 +111,18 @@ def main() -> None:
         "ratio_of_medians": statistics.median(lightning) / statistics.median(plain),
         "median_paired_ratio": statistics.median(lit / p for lit, p in zip(lightning, plain)),
     }
-    if compiled:
+    summary = ""
+    for name, values in timed.items():
         result |= {
-            "lightning_compiled_images_per_s": compiled,
-            "compiled_median": statistics.median(compiled),
-            "compiled_vs_eager_paired_median": statistics.median(c / e for c, e in zip(compiled, lightning)),
+            f"lightning_{name}_images_per_s": values,
+            f"{name}_median": statistics.median(values),
+            f"{name}_vs_eager_paired_median": statistics.median(v / e for v, e in zip(values, lightning)),
         }
+        summary += f"; {name.replace('_', ' ')} {result[f'{name}_median']:.1f} img/s, {result[f'{name}_vs_eager_paired_median']:.2f}x eager"
     write_json(args.out, result)
     print(
         f"median plain {result['plain_median']:.1f} img/s, lightning {result['lightning_median']:.1f} img/s, "
-        f"ratio {result['ratio_of_medians']:.3f} (paired median {result['median_paired_ratio']:.3f})"
-        + (f"; compiled {result['compiled_median']:.1f} img/s, {result['compiled_vs_eager_paired_median']:.2f}x eager" if compiled else "")
-        + f" -> {args.out}"
+        f"ratio {result['ratio_of_medians']:.3f} (paired median {result['median_paired_ratio']:.3f})" + summary + f" -> {args.out}"
     )
 
 

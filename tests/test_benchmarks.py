@@ -53,6 +53,7 @@ def test_train_throughput_json(tiny_zip, tmp_path, monkeypatch, two_threads):
         "3",
         "--threads",
         "1",
+        "--channels-last",
         "--out",
         str(tmp_path / "t.json"),
     )
@@ -63,6 +64,9 @@ def test_train_throughput_json(tiny_zip, tmp_path, monkeypatch, two_threads):
     paired = statistics.median(lit / p for lit, p in zip(result["lightning_images_per_s"], result["plain_images_per_s"]))
     assert result["median_paired_ratio"] == pytest.approx(paired)
     assert result["ratio_of_medians"] == pytest.approx(result["lightning_median"] / result["plain_median"])
+    assert_medians(result, {"lightning_channels_last_images_per_s": "channels_last_median"}, repeats=3)
+    paired = statistics.median(c / e for c, e in zip(result["lightning_channels_last_images_per_s"], result["lightning_images_per_s"]))
+    assert result["channels_last_vs_eager_paired_median"] == pytest.approx(paired) and "compiled_median" not in result
 
 
 def test_distill_overhead_json(tiny_zip, tmp_path, monkeypatch, two_threads):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 import torch.nn as nn
@@ -88,3 +89,24 @@ def test_atomic_checkpoint_is_fsynced_before_the_rename(tmp_path, monkeypatch):
     AtomicCheckpointIO().save_checkpoint({"step": 1}, tmp_path / "last.ckpt")
     assert calls == ["fsync", ("replace", f".last.ckpt.tmp{os.getpid()}", "last.ckpt"), "fsync"]
     assert torch.load(tmp_path / "last.ckpt")["step"] == 1
+
+
+def test_hflip_tta_logs_the_accuracy_of_mean_logits_over_the_mirror_images():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10))
+    images = torch.randn(64, 3, 8, 8)
+    with torch.no_grad():
+        single, mirrored = net(images), net(images.flip(-1))
+    target = ((single + mirrored) / 2).argmax(1)  # every image right with the mirror image, not all without it
+    module = ClassifierModule(net, num_example_images=0, hflip_tta=True)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, target), batch_size=16)
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    (metrics,) = trainer.test(module, loader, verbose=False)
+    assert metrics["test/acc_hflip"] == 1.0
+    assert metrics["test/acc"] == pytest.approx((single.argmax(1) == target).float().mean().item()) and metrics["test/acc"] < 0.95
+    assert (
+        "test/acc_hflip"
+        not in L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False).test(
+            ClassifierModule(net, num_example_images=0), loader, verbose=False
+        )[0]
+    )

@@ -371,3 +371,16 @@ def test_a_rerun_clears_the_stage_dir_but_keeps_keyed_caches(tmp_path):
     (tmp_path / "ptq.cache.json").write_text('{"key": "k"}')
     clear_stage_dir(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ptq.cache.json"]
+
+
+def test_stage_clock_keeps_the_running_manifest_time_current_then_stops(tmp_path):
+    from lit_kd.study.manifest import StageClock, read_manifest
+
+    manifest = {"stage": "s", "status": "running", "wall_s": 5.0}
+    with StageClock(tmp_path, manifest, base_s=5.0, interval=0.05) as clock:
+        time.sleep(0.5)
+        written = read_manifest(tmp_path)  # what a resumed attempt would start from if this one were killed now
+    assert written["status"] == "running" and 5.3 <= written["wall_s"] <= clock.seconds() < 7.0
+    stamp = (tmp_path / "manifest.json").stat().st_mtime_ns
+    time.sleep(0.2)
+    assert (tmp_path / "manifest.json").stat().st_mtime_ns == stamp  # no write after the stage ended

@@ -60,6 +60,8 @@ class ClassifierModule(L.LightningModule):
         num_example_images: example test images drawn with predicted and true labels after each validation.
         compile: compile the network's forward with ``torch.compile`` (``nn.Module.compile``: parameter names and
             checkpoints stay those of the plain network, so resuming and loading are unchanged).
+        hflip_tta: also log ``{val,test}/acc_hflip``, the accuracy of the mean logits of each image and its mirror
+            image (flip test-time augmentation, one more forward pass); ``{val,test}/acc`` stay single-view.
     """
 
     def __init__(
@@ -73,6 +75,7 @@ class ClassifierModule(L.LightningModule):
         label_smoothing: float = 0.0,
         num_example_images: int = 10,
         compile: bool = False,
+        hflip_tta: bool = False,
     ):
         super().__init__()
         if scheduler_interval not in ("epoch", "step"):
@@ -86,6 +89,9 @@ class ClassifierModule(L.LightningModule):
         self.metrics = nn.ModuleDict(
             {f"{stage}_acc": MulticlassAccuracy(num_classes, average="micro") for stage in ("train", "val", "test")}
         )
+        if hflip_tta:
+            for stage in ("val", "test"):
+                self.metrics[f"{stage}_acc_hflip"] = MulticlassAccuracy(num_classes, average="micro")
 
     @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -102,6 +108,10 @@ class ClassifierModule(L.LightningModule):
         metric(logits, target_classes(target))
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=len(images))
         self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(images))
+        if f"{stage}_acc_hflip" in self.metrics:
+            flipped = self.metrics[f"{stage}_acc_hflip"]
+            flipped((logits + self(images.flip(-1))) / 2, target_classes(target))
+            self.log(f"{stage}/acc_hflip", flipped, on_step=False, on_epoch=True, batch_size=len(images))
         return loss, logits
 
     @override

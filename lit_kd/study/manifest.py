@@ -12,6 +12,8 @@ import json
 import os
 import platform
 import socket
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,37 @@ def read_manifest(stage_dir: Path) -> dict | None:
 
 def write_manifest(stage_dir: Path, manifest: dict) -> None:
     write_json_atomic(stage_dir / MANIFEST, manifest)
+
+
+class StageClock:
+    """Keeps ``manifest["wall_s"]`` (a stage's seconds over all its attempts) current on disk while the stage runs.
+
+    A background thread rewrites the manifest every ``interval`` seconds, so an attempt that is killed still has its
+    time counted when the stage resumes (to within one interval). The caller must not change ``manifest`` inside the
+    ``with`` block; :meth:`seconds` gives the total when it ends.
+    """
+
+    def __init__(self, stage_dir: Path, manifest: dict, base_s: float = 0.0, interval: float = 30.0):
+        self.stage_dir, self.manifest, self.base_s, self.interval = stage_dir, manifest, base_s, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="stage-clock", daemon=True)
+
+    def seconds(self) -> float:
+        return round(self.base_s + time.perf_counter() - self._start, 2)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.manifest["wall_s"] = self.seconds()
+            write_manifest(self.stage_dir, self.manifest)
+
+    def __enter__(self) -> StageClock:
+        self._start = time.perf_counter()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 class FileHashes:

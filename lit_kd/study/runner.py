@@ -20,7 +20,7 @@ from typing import Any
 
 from rich.console import Console
 
-from lit_kd.study.manifest import FileHashes, environment, input_hash, read_manifest, write_manifest
+from lit_kd.study.manifest import FileHashes, StageClock, environment, input_hash, read_manifest, write_manifest
 from lit_kd.study.spec import OUTPUTS, Stage, Study, StudyError, substitute
 from lit_kd.study.stages import EXECUTORS, RUN_DIR, Context, consumed_files, stage_config
 
@@ -298,8 +298,7 @@ class Runner:
         }
         write_manifest(stage_dir, manifest)
         ctx.resume = step.action == "resume"
-        start = time.perf_counter()
-        with torch_process_state():
+        with StageClock(stage_dir, manifest, base_wall) as clock, torch_process_state():
             outputs, metrics, command = EXECUTORS[stage.kind](ctx, stage, inputs["settings"], label)
         if OUTPUTS[stage.kind][0] not in outputs:
             raise RuntimeError(f"stage {stage.name!r} finished without its {OUTPUTS[stage.kind][0]!r} output")
@@ -312,12 +311,12 @@ class Runner:
             outputs=outputs,
             metrics=metrics,
             command=command,
-            wall_s=round(base_wall + time.perf_counter() - start, 2),
+            wall_s=clock.seconds(),
             finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         )
         write_manifest(stage_dir, manifest)
         self.console.print(
-            f"[bold]{label}[/]: done in {time.perf_counter() - start:.1f} s"
+            f"[bold]{label}[/]: done in {manifest['wall_s'] - base_wall:.1f} s"
             + (f", test accuracy {metrics['test_acc']:.4f}" if isinstance(metrics.get("test_acc"), float) else "")
         )
         return manifest
