@@ -29,7 +29,7 @@ def accuracy_over_time(run_dir: str | Path, tag: str = "val/acc") -> dict:
     events.Reload()
     if tag not in events.Tags()["scalars"]:
         raise SystemExit(f"error: {run_dir} has no {tag!r} scalars (has {sorted(events.Tags()['scalars'])})")
-    start = min(e.wall_time for t in events.Tags()["scalars"] for e in events.Scalars(t))
+    start = events.FirstEventTimestamp()  # the event file's creation, not the first scalar (the end of epoch 1)
     epochs = {e.step: int(e.value) for e in events.Scalars("epoch")} if "epoch" in events.Tags()["scalars"] else {}
     curve = [
         {"epoch": epochs.get(e.step, e.step) + 1, "step": e.step, "minutes": (e.wall_time - start) / 60, "acc": e.value}

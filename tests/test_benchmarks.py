@@ -191,6 +191,7 @@ def test_time_to_accuracy_reads_the_runs_events(trained_ckpt, tmp_path):
     accs = scalars(run_dir, "val/acc")
     result = time_to_accuracy.main([str(run_dir), "--thresholds", str(min(accs)), "1.01", "--out", str(tmp_path / "t.json")])
     assert [p["acc"] for p in result["curve"]] == accs and [p["epoch"] for p in result["curve"]] == [1, 2, 3]
+    assert result["curve"][0]["minutes"] > 0  # the clock starts when the run starts, not at its first scalar
     assert all(a["minutes"] <= b["minutes"] for a, b in zip(result["curve"], result["curve"][1:]))
     first = next(i for i, a in enumerate(accs) if a >= min(accs)) + 1
     assert result["reached"][str(min(accs))]["epoch"] == first and result["reached"]["1.01"] is None
