@@ -24,6 +24,7 @@ Nothing a run made is overwritten by another run:
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import shutil
 import sys
@@ -68,12 +69,47 @@ def _flatten(config: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+_NO_DEFAULT = object()
+
+
+def declared_default(flat: dict[str, Any], key: str) -> Any:
+    """The default of the constructor argument that a dotted config key sets: ``trainer.<name>`` (``L.Trainer``) or
+    ``<path>.init_args.<name>`` under ``<path>.class_path``; ``_NO_DEFAULT`` when there is none to find."""
+    head, _, name = key.rpartition(".")
+    if head == "trainer":
+        target = L.Trainer
+    elif head == "init_args" or head.endswith(".init_args"):
+        class_path = flat.get(head[: -len("init_args")] + "class_path")
+        module, _, attr = str(class_path).rpartition(".")
+        try:
+            target = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError, ValueError):
+            return _NO_DEFAULT
+    else:
+        return _NO_DEFAULT
+    try:
+        parameter = inspect.signature(target).parameters.get(name)
+    except (TypeError, ValueError):
+        return _NO_DEFAULT
+    if parameter is None or parameter.default is inspect.Parameter.empty:
+        return _NO_DEFAULT
+    return list(parameter.default) if isinstance(parameter.default, tuple) else parameter.default  # as YAML has it
+
+
 def config_differences(saved: dict, current: dict, ignore: Iterable[str] = RESUME_IGNORED) -> list[str]:
     """The dotted keys whose values differ between two parsed configs, leaving out ``ignore`` (and keys below
-    them); a key missing on one side counts as null (a newer Lightning adds trainer arguments)."""
+    them). A key missing on one side is no difference when the other side holds null or the argument's declared
+    default (:func:`declared_default`): a newer Lightning adds trainer arguments, a newer lit-kd module arguments."""
     ignore = tuple(ignore)
     a, b = _flatten(saved or {}), _flatten(current or {})
-    return sorted(k for k in set(a) | set(b) if not any(k == i or k.startswith(i + ".") for i in ignore) and a.get(k) != b.get(k))
+
+    def differs(key: str) -> bool:
+        if key in a and key in b:
+            return a[key] != b[key]
+        flat, value = (b, b[key]) if key in b else (a, a[key])
+        return value is not None and value != declared_default(flat, key)
+
+    return sorted(k for k in set(a) | set(b) if not any(k == i or k.startswith(i + ".") for i in ignore) and differs(k))
 
 
 class SaveRunConfig(SaveConfigCallback):

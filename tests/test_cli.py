@@ -234,6 +234,27 @@ def test_config_differences_ignore_only_the_resume_keys():
     assert config_differences(saved, {**resumed, "trainer": callbacks}) == ["trainer.callbacks"]
 
 
+def test_an_argument_added_since_a_run_was_made_counts_as_its_default():
+    """A run resumed by a newer lit-kd (or Lightning) whose modules have gained arguments: a new argument at its
+    declared default is no difference, at any other value it is."""
+    from lit_kd.cli import config_differences
+
+    old = {"model": {"class_path": "lit_kd.modules.ClassifierModule", "init_args": {"model": "resnet20"}}, "trainer": {"max_epochs": 3}}
+    new = {"model": {"class_path": "lit_kd.modules.ClassifierModule", "init_args": {"model": "resnet20", "hflip_tta": False}}}
+    new["trainer"] = {"max_epochs": 3, "max_time": None, "enable_checkpointing": None}
+    assert config_differences(old, new) == [] and config_differences(new, old) == []
+    assert config_differences(old, {**new, "trainer": {"max_epochs": 3, "reload_dataloaders_every_n_epochs": 0}}) == []  # the default
+    assert config_differences(old, {**new, "trainer": {"max_epochs": 3, "reload_dataloaders_every_n_epochs": 1}}) == [
+        "trainer.reload_dataloaders_every_n_epochs"
+    ]
+    flipped = {"model": {**new["model"], "init_args": {"model": "resnet20", "hflip_tta": True}}}
+    assert config_differences(old, flipped) == ["model.init_args.hflip_tta"]
+    unknown = {"model": {"class_path": "nowhere.Module", "init_args": {"model": "resnet20", "hflip_tta": False}}}
+    assert config_differences({"model": {"class_path": "nowhere.Module", "init_args": {"model": "resnet20"}}}, unknown) == [
+        "model.init_args.hflip_tta"
+    ]
+
+
 def test_atomic_checkpoint_io_composes_with_user_plugins(tiny_zip, workdir):
     from lightning.fabric.plugins.environments import LightningEnvironment
     from lightning.pytorch.plugins import AsyncCheckpointIO, DoublePrecision, TorchCheckpointIO
