@@ -99,15 +99,16 @@ def declared_default(flat: dict[str, Any], key: str) -> Any:
 def config_differences(saved: dict, current: dict, ignore: Iterable[str] = RESUME_IGNORED) -> list[str]:
     """The dotted keys whose values differ between two parsed configs, leaving out ``ignore`` (and keys below
     them). A key missing on one side is no difference when the other side holds null or the argument's declared
-    default (:func:`declared_default`): a newer Lightning adds trainer arguments, a newer lit-kd module arguments."""
+    default (:func:`declared_default`, looked up in ``current``): a newer Lightning adds trainer arguments, a newer
+    lit-kd module arguments."""
     ignore = tuple(ignore)
     a, b = _flatten(saved or {}), _flatten(current or {})
 
     def differs(key: str) -> bool:
         if key in a and key in b:
             return a[key] != b[key]
-        flat, value = (b, b[key]) if key in b else (a, a[key])
-        return value is not None and value != declared_default(flat, key)
+        value = b[key] if key in b else a[key]
+        return value is not None and value != declared_default(b, key)  # classes named by this run's config only
 
     return sorted(k for k in set(a) | set(b) if not any(k == i or k.startswith(i + ".") for i in ignore) and differs(k))
 
