@@ -329,6 +329,24 @@ class LitKDCLI(LightningCLI):
         except SystemExit:
             sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
             raise
+        self._warn_replaced_model_arguments(subcommand, ckpt_path)
+
+    def _warn_replaced_model_arguments(self, subcommand: str, ckpt_path: str) -> None:
+        """Say which of the config's model arguments the checkpoint's hyperparameters replaced (LightningCLI gives the
+        checkpoint precedence over the config and the command line, silently)."""
+        parser = self._parser(subcommand)
+        given, used = (
+            {"model": yaml.safe_load(parser.dump(c, skip_unset=False)).get("model")} for c in (self._given_config, self.config[subcommand])
+        )
+        flat_given, flat_used = _flatten(given), _flatten(used)
+        replaced = [k for k in config_differences(given, used, ()) if k in flat_given and flat_given[k] is not None]
+        if replaced:
+            shown = ", ".join(f"{k.removeprefix('model.')}={flat_given[k]!r} -> {flat_used.get(k)!r}" for k in replaced[:8])
+            rank_zero_warn(
+                f"--ckpt_path {ckpt_path}: the checkpoint's hyperparameters replace the config's model arguments ({shown}); "
+                "to use other module arguments with these weights, load them in Python with "
+                "<Module>.load_from_checkpoint(path, <argument>=<value>)"
+            )
 
     def _run_subcommand(self, subcommand: str) -> None:
         """Lightning's, with a ``--ckpt_path`` whose network does not fit this config's (Lightning's strict

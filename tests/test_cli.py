@@ -286,3 +286,15 @@ def test_atomic_checkpoint_io_composes_with_user_plugins(tiny_zip, workdir):
     assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
     assert isinstance(cli.trainer._accelerator_connector.cluster_environment, LightningEnvironment)
     assert (workdir / "lightning_logs/plugins/version_0/checkpoints/last.ckpt").is_file()
+
+
+def test_a_model_argument_the_checkpoint_replaces_is_named_in_a_warning(trained_ckpt, tiny_zip, workdir):
+    config = write_config(workdir / "w.yaml", tiny_zip, model="resnet8")
+    with pytest.warns(UserWarning, match=r"replace the config's model arguments \(init_args\.hflip_tta=True -> False\)"):
+        tested = run_cli("test", "--config", config, "--ckpt_path", trained_ckpt, "--model.init_args.hflip_tta", "true")
+    assert "test/acc_hflip" not in tested.trainer.callback_metrics  # as the warning says: the checkpoint's False stood
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*replace the config's model arguments.*")
+        run_cli("test", "--config", config, "--ckpt_path", trained_ckpt)  # nothing replaced, nothing said
