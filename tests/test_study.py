@@ -384,3 +384,23 @@ def test_stage_clock_keeps_the_running_manifest_time_current_then_stops(tmp_path
     stamp = (tmp_path / "manifest.json").stat().st_mtime_ns
     time.sleep(0.2)
     assert (tmp_path / "manifest.json").stat().st_mtime_ns == stamp  # no write after the stage ended
+
+
+def test_sigterm_stops_the_study_as_stopped_not_failed(tmp_path, tiny_zip, monkeypatch, capsys):
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from lit_kd.commands import study as study_command
+    from lit_kd.study import runner
+
+    def terminated(*args):
+        raise SIGTERMException(15)  # what Lightning raises when SIGTERM arrives during a fit
+
+    monkeypatch.setitem(runner.EXECUTORS, "ptq", terminated)
+    (tmp_path / "x.ckpt").write_bytes(b"never read: the stage is stopped first")
+    study = tmp_path / "s.yaml"
+    study.write_text(yaml.safe_dump({"stages": {"ptq": {"ptq": {"ckpt": str(tmp_path / "x.ckpt"), "bits": [8]}}}}))
+    assert study_command.main([str(study), "--out", str(tmp_path / "out"), "--data", str(tiny_zip)]) == 143
+    err = " ".join(capsys.readouterr().err.split())
+    assert "study stopped by SIGTERM at stage 'ptq' (1/1); resume with: lit-kd study" in err and "fix the cause" not in err
+    manifest = json.loads((tmp_path / "out" / "ptq" / "manifest.json").read_text())
+    assert manifest["status"] == "stopped" and manifest["error"] == "stopped by SIGTERM" and manifest["traceback"] is None

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from rich.console import Console
 
 from lit_kd.study.manifest import FileHashes, StageClock, environment, input_hash, read_manifest, write_manifest
@@ -256,6 +257,13 @@ class Runner:
             self.console.print(f"[bold]{label}[/]: {step.action} {step.stage.kind} ({step.reason})")
             try:
                 ctx.manifests[step.stage.name] = self._run_stage(ctx, step, label, manifests.get(step.stage.name))
+            except SIGTERMException:  # Lightning turns SIGTERM during training into this exception
+                self._fail(step, "stopped by SIGTERM", status="stopped")
+                Console(stderr=True, width=self.console.width).print(
+                    f"[bold yellow]study stopped by SIGTERM at stage {step.stage.name!r} ({index}/{total})[/]; "
+                    f"resume with: {resume_command}"
+                )
+                return 143
             except (Exception, SystemExit) as err:  # a step's usage error exits; the study reports it as the stage's failure
                 message = exit_message(err)
                 self._fail(step, message)
@@ -321,10 +329,10 @@ class Runner:
         )
         return manifest
 
-    def _fail(self, step: Step, message: str) -> None:
+    def _fail(self, step: Step, message: str, status: str = "failed") -> None:
         stage_dir = self.out / step.stage.name
         manifest = read_manifest(stage_dir) or {"stage": step.stage.name, "kind": step.stage.kind}
-        manifest.update(status="failed", error=message, traceback=traceback.format_exc()[-4000:])
+        manifest.update(status=status, error=message, traceback=traceback.format_exc()[-4000:] if status == "failed" else None)
         write_manifest(stage_dir, manifest)
 
     def _progress(self, line: str) -> None:
