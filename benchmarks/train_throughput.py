@@ -76,10 +76,10 @@ def main() -> None:
     device = torch.device(args.device)
     dm = CIFAR10DataModule(data_dir=args.data, batch_size=args.batch_size)
     dm.setup("fit")
-    dm_channels_last = CIFAR10DataModule(data_dir=args.data, batch_size=args.batch_size, channels_last=True)
-    dm_channels_last.setup("fit")
     variants = {"compiled": (dm, True)} if args.compile else {}  # name: (batches, compile)
     if args.channels_last:
+        dm_channels_last = CIFAR10DataModule(data_dir=args.data, batch_size=args.batch_size, channels_last=True)
+        dm_channels_last.setup("fit")
         variants["channels_last"] = (dm_channels_last, False)
         if args.compile:
             variants["compiled_channels_last"] = (dm_channels_last, True)
