@@ -72,6 +72,18 @@ def write_json(path: str | Path, payload: Any, indent: int = 2) -> Path:
     return write_text(path, json.dumps(payload, indent=indent, default=str) + "\n")
 
 
+def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
+    """Save a matplotlib figure atomically (the format from ``path``'s suffix, PNG without one) and close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format=Path(path).suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
+    return Path(path)
+
+
 def _alive(pid: int) -> bool:
     if os.name == "nt":  # os.kill(pid, 0) would terminate the process there: treat every pid as alive
         return True

@@ -109,12 +109,12 @@ def test_study_manifests_and_figures_are_written_atomically(tmp_path, monkeypatc
     import matplotlib.pyplot as plt
 
     import lit_kd.atomic as atomic
-    from lit_kd.study.figures import _save
+    from lit_kd.atomic import save_figure
     from lit_kd.study.manifest import read_manifest, write_manifest
 
     write_manifest(tmp_path, {"status": "done"})
     fig = plt.figure()
-    _save(fig, tmp_path / "figure.png")
+    save_figure(fig, tmp_path / "figure.png")
     assert (tmp_path / "figure.png").read_bytes().startswith(b"\x89PNG")
 
     def fail_replace(src, dst):
@@ -124,7 +124,7 @@ def test_study_manifests_and_figures_are_written_atomically(tmp_path, monkeypatc
     with pytest.raises(OSError):
         write_manifest(tmp_path, {"status": "running"})
     with pytest.raises(OSError):
-        _save(plt.figure(), tmp_path / "figure.png")
+        save_figure(plt.figure(), tmp_path / "figure.png")
     monkeypatch.undo()
     assert read_manifest(tmp_path) == {"status": "done"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["figure.png", "manifest.json"]

@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lit_kd.atomic import atomic_path, write_text
+from lit_kd.atomic import save_figure, write_text
 from lit_kd.quant.affine import check_bits
 from lit_kd.quant.ptq import Bits, bits_per_layer, calibration_batches, execution_order, fold_batchnorm, quantize
 
@@ -415,9 +415,4 @@ def pareto_plot(result: SearchResult, path: Path, test_acc: dict[str, float] | N
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110, format=Path(path).suffix.lstrip(".") or "png")
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -11,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
+from lit_kd.atomic import save_figure
+
 CURVE_TAGS = ("train/loss", "val/loss", "train/acc", "val/acc")
 
 
@@ -48,7 +50,7 @@ def curves_figure(curves_by_stage: dict[str, dict], path: Path) -> Path:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def sparsity_figure(layers_by_stage: dict[str, dict[str, float]], path: Path) -> Path:
@@ -66,7 +68,7 @@ def sparsity_figure(layers_by_stage: dict[str, dict[str, float]], path: Path) ->
         ax.set_title(stage, fontsize=10)
         ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def examples_figure(images, classes: list[str], labels: list[int], path: Path) -> Path:
@@ -77,16 +79,4 @@ def examples_figure(images, classes: list[str], labels: list[int], path: Path) -
         ax.set_title(classes[label], fontsize=9)
         ax.axis("off")
     fig.tight_layout()
-    return _save(fig, path)
-
-
-def _save(fig, path: Path) -> Path:
-    """Save ``fig`` atomically (a temporary file renamed into place; the format from ``path``'s suffix)."""
-    from lit_kd.atomic import atomic_path
-
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110, format=Path(path).suffix.lstrip(".") or "png")
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path)
