@@ -107,3 +107,33 @@ def test_bad_arguments():
         AccuracyPlateauStopping(min_delta=0)
     with pytest.raises(ValueError, match="patience must be >= 1"):
         AccuracyPlateauStopping(patience=0)
+
+
+def test_the_study_records_the_stop_before_testing_restores_an_earlier_best_checkpoint(tmp_path):
+    """trainer.test(ckpt_path=best) restores callback states from that file; the best epoch came before the rule
+    fired, so a stop reason read after testing would say 'epoch budget' (as two resumed CPU-study stages did)."""
+    from lit_kd.study.stages import FitOutcome, stop_reason
+
+    sequence = [0.50, 0.80, 0.795, 0.79, 0.95]  # best after epoch 2, the rule fires after epoch 4
+    module, outcome = ScriptedAccuracy(sequence), FitOutcome()
+    best = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, monitor="val/acc", mode="max", save_top_k=1)
+    trainer = L.Trainer(
+        max_epochs=len(sequence),
+        callbacks=[AccuracyPlateauStopping(), best, outcome],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module)
+    assert module.seen == sequence[:4] and best.best_model_score == pytest.approx(0.80)
+    module.test_step = lambda batch, batch_idx: None
+    module.test_dataloader = module.val_dataloader
+    trainer.test(module, ckpt_path=best.best_model_path, verbose=False)
+    assert stop_reason(trainer).startswith("epoch budget")  # what restoring did to the live callback
+    assert outcome.metrics == {
+        "best_val_acc": pytest.approx(0.80),
+        "epochs": 4,
+        "stop_reason": "plateau rule (AccuracyPlateauStopping) after epoch 4",
+        "teacher_val_acc": None,
+    }

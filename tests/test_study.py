@@ -140,6 +140,9 @@ def test_study_runs_end_to_end_and_reports_what_the_manifests_hold(finished, tin
     assert found[chosen]["outputs"]["ckpt"] in found["qat"]["inputs"]["consumed"]
     assert found["sparse"]["metrics"]["nonzero_params"] < 0.2 * found["sparse"]["metrics"]["params"]
     assert "int8" in found["qat"]["outputs"] and found["export_sparse"]["metrics"]["precision"] == "int8"
+    # the distillation stage checked its teacher on the validation set, here the fixture's test set
+    assert found["kd_logits"]["metrics"]["teacher_val_acc"] == pytest.approx(found["teacher"]["metrics"]["test_acc"])
+    assert found["student_data"]["metrics"]["teacher_val_acc"] is None
     resolved = found["kd_logits"]["resolved_config"]  # the config as it ran, with the study's overrides applied
     assert resolved["model"]["init_args"]["teacher_ckpt"] == found["teacher"]["outputs"]["ckpt"]
     assert resolved["trainer"]["max_epochs"] == 3 and resolved["data"]["init_args"]["data_dir"] == str(tiny_zip)

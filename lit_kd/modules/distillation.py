@@ -97,6 +97,7 @@ class DistillationModule(ClassifierModule):
         self.teacher: nn.Module | None = None
         self.criterion: DistillationLoss | None = None
         self._taps: list[FeatureTaps] = []
+        self.teacher_val_acc: float | None = None  # measured by check_teacher when fitting starts
         if isinstance(teacher, nn.Module):  # a teacher held in memory is there from the start
             self.configure_teacher()
 
@@ -210,7 +211,8 @@ class DistillationModule(ClassifierModule):
 
     @torch.no_grad()
     def check_teacher(self) -> float | None:
-        """Log the teacher's accuracy on the validation set (``teacher/val_acc``) and return it."""
+        """Log the teacher's accuracy on the validation set (``teacher/val_acc``), keep it as ``teacher_val_acc`` and
+        return it."""
         datamodule = self.trainer.datamodule
         if datamodule is None:
             rank_zero_info("teacher accuracy not checked: no datamodule")
@@ -223,7 +225,7 @@ class DistillationModule(ClassifierModule):
             images, target = datamodule.on_after_batch_transfer(move_data_to_device(batch, self.device), 0)
             with self.trainer.precision_plugin.forward_context():
                 metric.update(self.teacher(images), target_classes(target))
-        accuracy = metric.compute().item()
+        accuracy = self.teacher_val_acc = metric.compute().item()
         for logger in self.loggers:
             logger.log_metrics({"teacher/val_acc": accuracy}, step=self.global_step)
         rank_zero_info(f"teacher accuracy on the validation set: {accuracy:.4f}")

@@ -82,6 +82,25 @@ class StageProgress(L.Callback):
         )
 
 
+class FitOutcome(L.Callback):
+    """What a fit stage's manifest reports about training, read when fit ends: epochs, best validation accuracy, why
+    it stopped, and the teacher's checked accuracy. Read then because ``trainer.test(ckpt_path=...)`` restores every
+    callback's state from that checkpoint (Lightning 2.6), e.g. a plateau rule's ``stopped_epoch`` from a best
+    checkpoint written before the rule fired."""
+
+    def __init__(self) -> None:
+        self.metrics: dict[str, Any] = {}
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
+        self.metrics = {
+            "best_val_acc": float("nan") if score is None else float(score),
+            "epochs": trainer.current_epoch,
+            "stop_reason": stop_reason(trainer),
+            "teacher_val_acc": getattr(pl_module, "teacher_val_acc", None),
+        }
+
+
 def stop_reason(trainer: L.Trainer) -> str:
     from lightning.pytorch.callbacks import EarlyStopping
 
@@ -104,7 +123,8 @@ def run_fit(ctx: Context, stage: Stage, settings: dict, label: str) -> tuple[dic
     args = ["fit", "--config", str(config_path), "--trainer.enable_progress_bar", str(sys.stdout.isatty()).lower()]
     if ctx.resume and (ckpt_dir / "last.ckpt").is_file():
         args += ["--ckpt_path", str(ckpt_dir / "last.ckpt")]
-    cli = run(args, extra_callbacks=[StageProgress(label, ctx.progress)])
+    outcome = FitOutcome()
+    cli = run(args, extra_callbacks=[StageProgress(label, ctx.progress), outcome])
     trainer = cli.trainer
     # a pruning recipe or budget changes the network as it goes: its result is the last epoch, not the best one
     reshaped = any(type(c).__name__ in RESHAPING_CALLBACKS for c in trainer.callbacks)
@@ -116,19 +136,11 @@ def run_fit(ctx: Context, stage: Stage, settings: dict, label: str) -> tuple[dic
         outputs["int8"] = str(int8)
     metrics = {
         "test_acc": float(tested[0]["test/acc"]),
-        "best_val_acc": float(trainer.checkpoint_callback.best_model_score or float("nan")),
-        "epochs": trainer.current_epoch,
-        "stop_reason": stop_reason(trainer),
-        "teacher_val_acc": _metric(trainer, "teacher/val_acc"),
+        **outcome.metrics,
         **network_facts(best, int8 if int8.is_file() else None),
     }
     command = f"lit-kd fit --config {config_path} && lit-kd test --config {stage_dir / RUN_DIR / 'config.yaml'} --ckpt_path {best}"
     return outputs, metrics, command
-
-
-def _metric(trainer: L.Trainer, name: str) -> float | None:
-    value = trainer.logged_metrics.get(name, trainer.callback_metrics.get(name))
-    return None if value is None else float(value)
 
 
 def network_facts(ckpt: str | Path, int8: Path | None = None) -> dict:
