@@ -72,6 +72,15 @@ def write_json(path: str | Path, payload: Any, indent: int = 2) -> Path:
     return write_text(path, json.dumps(payload, indent=indent, default=str) + "\n")
 
 
+def copy_file(source: str | Path, target: str | Path) -> Path:
+    """``shutil.copyfile``, atomically (the target's folder is created)."""
+    import shutil
+
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
+    return Path(target)
+
+
 def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
     """Save a matplotlib figure atomically (the format from ``path``'s suffix, PNG without one) and close it."""
     import matplotlib.pyplot as plt

@@ -108,7 +108,7 @@ def test_study_runs_end_to_end_and_reports_what_the_manifests_hold(finished, tin
     # every image of the self-contained HTML decodes
     page = (out / "report.html").read_text()
     images = re.findall(r"src='data:image/png;base64,([^']+)'", page)
-    assert len(images) >= 4  # curves, examples, mixed precision, sparsity
+    assert len(images) >= 5  # accuracy overview, curves, examples, mixed precision, sparsity
     for data in images:
         Image.open(io.BytesIO(base64.b64decode(data))).verify()
     assert "src='report_files" not in page and "http" not in page
@@ -123,6 +123,14 @@ def test_study_runs_end_to_end_and_reports_what_the_manifests_hold(finished, tin
         assert cells[2] == f"{m['metrics']['params']:,}" and cells[3] == f"{m['metrics']['nonzero_params']:,}"
         assert cells[6] == pct(m["metrics"]["test_acc"])
     assert {r["stage"]: r["test_acc"] for r in results["models"]} == {n: m["metrics"]["test_acc"] for n, m in trained.items()}
+    # the report opens with the README headline's rows
+    from lit_kd.study.headline import headline_rows
+
+    key_results = report.split("## Key results")[1].split("## ")[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in key_results.splitlines() if line.startswith("| ")]
+    assert rows[0] == ["what", "result", "compared with"] and len(rows) > 5
+    assert [list(r[:2]) for r in headline_rows(results)] == [r[:2] for r in rows[1:]]
+    assert "<code>kd_logits</code>" in page and "`" not in page.split("<h2>Key results</h2>")[1].split("</table>")[0]
     # the PTQ rows, the distillation delta and the speed rows too
     for row in found["ptq"]["metrics"]["rows"]:
         assert f"| {pct(row['acc'])} |" in report

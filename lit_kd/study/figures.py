@@ -53,6 +53,38 @@ def curves_figure(curves_by_stage: dict[str, dict], path: Path) -> Path:
     return save_figure(fig, path)
 
 
+def accuracy_overview_figure(curves_by_stage: dict[str, dict], groups: dict[str, str | None], path: Path) -> Path:
+    """Validation accuracy per epoch of every training stage on one plot: one colour per stage or seed group (its
+    seeds solid, dashed, dotted ...), so setups can be compared and where each stopped is visible."""
+    fig, ax = plt.subplots(figsize=(10, 4.8))
+    colours = plt.get_cmap("tab20").colors
+    keys: list[str] = []
+    seen: dict[str, int] = {}
+    for stage, curves in curves_by_stage.items():
+        points = curves.get("val/acc", [])
+        if not points:
+            continue
+        key = groups.get(stage) or stage
+        if key not in keys:
+            keys.append(key)
+        nth = seen[key] = seen.get(key, -1) + 1
+        ax.plot(
+            [p[0] + 1 for p in points],
+            [100 * p[1] for p in points],
+            linestyle=("-", "--", ":", "-.")[nth % 4],
+            color=colours[2 * keys.index(key) % len(colours)],
+            marker=".",
+            label=stage,
+        )
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def sparsity_figure(layers_by_stage: dict[str, dict[str, float]], path: Path) -> Path:
     """Horizontal bars: the fraction of zero weights of every conv/linear layer, one panel per pruned model."""
     n = len(layers_by_stage)

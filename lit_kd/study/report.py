@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lit_kd.atomic import write_text
+from lit_kd.atomic import copy_file, write_text
 from lit_kd.study.manifest import write_json_atomic
 from lit_kd.study.spec import Study
 
@@ -159,8 +160,9 @@ def ptq_table(manifest: dict) -> tuple[Table, list[dict]]:
     ), data
 
 
-def mixed_precision_section(name: str, result: dict) -> Section:
-    """The chosen per-layer widths of a ``lit-kd ptq --max-drop`` stage, test accuracies, and its Pareto plot."""
+def mixed_precision_section(name: str, result: dict, fig_dir: Path) -> Section:
+    """The chosen per-layer widths of a ``lit-kd ptq --max-drop`` stage, test accuracies, and its Pareto plot (copied
+    into the report's figures, so that the report folder holds every image it shows)."""
     search = result["search"]
     chosen = search["chosen"]["weight_bits"]
     act, harm = search.get("layer_act_bits") or {}, search["sensitivity"]
@@ -186,7 +188,10 @@ def mixed_precision_section(name: str, result: dict) -> Section:
                 rows,
                 "Sensitivity: increase of the held-out loss with this layer alone at its width.",
             ),
-            Figure(Path(result["plot"]), "Accuracy against weight size of every allocation evaluated."),
+            Figure(
+                copy_file(Path(result["plot"]), fig_dir / f"{name}_pareto.png"),
+                "Accuracy against weight size of every allocation evaluated.",
+            ),
         ],
     )
 
@@ -289,38 +294,30 @@ def speed_table(manifest: dict) -> tuple[Table, list[dict], dict]:
     return Table(["model", "runtime", "batch", "latency (ms)", "images/s"], rows, caption), result["rows"], result["ratios"]
 
 
-# ------------------------------------------------------------------------------------------------ findings
-def findings(models: list[dict], ptq: list[dict], bench_rows: list[dict], accuracy_of_bench_model: dict[str, float]) -> list[str]:
-    out = []
-    if models:
-        best = max(models, key=lambda r: r["test_acc"])
-        out.append(f"Best accuracy: {best['stage']} ({best['architecture']}) at {pct(best['test_acc'])}.")
-    if ptq:
-        worst = max((r for r in ptq if r["runtime"] != "fp32"), key=lambda r: r["drop"], default=None)
-        if worst is not None:
-            out.append(
-                f"Largest quantization drop: W{worst['weight_bits']}A{worst['act_bits']} {worst['method']} "
-                f"({worst['granularity']}), {100 * worst['drop']:.2f} points."
-            )
-            same = [r for r in ptq if (r["weight_bits"], r["act_bits"]) == (worst["weight_bits"], worst["act_bits"]) and r is not worst]
-            if same:
-                fix = min(same, key=lambda r: r["drop"])
-                out.append(
-                    f"What recovered it: {fix['method']} ({fix['granularity']}, first/last 8-bit "
-                    f"{'yes' if fix['first_last_8bit'] else 'no'}) at the same widths, drop {100 * fix['drop']:.2f} points."
-                )
+# ------------------------------------------------------------------------------------------------ key results
+def key_results(results: dict, bench_rows: list[dict], accuracy_of_bench_model: dict[str, float]) -> tuple[Table | None, list[str]]:
+    """The report's opening: the README headline's rows (teacher, students, PTQ, mixed precision, QAT, pruning,
+    speed; :mod:`lit_kd.study.headline`, the one home of what counts as a key result), and the fastest benchmarked
+    model within 1 point of the best accuracy."""
+    from lit_kd.study.headline import headline_rows
+
+    rows = headline_rows(results)
+    caption = "The README's headline table shows these rows."
+    table = Table(["what", "result", "compared with"], [list(r) for r in rows], caption) if rows else None
+    notes = []
+    models = results.get("models") or []
     if bench_rows and accuracy_of_bench_model and models:
         best_acc = max(r["test_acc"] for r in models)
         eligible = [r for r in bench_rows if r["batch"] == 32 and accuracy_of_bench_model.get(r["model"], -1) >= best_acc - 0.01]
         if eligible:
             fast = max(eligible, key=lambda r: r["images_per_s"])
-            out.append(
+            notes.append(
                 f"Fastest model within 1 point of the best accuracy: {fast['model']} in {fast['runtime']}, "
                 f"{fast['images_per_s']:.0f} images/s at batch 32 ({pct(accuracy_of_bench_model[fast['model']])})."
             )
         else:
-            out.append("No benchmarked model is within 1 point of the best accuracy.")
-    return out
+            notes.append("No benchmarked model is within 1 point of the best accuracy.")
+    return table, notes
 
 
 def bench_accuracies(manifests: dict[str, dict], bench: dict | None) -> dict[str, float]:
@@ -349,13 +346,16 @@ def build(study: Study, out: Path, manifests: dict[str, dict], report_settings: 
     cpu = env.get("cpu", {})
     results["machine"] = env
     total = sum(m.get("wall_s") or 0 for m in manifests.values())
+    data = next((m["inputs"]["data"] for m in manifests.values() if (m.get("inputs") or {}).get("data")), None)
     intro = Section(
         "Study",
         [
             study.description or "",
             f"Machine: {cpu.get('cpu', '?')} ({cpu.get('isa', '?')}, VNNI {'yes' if cpu.get('vnni') else 'no'}), "
             f"{cpu.get('cores_used', '?')} cores used; torch {env.get('versions', {}).get('torch')}, "
-            f"lit-kd {env.get('versions', {}).get('lit-kd')}. Wall time of all stages: {minutes(total)}.",
+            f"lit-kd {env.get('versions', {}).get('lit-kd')}. Wall time of all stages: {minutes(total)}. "
+            f"The commands below write `<out>` for the study's folder, `{out.resolve()}`"
+            + (f", and `<data>` for the data set, `{data}`." if data else "."),
         ],
     )
     sections.append(intro)
@@ -369,7 +369,7 @@ def build(study: Study, out: Path, manifests: dict[str, dict], report_settings: 
     if dist:
         sections.append(Section("Distillation", [dist]))
 
-    from lit_kd.study.figures import curves_figure, read_curves, sparsity_figure
+    from lit_kd.study.figures import accuracy_overview_figure, curves_figure, read_curves, sparsity_figure
 
     curves = {n: read_curves(m["outputs"]["run_dir"]) for n, m in manifests.items() if m["kind"] == "fit"}
     curves = {n: c for n, c in curves.items() if c}
@@ -379,9 +379,13 @@ def build(study: Study, out: Path, manifests: dict[str, dict], report_settings: 
                 "Training curves",
                 [
                     Figure(
+                        accuracy_overview_figure(curves, {n: manifests[n].get("group") for n in curves}, fig_dir / "accuracy.png"),
+                        "Validation accuracy per epoch of every training stage (seeds of one setup share a colour).",
+                    ),
+                    Figure(
                         curves_figure(curves, fig_dir / "curves.png"),
                         "Loss and accuracy per epoch (train dashed, validation solid), read from TensorBoard events.",
-                    )
+                    ),
                 ],
             )
         )
@@ -391,16 +395,14 @@ def build(study: Study, out: Path, manifests: dict[str, dict], report_settings: 
         sections.append(examples_section(examples["metrics"], images, fig_dir))
         results["examples"] = examples["metrics"]
 
-    ptq_data = []
     for name, m in manifests.items():
         if m["kind"] == "ptq" and "search" in m["metrics"]:
-            sections.append(mixed_precision_section(name, m["metrics"]))
+            sections.append(mixed_precision_section(name, m["metrics"], fig_dir))
             results.setdefault("mixed_precision", {})[name] = {k: v for k, v in m["metrics"].items() if k != "search"}
         elif m["kind"] == "ptq":
             table, rows = ptq_table(m)
             sections.append(Section(f"Post-training quantization ({name})", [table]))
             results.setdefault("ptq", {})[name] = rows
-            ptq_data += rows
     qat, qat_data = qat_table(manifests)
     results["qat"] = qat_data
     if qat:
@@ -435,13 +437,16 @@ def build(study: Study, out: Path, manifests: dict[str, dict], report_settings: 
             )
         )
 
-    found = findings(model_data, ptq_data, bench_rows, bench_accuracies(manifests, bench))
-    results["findings"] = found
-    sections.insert(1, Section("Findings", ["\n".join(f"- {f}" for f in found)]))
+    table, notes = key_results(results, bench_rows, bench_accuracies(manifests, bench))
+    results["findings"] = ([dict(zip(table.header, r)) for r in table.rows] if table else []) + [{"what": n} for n in notes]
+    sections.insert(1, Section("Key results", [b for b in (table, "\n".join(f"- {n}" for n in notes)) if b]))
 
-    commands = Table(
-        ["stage", "command", "wall time"], [[n, f"`{m.get('command')}`", minutes(m.get("wall_s"))] for n, m in manifests.items()]
-    )
+    def short(command: str) -> str:
+        command = command.replace(str(out.resolve()), "<out>")
+        return command.replace(data, "<data>") if data else command
+
+    rows = [[n, f"`{short(m.get('command') or '')}`", minutes(m.get("wall_s"))] for n, m in manifests.items()]
+    commands = Table(["stage", "command", "wall time"], rows)
     sections.append(Section("Commands", [commands]))
     return sections, results
 
@@ -488,8 +493,8 @@ def to_markdown(title: str, sections: list[Section], out: Path) -> str:
 
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:.5em 0;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
-th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}caption{caption-side:bottom;font-style:italic;
+table{border-collapse:collapse;margin:.5em 0;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;text-align:left}
+th{background:#f0f0f0}td.num{text-align:right;white-space:nowrap}caption{caption-side:bottom;font-style:italic;
 font-size:12px;text-align:left;padding-top:3px}img{max-width:100%}pre{background:#f6f6f6;padding:.6em;overflow-x:auto}
 .wrong{color:#c00;font-weight:600}code{font-size:12px}"""
 
@@ -516,18 +521,25 @@ def to_html(title: str, sections: list[Section]) -> str:
                 parts.append(f"<pre>{html.escape(b[1])}</pre>")
             elif b:
                 if b.startswith("- "):
-                    parts.append("<ul>" + "".join(f"<li>{html.escape(x[2:])}</li>" for x in b.splitlines()) + "</ul>")
+                    parts.append("<ul>" + "".join(f"<li>{_inline(x[2:])}</li>" for x in b.splitlines()) + "</ul>")
                 else:
-                    parts.append(f"<p>{html.escape(b)}</p>")
+                    parts.append(f"<p>{_inline(b)}</p>")
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
+def _inline(text: str) -> str:
+    """Escaped HTML of a line of Markdown text, with its `code` spans as <code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
+NUMERIC = re.compile(r"^[-+]?(\d|-$)")  # a number (with its unit) or a lone dash: right-aligned
+
+
 def _cell(text: str) -> str:
-    if text.startswith("`") and text.endswith("`"):
-        return f"<td><code>{html.escape(text[1:-1])}</code></td>"
-    cls = " class='wrong'" if text.endswith("✗") else ""
-    return f"<td{cls}>{html.escape(text)}</td>"
+    classes = [c for c, on in (("num", NUMERIC.match(text)), ("wrong", text.endswith("✗"))) if on]
+    cls = f" class='{' '.join(classes)}'" if classes else ""
+    return f"<td{cls}>{_inline(text)}</td>"
 
 
 def write_report(study: Study, out: Path, manifests: dict[str, dict], report_settings: dict | None = None) -> dict[str, Path]:

@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from lit_kd.atomic import atomic_path, write_bytes, write_json
+from lit_kd.atomic import copy_file, write_bytes, write_json
 from lit_kd.study.manifest import read_manifest
 
 TABLE_START, TABLE_END = "<!-- weights:start -->", "<!-- weights:end -->"
@@ -110,8 +109,7 @@ def _equal(x, y) -> bool:
 def write_shipped_file(source: Path, output: str, target: Path) -> None:
     """The float network of a checkpoint as a portable weights file, or an INT8 / ONNX file copied as it is."""
     if output != "ckpt":
-        with atomic_path(target) as tmp:
-            shutil.copyfile(source, tmp)
+        copy_file(source, target)
         return
     from lit_kd.checkpoints import build_network, load_weights, network_key, read_checkpoint, write_weights_file
 
@@ -201,11 +199,7 @@ def ship_report(study_out: Path, results_dir: Path) -> list[Path]:
         raise ShipError(f"{study_out} has no {', '.join(missing)}: the study's report stage has not run")
     copied = []
     for source in [study_out / f for f in REPORT_FILES] + sorted((study_out / "report_files").glob("*.png")):
-        target = results_dir / source.relative_to(study_out)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(target) as tmp:
-            shutil.copyfile(source, tmp)
-        copied.append(target)
+        copied.append(copy_file(source, results_dir / source.relative_to(study_out)))
     return copied
 
 
