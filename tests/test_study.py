@@ -137,6 +137,13 @@ def test_study_runs_end_to_end_and_reports_what_the_manifests_hold(finished, tin
     delta = found["kd_logits"]["metrics"]["test_acc"] - found["student_data"]["metrics"]["test_acc"]
     assert results["distillation"][1]["delta_vs_baseline"] == pytest.approx(delta)
     assert f"{100 * delta:+.2f}" in report
+    # and both after as many epochs as the data-only run, read back from the TensorBoard curves
+    from lit_kd.study.figures import read_curves
+
+    k = found["student_data"]["metrics"]["epochs"]
+    for record in results["distillation"]:
+        curve = dict(read_curves(found[record["stage"]]["outputs"]["run_dir"])["val/acc"])
+        assert record["equal_epochs"] == k and record["val_acc_at_equal_epochs"] == pytest.approx(curve[k - 1])
     for row in found["bench"]["metrics"]["rows"]:
         assert f"| {row['images_per_s']:.0f} |" in report
     assert found["bench"]["metrics"]["deepsparse_benchmark_commands"][0] in report
@@ -191,6 +198,7 @@ def test_killed_in_a_training_stage_resumes_and_ends_like_the_uninterrupted_run(
     rerun = lit_kd("study", study, "--out", out, "--data", tiny_zip, cwd=tmp_path)
     assert "student_data: skip (finished, inputs unchanged)" in rerun.stdout
     assert "kd_logits: resume fit" in rerun.stdout
+    assert re.search(r"kd_logits: done in [\d.]+ s \([\d.]+ s over 2 attempts\)", rerun.stdout), rerun.stdout
     resumed, reference = manifests(out), manifests(reference_out)
     assert resumed["kd_logits"]["attempts"] == 2
     for name in ("student_data", "kd_logits", "qat", "sparse", "prune_100k"):

@@ -101,11 +101,15 @@ def distillation_rows(results: dict) -> list[Row]:
     ]
     if others:
         best = max(others, key=lambda r: r["mean"])
+        compared = f"{pts(best['delta_vs_baseline'])} vs data only"
+        early = (best.get("val_acc_at_equal_epochs"), base.get("val_acc_at_equal_epochs"))
+        if None not in early:  # the stopping rule may have trained the two for different numbers of epochs
+            compared += f"; {pts(early[0] - early[1])} in validation accuracy after {best['equal_epochs']} epochs each"
         rows.append(
             (
                 f"Best distilled student `{best['stage']}` ({seeds(best['seeds'])}; best of {len(others)} distillation setups)",
                 mean_std(best["mean"], best["std"]),
-                f"{pts(best['delta_vs_baseline'])} vs data only",
+                compared,
             )
         )
     return rows

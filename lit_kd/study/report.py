@@ -90,30 +90,46 @@ def models_table(manifests: dict[str, dict]) -> tuple[Table, list[dict]]:
     return Table(header, rows, "Test accuracy on the full test set; size: serialized weights (the INT8 model for QAT runs)."), data
 
 
-def distillation_table(spec: dict, manifests: dict[str, dict], groups: dict[str, list[str]]) -> tuple[Table | None, list[dict]]:
-    """Rows of ``spec["rows"]`` (stage or seed-group names) against ``spec["baseline"]``: mean, spread, delta."""
+def distillation_table(
+    spec: dict, manifests: dict[str, dict], groups: dict[str, list[str]], curves: dict[str, dict] | None = None
+) -> tuple[Table | None, list[dict]]:
+    """Rows of ``spec["rows"]`` (stage or seed-group names) against ``spec["baseline"]``: mean, spread, delta; and,
+    from the training curves, each setup's mean validation accuracy after as many epochs as the baseline's shortest
+    run, since a stopping rule can end setups after different numbers of epochs."""
     if not spec:
         return None, []
+    curves = curves or {}
 
-    def accs(name: str) -> list[float]:
-        return [manifests[m]["metrics"]["test_acc"] for m in groups.get(name, [name]) if m in manifests]
+    def members(name: str) -> list[str]:
+        return [m for m in groups.get(name, [name]) if m in manifests]
 
-    base = accs(spec["baseline"])
+    def val_at(stage: str, epoch: int) -> float | None:
+        return dict(curves.get(stage, {}).get("val/acc", [])).get(epoch - 1)
+
+    base = [manifests[m]["metrics"]["test_acc"] for m in members(spec["baseline"])]
     base_mean = statistics.mean(base) if base else None
+    base_epochs = [manifests[m]["metrics"].get("epochs") for m in members(spec["baseline"])]
+    k = min(base_epochs) if base_epochs and all(isinstance(e, int) for e in base_epochs) else None
     rows, data = [], []
     for name in [spec["baseline"], *spec.get("rows", [])]:
-        values = accs(name)
-        if not values:
+        stages = members(name)
+        if not stages:
             continue
+        values = [manifests[m]["metrics"]["test_acc"] for m in stages]
         mean = statistics.mean(values)
         spread = statistics.stdev(values) if len(values) > 1 else None
+        early = [val_at(m, k) for m in stages] if k else []
+        early_mean = statistics.mean(early) if early and None not in early else None
         record = {
             "stage": name,
             "seeds": len(values),
             "test_accs": values,
+            "epochs": [manifests[m]["metrics"].get("epochs") for m in stages],
             "mean": mean,
             "std": spread,
             "delta_vs_baseline": None if base_mean is None or name == spec["baseline"] else mean - base_mean,
+            "equal_epochs": k,
+            "val_acc_at_equal_epochs": early_mean,
         }
         data.append(record)
         rows.append(
@@ -121,15 +137,20 @@ def distillation_table(spec: dict, manifests: dict[str, dict], groups: dict[str,
                 name + (" (data only)" if name == spec["baseline"] else ""),
                 str(len(values)),
                 ", ".join(pct(v) for v in values),
+                ", ".join(str(e) for e in record["epochs"]),
                 pct(mean),
                 "-" if spread is None else f"{100 * spread:.2f}",
                 pts(record["delta_vs_baseline"]),
+                pct(early_mean),
             ]
         )
+    header = ["student", "seeds", "test accuracy per seed", "epochs", "mean", "std (points)", "vs data only (points)"]
     table = Table(
-        ["student", "seeds", "test accuracy per seed", "mean", "std (points)", "vs data only (points)"],
+        [*header, f"validation accuracy after {k} epochs" if k else "validation accuracy at equal epochs"],
         rows,
-        "Same student architecture, seeds and data; the teacher is frozen.",
+        "Same student architecture, seeds and data; the teacher is frozen. The stopping rule ends setups after different "
+        "numbers of epochs: the last column compares them after as many epochs as the shortest data-only run (mean "
+        "over seeds, from the training curves).",
     )
     return table, data
 
@@ -364,15 +385,15 @@ def build(study: Study, out: Path, manifests: dict[str, dict], report_settings: 
     results["models"] = model_data
     sections.append(Section("Models", [models]))
 
-    dist, dist_data = distillation_table(report_settings.get("distillation") or {}, manifests, study.groups)
-    results["distillation"] = dist_data
-    if dist:
-        sections.append(Section("Distillation", [dist]))
-
     from lit_kd.study.figures import accuracy_overview_figure, curves_figure, read_curves, sparsity_figure
 
     curves = {n: read_curves(m["outputs"]["run_dir"]) for n, m in manifests.items() if m["kind"] == "fit"}
     curves = {n: c for n, c in curves.items() if c}
+    dist, dist_data = distillation_table(report_settings.get("distillation") or {}, manifests, study.groups, curves)
+    results["distillation"] = dist_data
+    if dist:
+        sections.append(Section("Distillation", [dist]))
+
     if curves:
         sections.append(
             Section(

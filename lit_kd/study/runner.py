@@ -323,8 +323,10 @@ class Runner:
             finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         )
         write_manifest(stage_dir, manifest)
+        attempts = manifest["attempts"]
         self.console.print(
             f"[bold]{label}[/]: done in {manifest['wall_s'] - base_wall:.1f} s"
+            + (f" ({manifest['wall_s']:.1f} s over {attempts} attempts)" if attempts > 1 else "")
             + (f", test accuracy {metrics['test_acc']:.4f}" if isinstance(metrics.get("test_acc"), float) else "")
         )
         return manifest
