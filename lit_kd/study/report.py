@@ -106,9 +106,9 @@ def distillation_table(
     def val_at(stage: str, epoch: int) -> float | None:
         return dict(curves.get(stage, {}).get("val/acc", [])).get(epoch - 1)
 
-    base = [manifests[m]["metrics"]["test_acc"] for m in members(spec["baseline"])]
-    base_mean = statistics.mean(base) if base else None
-    base_epochs = [manifests[m]["metrics"].get("epochs") for m in members(spec["baseline"])]
+    baseline = members(spec["baseline"])
+    base_mean = statistics.mean(manifests[m]["metrics"]["test_acc"] for m in baseline) if baseline else None
+    base_epochs = [manifests[m]["metrics"].get("epochs") for m in baseline]
     k = min(base_epochs) if base_epochs and all(isinstance(e, int) for e in base_epochs) else None
     rows, data = [], []
     for name in [spec["baseline"], *spec.get("rows", [])]:
@@ -458,16 +458,17 @@ def build(study: Study, out: Path, manifests: dict[str, dict], report_settings: 
             )
         )
 
-    table, notes = key_results(results, bench_rows, bench_accuracies(manifests, bench))
-    results["findings"] = ([dict(zip(table.header, r)) for r in table.rows] if table else []) + [{"what": n} for n in notes]
-    sections.insert(1, Section("Key results", [b for b in (table, "\n".join(f"- {n}" for n in notes)) if b]))
+    key_table, notes = key_results(results, bench_rows, bench_accuracies(manifests, bench))
+    key_rows = [dict(zip(key_table.header, r)) for r in key_table.rows] if key_table else []
+    results["findings"] = key_rows + [{"what": n} for n in notes]
+    sections.insert(1, Section("Key results", [b for b in (key_table, "\n".join(f"- {n}" for n in notes)) if b]))
 
     def short(command: str) -> str:
         command = command.replace(str(out.resolve()), "<out>")
         return command.replace(data, "<data>") if data else command
 
-    rows = [[n, f"`{short(m.get('command') or '')}`", minutes(m.get("wall_s"))] for n, m in manifests.items()]
-    commands = Table(["stage", "command", "wall time"], rows)
+    command_rows = [[n, f"`{short(m.get('command') or '')}`", minutes(m.get("wall_s"))] for n, m in manifests.items()]
+    commands = Table(["stage", "command", "wall time"], command_rows)
     sections.append(Section("Commands", [commands]))
     return sections, results
 
