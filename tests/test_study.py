@@ -247,6 +247,7 @@ def test_ship_writes_measured_weights_and_the_report_and_keeps_what_it_did_not_m
         classified = lit_kd("classify", "--ckpt", path, "--data", tiny_zip, cwd=tmp_path).stdout
         assert f"({entry['correct']} of {entry['test_images']} test images correct)" in classified, name
         assert str(out.resolve()) not in entry["command"] and "<out>" in entry["command"]
+        assert str(tiny_zip) not in entry["command"]  # the data set as $LIT_KD_CIFAR10
     readme = (weights / "README.md").read_text()
     assert "old table" not in readme and readme.endswith("<!-- weights:end -->\nkept\n")
     assert all(f"| `{name}` | resnet20_trunc |" in readme for name in shipped)
@@ -352,6 +353,28 @@ def test_shipped_studies_load_and_seed_groups_expand(tmp_path):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
     with pytest.raises(StudyError, match=r"stage 'p', ptq.ckpt: 's' runs several seeds; name one \(s.seed0, s.seed1\)"):
         load_study(tmp_path / "bad.yaml")
+
+
+def test_the_compress_study_repeats_the_full_studys_compression_stages():
+    """cifar_cpu_compress.yaml is cifar_cpu.yaml's compression half with the shipped student in place of best_student:
+    the stages must not drift apart, and the recipe they fine-tune with is the one the shipped student came from."""
+    full = yaml.safe_load((STUDIES / "cifar_cpu.yaml").read_text())["stages"]
+    compress = yaml.safe_load((STUDIES / "cifar_cpu_compress.yaml").read_text())["stages"]
+    shipped = json.loads((REPO / "weights" / "weights.json").read_text())["resnet20_trunc_student.pt"]
+    group = shipped["stage"].split("(")[-1].rstrip(")").split(".")[0]  # "best_student (kd_features.seed1)" -> kd_features
+    config = f"../cifar_cpu/{group}.yaml"
+    assert compress["student"]["weights"] == "../../weights/resnet20_trunc_student.pt"
+    for name in ("ptq", "qat", "sparse", "prune_100k", "export_dense", "export_sparse", "bench"):
+        expected = json.loads(json.dumps(full[name]).replace("${best_student.", "${student."))
+        if "fit" in expected:
+            expected["fit"] = config
+            if group != "student_data":
+                expected["overrides"] = {"model.init_args.teacher_ckpt": "${teacher.ckpt}", **expected["overrides"]}
+        assert without_description(compress[name]) == without_description(expected), name
+
+
+def without_description(stage: dict) -> dict:
+    return {k: v for k, v in stage.items() if k != "description"}
 
 
 def test_use_lets_shipped_weights_stand_in_for_a_fit_stage(tmp_path, tiny_zip):

@@ -12,14 +12,17 @@
 - A checkpoint of a QAT run holds the prepared network's state: float weights, BatchNorm statistics, and every
   fake-quantize module's scale, zero point and observer ranges. Resuming from ``last.ckpt`` therefore continues QAT
   exactly, and ``lit-kd test`` with the same config evaluates the checkpoint converted to the real INT8 model.
-- At fit end the network is converted (``convert_fx``) and saved as ``int8_model.pt`` next to the checkpoints: the
-  converted state dict plus what rebuilds it (architecture, backend, input shape); :func:`load_int8_model` loads it.
+- At fit end the best checkpoint (``ModelCheckpoint``'s ``best_model_path``; the final state when none was saved) is
+  converted (``convert_fx``) and saved as ``int8_model.pt`` next to the checkpoints, so that the saved model is the
+  one ``trainer.test(ckpt_path="best")`` measures: the converted state dict plus what rebuilds it (architecture,
+  backend, input shape, the checkpoint it came from); :func:`load_int8_model` loads it.
   If no QAT step observed data (``trainer.max_epochs`` 0: post-training quantization through the same path), the
   ranges are first calibrated on ``calibration_batches`` training batches, and the log says so.
 """
 
 from __future__ import annotations
 
+import copy
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -108,14 +111,28 @@ class QuantizationAwareTraining(L.Callback):
         if not trainer.is_global_zero:
             return
         network = getattr(pl_module, self.attribute)
-        if not activation_ranges_observed(network):
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if best and Path(best).is_file():
+            network = self._network_of(best, network)
+        elif not activation_ranges_observed(network):
             self._calibrate(trainer, network)
         int8 = convert_int8(network)
         ckpt_dir = Path(trainer.checkpoint_callback.dirpath) if trainer.checkpoint_callback else Path(trainer.default_root_dir)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         self.int8_path = ckpt_dir / INT8_FILE
-        save_int8_model(int8, self._recipe(pl_module), self.int8_path)
-        rank_zero_info(f"QAT: converted INT8 model saved to {self.int8_path}")
+        source = Path(best).name if best and Path(best).is_file() else "the final training state"
+        save_int8_model(int8, self._recipe(pl_module) | {"converted_from": source}, self.int8_path)
+        rank_zero_info(f"QAT: {source} converted to INT8 and saved to {self.int8_path}")
+
+    def _network_of(self, ckpt: str, prepared: nn.Module) -> nn.Module:
+        """A copy of the prepared network holding the QAT state (weights, BatchNorm statistics, ranges) of ``ckpt``."""
+        from lit_kd.checkpoints import read_checkpoint
+
+        prefix = f"{self.attribute}."
+        state = {k[len(prefix) :]: v for k, v in read_checkpoint(ckpt)["state_dict"].items() if k.startswith(prefix)}
+        network = copy.deepcopy(prepared)
+        network.load_state_dict(state)
+        return network
 
     def _calibrate(self, trainer: L.Trainer, network: nn.Module) -> None:
         """No QAT step observed data: set the ranges from the first training batches (through the datamodule's batch

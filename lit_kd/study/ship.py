@@ -158,8 +158,15 @@ def ship_model(study_out: Path, entry: str, weights_dir: Path, data: str, replac
         "params": facts.get("params"),
         "study": str(study_out.name),
         "stage": trained_by if trained_by == stage else f"{stage} ({trained_by})",
-        "command": (manifest if output == "onnx" else trained).get("command", "").replace(str(study_out.resolve()), "<out>"),
+        "command": portable_command((manifest if output == "onnx" else trained), study_out),
     }
+
+
+def portable_command(manifest: dict, study_out: Path) -> str:
+    """A stage's command with ``<out>`` for the study's folder and ``$LIT_KD_CIFAR10`` for its data set."""
+    command = manifest.get("command", "").replace(str(study_out.resolve()), "<out>")
+    data = manifest.get("inputs", {}).get("data")
+    return command.replace(data, "$LIT_KD_CIFAR10") if data else command
 
 
 def weights_table(shipped: dict) -> str:
