@@ -13,7 +13,7 @@ import lightning as L
 import torch
 
 from lit_kd.atomic import write_text
-from lit_kd.commands.bench import cpu_model
+from lit_kd.commands.bench import cpu_info
 
 
 def training_speed_parser(description: str, out: str) -> argparse.ArgumentParser:
@@ -41,8 +41,12 @@ def machine_info(threads: int) -> dict:
         raise RuntimeError(
             f"the benchmark pinned torch to {threads} threads, but torch now runs {actual}: the timings are not what --threads asked for"
         )
+    cpu = cpu_info(threads)  # the instruction set matters: INT8 speed differs by far with and without VNNI
     return {
-        "cpu": cpu_model(),
+        "cpu": cpu["cpu"],
+        "isa": cpu["isa"],
+        "vnni": cpu["vnni"],
+        "load_average_1min": cpu["load_average_1min"],
         "logical_cpus": os.cpu_count(),
         "torch_threads": actual,
         "torch": torch.__version__,

@@ -194,6 +194,9 @@ def test_killed_in_a_training_stage_resumes_and_ends_like_the_uninterrupted_run(
     proc.wait()
     killed = manifests(out)
     assert killed["kd_logits"]["status"] == "running" and "report" not in killed
+    # naming the interrupted stage with --only resumes it too (it used to start over, throwing its epochs away)
+    only = lit_kd("study", study, "--out", out, "--data", tiny_zip, "--only", "kd_logits", "--dry-run", cwd=tmp_path).stdout
+    assert re.search(r"│ kd_logits +│ fit +│ resume ", only), only
 
     rerun = lit_kd("study", study, "--out", out, "--data", tiny_zip, cwd=tmp_path)
     assert "student_data: skip (finished, inputs unchanged)" in rerun.stdout

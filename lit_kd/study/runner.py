@@ -82,7 +82,12 @@ def changed(old: dict | None, new: dict) -> str:
     return "inputs changed"
 
 
-def plan(study: Study, out: Path, data: str, hashes: FileHashes, force: set[str], selected: set[str] | None) -> list[Step]:
+def plan(
+    study: Study, out: Path, data: str, hashes: FileHashes, force: set[str], selected: set[str] | None, resumable: set[str] = frozenset()
+) -> list[Step]:
+    """Run, resume or skip for every stage. ``force``: stages to run whatever their state (``--only``/``--from``);
+    those also in ``resumable`` (``--only``) still resume when interrupted with unchanged inputs, so that naming a
+    stage never throws away its training."""
     steps: list[Step] = []
     will_run: set[str] = set()
     manifests = {name: read_manifest(out / name) for name in study.stages}
@@ -99,18 +104,19 @@ def plan(study: Study, out: Path, data: str, hashes: FileHashes, force: set[str]
                 "run the study without --only/--from first"
             )
         upstream = [n for n in stage.needs if n in will_run]
-        if stage.name in force:
-            action, reason = "run", "asked for (--only/--from)"
-        elif upstream:
-            action, reason = "run", f"{upstream[0]} runs before it"
+        if upstream:
+            action, reason = "run", "asked for (--only/--from)" if stage.name in force else f"{upstream[0]} runs before it"
         else:
             inputs = stage_inputs(study, stage, done, data, hashes)
             status = (manifest or {}).get("status")
             same = manifest is not None and manifest.get("input_hash") == inputs["hash"]
             last = out / stage.name / RUN_DIR / "checkpoints" / "last.ckpt"
-            if status == "done" and same:
+            interrupted = status != "done" and same and stage.kind == "fit" and last.is_file()
+            if stage.name in force and not (stage.name in resumable and interrupted):
+                action, reason = "run", "asked for (--only/--from)"
+            elif status == "done" and same:
                 action, reason = "skip", "finished, inputs unchanged"
-            elif same and stage.kind == "fit" and last.is_file():
+            elif interrupted:
                 action, reason = "resume", f"interrupted ({status}); continues from last.ckpt"
             elif manifest is None:
                 action, reason = "run", "never run"
@@ -220,10 +226,12 @@ class Runner:
         if only:
             selected = set().union(*(expand(n) for n in only))
             force |= selected
+        force_from: set[str] = set()
         if start:
-            force |= self.study.downstream(expand(start))
+            force_from = self.study.downstream(expand(start))
+            force |= force_from
             selected = (selected or set()) | force
-        return plan(self.study, self.out, self.data, self.hashes, force, selected)
+        return plan(self.study, self.out, self.data, self.hashes, force, selected, resumable=selected - force_from if only else set())
 
     def print_plan(self, steps: list[Step]) -> None:
         from rich.table import Table
