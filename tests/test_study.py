@@ -20,7 +20,7 @@ import torch
 import yaml
 from PIL import Image
 
-from lit_kd.study.report import pct
+from lit_kd.study.report import _cell, pct
 from lit_kd.study.spec import StudyError, load_study
 
 REPO = Path(__file__).resolve().parents[1]
@@ -449,3 +449,15 @@ def test_sigterm_stops_the_study_as_stopped_not_failed(tmp_path, tiny_zip, monke
     assert "study stopped by SIGTERM at stage 'ptq' (1/1); resume with: lit-kd study" in err and "fix the cause" not in err
     manifest = json.loads((tmp_path / "out" / "ptq" / "manifest.json").read_text())
     assert manifest["status"] == "stopped" and manifest["error"] == "stopped by SIGTERM" and manifest["traceback"] is None
+
+
+def test_report_cells_align_numbers_right_and_let_sentences_wrap():
+    """Short numbers right-aligned on one line; a sentence that starts with a number ("+1.56 points vs ...") is text:
+    right-aligned and unwrapped it pushed the key-results table past the page's right edge."""
+    assert _cell("84.61 %") == "<td class='num'>84.61 %</td>" and _cell("-") == "<td class='num'>-</td>"
+    assert _cell("73.05 ± 1.44 %") == "<td class='num'>73.05 ± 1.44 %</td>"
+    assert (
+        _cell("+11.24 points vs data only; +3.75 points after 6 epochs")
+        == "<td>+11.24 points vs data only; +3.75 points after 6 epochs</td>"
+    )
+    assert _cell("kd_logits") == "<td>kd_logits</td>"
