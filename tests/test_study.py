@@ -311,6 +311,7 @@ def test_a_changed_stage_reruns_with_its_dependents_only(finished, tiny_zip):
     after = manifests(out)
     assert {n for n in after if after[n]["started"] != before[n]["started"]} == {"ptq", "report"}
     assert {r["weight_bits"] for r in after["ptq"]["metrics"]["rows"] if r["runtime"] == "ours"} == {8}  # was {8, 4}
+    assert before["ptq"]["attempts"] == 1 and after["ptq"]["attempts"] == 1  # a rerun starts over: not a second attempt
 
 
 BROKEN = {

@@ -308,7 +308,7 @@ class Runner:
             "metrics": {},
             "command": None,
             "wall_s": base_wall,
-            "attempts": (previous or {}).get("attempts", 0) + 1,
+            "attempts": ((previous or {}).get("attempts", 0) if step.action == "resume" else 0) + 1,  # a rerun starts over
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "environment": environment(),
         }
