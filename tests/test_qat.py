@@ -60,9 +60,7 @@ def relative_error(a: torch.Tensor, reference: torch.Tensor) -> float:
 
 def fake_quantized(ckpt: Path) -> nn.Module:
     """The QAT network of a checkpoint as it trained: fake-quantized, eval mode, ranges fixed."""
-    network = prepare_qat(build_model("resnet8"), "x86", (1, 3, 32, 32))
-    network.load_state_dict({k[len("model.") :]: v for k, v in load_state(ckpt).items() if k.startswith("model.")})
-    return network.eval().apply(disable_observer)
+    return prepared_from(ckpt).eval().apply(disable_observer)
 
 
 class FullCodeRange(nn.Module):

@@ -111,8 +111,9 @@ class QuantizationAwareTraining(L.Callback):
         if not trainer.is_global_zero:
             return
         network = getattr(pl_module, self.attribute)
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        if best and Path(best).is_file():
+        path = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        best = Path(path) if path and Path(path).is_file() else None
+        if best:
             network = self._network_of(best, network)
         elif not activation_ranges_observed(network):
             self._calibrate(trainer, network)
@@ -120,11 +121,11 @@ class QuantizationAwareTraining(L.Callback):
         ckpt_dir = Path(trainer.checkpoint_callback.dirpath) if trainer.checkpoint_callback else Path(trainer.default_root_dir)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         self.int8_path = ckpt_dir / INT8_FILE
-        source = Path(best).name if best and Path(best).is_file() else "the final training state"
+        source = best.name if best else "the final training state"
         save_int8_model(int8, self._recipe(pl_module) | {"converted_from": source}, self.int8_path)
         rank_zero_info(f"QAT: {source} converted to INT8 and saved to {self.int8_path}")
 
-    def _network_of(self, ckpt: str, prepared: nn.Module) -> nn.Module:
+    def _network_of(self, ckpt: Path, prepared: nn.Module) -> nn.Module:
         """A copy of the prepared network holding the QAT state (weights, BatchNorm statistics, ranges) of ``ckpt``."""
         from lit_kd.checkpoints import read_checkpoint
 

@@ -124,3 +124,9 @@ def environment() -> dict:
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"host": socket.gethostname(), "python": platform.python_version(), "cpu": cpu_info(cores), "versions": versions}
+
+
+def portable_command(command: str, out: Path, data: str | None, data_name: str) -> str:
+    """A stage's command free of this machine's paths: ``<out>`` for the study's folder, ``data_name`` for its data."""
+    command = command.replace(str(out.resolve()), "<out>")
+    return command.replace(data, data_name) if data else command

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lit_kd.atomic import copy_file, write_text
-from lit_kd.study.manifest import write_json_atomic
+from lit_kd.study.manifest import portable_command, write_json_atomic
 from lit_kd.study.spec import Study
 
 
@@ -329,8 +329,9 @@ def key_results(results: dict, bench_rows: list[dict], accuracy_of_bench_model: 
     table = Table(["what", "result", "compared with"], [list(r) for r in rows], caption) if rows else None
     notes = []
     dense = accuracy_of_bench_model.get(BASELINE)
-    eligible = [r for r in bench_rows if r["batch"] == 32 and accuracy_of_bench_model.get(r["model"], -1) >= (dense or 0) - 0.01]
-    if dense is not None and eligible:
+    within = [] if dense is None else [r for r in bench_rows if accuracy_of_bench_model.get(r["model"], -1) >= dense - 0.01]
+    eligible = [r for r in within if r["batch"] == 32]
+    if eligible:
         fast = max(eligible, key=lambda r: r["images_per_s"])
         notes.append(
             f"Fastest benchmarked model within 1 point of the dense FP32 model ({pct(dense)}): {fast['model']} in "
@@ -369,9 +370,7 @@ def build(study: Study, out: Path, manifests: dict[str, dict], report_settings: 
     data = next((m["inputs"]["data"] for m in manifests.values() if (m.get("inputs") or {}).get("data")), None)
 
     def short(command: str) -> str:
-        """A command as the report shows it: ``<out>`` for the study's folder, ``<data>`` for the data set."""
-        command = command.replace(str(out.resolve()), "<out>")
-        return command.replace(data, "<data>") if data else command
+        return portable_command(command, out, data, "<data>")
 
     intro = Section(
         "Study",

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from lit_kd.atomic import copy_file, write_bytes, write_json
-from lit_kd.study.manifest import read_manifest
+from lit_kd.study.manifest import portable_command, read_manifest
 
 TABLE_START, TABLE_END = "<!-- weights:start -->", "<!-- weights:end -->"
 OUTPUTS = ("ckpt", "int8", "onnx")
@@ -158,15 +158,13 @@ def ship_model(study_out: Path, entry: str, weights_dir: Path, data: str, replac
         "params": facts.get("params"),
         "study": str(study_out.name),
         "stage": trained_by if trained_by == stage else f"{stage} ({trained_by})",
-        "command": portable_command((manifest if output == "onnx" else trained), study_out),
+        "command": stage_command(manifest if output == "onnx" else trained, study_out),
     }
 
 
-def portable_command(manifest: dict, study_out: Path) -> str:
-    """A stage's command with ``<out>`` for the study's folder and ``$LIT_KD_CIFAR10`` for its data set."""
-    command = manifest.get("command", "").replace(str(study_out.resolve()), "<out>")
-    data = manifest.get("inputs", {}).get("data")
-    return command.replace(data, "$LIT_KD_CIFAR10") if data else command
+def stage_command(manifest: dict, study_out: Path) -> str:
+    """A stage's command as ``weights/README.md`` shows it: the data set as ``$LIT_KD_CIFAR10``."""
+    return portable_command(manifest.get("command", ""), study_out, manifest.get("inputs", {}).get("data"), "$LIT_KD_CIFAR10")
 
 
 def weights_table(shipped: dict) -> str:
