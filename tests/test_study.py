@@ -20,7 +20,7 @@ import torch
 import yaml
 from PIL import Image
 
-from lit_kd.study.report import _cell, pct
+from lit_kd.study.report import _cell, pct, validation_note
 from lit_kd.study.spec import StudyError, load_study
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,6 +116,7 @@ def test_study_runs_end_to_end_and_reports_what_the_manifests_hold(finished, tin
     # the model table's numbers are the manifests'
     report = (out / "report.md").read_text()
     results = json.loads((out / "results.json").read_text())
+    assert "All training stages validated on the test set" in report  # the demo's configs keep val_split 0
     trained = {n: m for n, m in found.items() if m["kind"] in ("fit", "weights")}
     for name, m in trained.items():
         row = next(line for line in report.splitlines() if line.startswith(f"| {name} | "))
@@ -463,3 +464,15 @@ def test_report_cells_align_numbers_right_and_let_sentences_wrap():
         == "<td>+11.24 points vs data only; +3.75 points after 6 epochs</td>"
     )
     assert _cell("kd_logits") == "<td>kd_logits</td>"
+
+
+def test_report_says_which_training_stages_validated_on_the_test_set():
+    """With val_split 0 the plateau rule and best.ckpt read test accuracy: the report must say so, and only then."""
+
+    def fit(val_split):
+        return {"kind": "fit", "resolved_config": {"data": {"init_args": {"val_split": val_split}}}}
+
+    shipped = {"kind": "weights"}
+    assert validation_note({"a": fit(0), "b": fit(0), "teacher": shipped}).startswith("All training stages validated on the test set")
+    assert validation_note({"a": fit(0), "b": fit(5000)}).startswith("1 of the 2 training stages validated on the test set")
+    assert validation_note({"a": fit(5000), "teacher": shipped}) == ""

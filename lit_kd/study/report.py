@@ -54,6 +54,22 @@ def trained(manifests: dict[str, dict]) -> dict[str, dict]:
     return {n: m for n, m in manifests.items() if m["kind"] in ("fit", "weights")}
 
 
+def validation_note(manifests: dict[str, dict]) -> str:
+    """Which training stages validated on the test set (``val_split: 0``): their stopping rule and best checkpoint
+    read test accuracy, so their test accuracies are optimistic by that selection. Empty when none did."""
+    fits = {n: (m.get("resolved_config") or {}).get("data", {}).get("init_args", {}) for n, m in manifests.items() if m["kind"] == "fit"}
+    on_test = [n for n, args in fits.items() if not args.get("val_split")]
+    if not on_test:
+        return ""
+    which = "All" if len(on_test) == len(fits) else f"{len(on_test)} of the {len(fits)}"
+    return (
+        f"{which} training stages validated on the test set (`val_split: 0`, the study protocol): the plateau rule "
+        "and the choice of the best checkpoint read test accuracy, so the test accuracies of those stages are "
+        "best-epoch numbers, optimistic by that selection (by the epoch-to-epoch spread of the curves below). "
+        "`data.init_args.val_split: N` holds out N training images for validation instead."
+    )
+
+
 # ------------------------------------------------------------------------------------------------ tables
 def models_table(manifests: dict[str, dict]) -> tuple[Table, list[dict]]:
     rows, data = [], []
@@ -381,6 +397,7 @@ def build(study: Study, out: Path, manifests: dict[str, dict], report_settings: 
             f"lit-kd {env.get('versions', {}).get('lit-kd')}. Wall time of all stages: {minutes(total)}. "
             f"The commands below write `<out>` for the study's folder, `{out.resolve()}`"
             + (f", and `<data>` for the data set, `{data}`." if data else "."),
+            validation_note(manifests),
         ],
     )
     sections.append(intro)
