@@ -67,8 +67,17 @@ RESULTS = {
             "val_acc_at_equal_epochs": 0.85,
         },
         {
-            "stage": "kd_logits",
+            "stage": "kd_cosine",
             "seeds": 1,
+            "mean": 0.8990,
+            "std": None,
+            "delta_vs_baseline": 0.0178,
+            "equal_epochs": 6,
+            "val_acc_at_equal_epochs": 0.86,
+        },
+        {
+            "stage": "kd_logits",
+            "seeds": 2,
             "mean": 0.8850,
             "std": None,
             "delta_vs_baseline": 0.0038,
@@ -130,7 +139,10 @@ def test_every_row_is_formatted_from_the_results():
     data_only = next(v for k, v in rows.items() if k.startswith("Student on data only"))
     assert "88.12 ± 0.16 %" in data_only and "2 seeds" in data_only
     best = next(v for k, v in rows.items() if k.startswith("Best distilled"))
-    assert "`kd_features`" in best and "89.24 ± 0.18 %" in best and "+1.12 points vs data only" in best and "best of 2" in best
+    assert "`kd_features`" in best and "89.24 ± 0.18 %" in best and "+1.12 points vs data only" in best
+    # one seed of kd_cosine scored higher: named beside the paired comparison, not chosen over it
+    assert "best of 2 distillation setups with the data-only seeds" in best
+    assert "higher with fewer seeds: `kd_cosine` 89.90 % (1 seed)" in best
     assert "+2.12 points in validation accuracy after 6 epochs each" in best
     w8 = next(v for k, v in rows.items() if k.startswith("Our PTQ W8A8"))
     assert "91.07 %" in w8 and "-0.06 points vs FP32 91.13 %" in w8 and "best of 2" in w8 and "percentile" in w8
@@ -168,7 +180,7 @@ def test_rows_without_data_are_absent():
     assert "91.13 %" in md and "Our PTQ W4A4" in md
     # results written before the equal-epochs comparison existed: the delta alone
     results["distillation"][0].pop("val_acc_at_equal_epochs")
-    assert "+1.12 points vs data only |" in render(results, "report.md") and "epochs each" not in render(results, "report.md")
+    assert "+1.12 points vs data only; higher with" in render(results, "report.md") and "epochs each" not in render(results, "report.md")
     # the sparse model without an INT8 export is still a pruned model
     results["models"].append(model("sparse2", 0.85, 1000, 500))
     assert "Pruned to 500 non-zero parameters `sparse2`" in render(results, "report.md")

@@ -20,7 +20,7 @@ import torch
 import yaml
 from PIL import Image
 
-from lit_kd.study.report import _cell, pct, validation_note
+from lit_kd.study.report import _cell, pct, validation_note, wall_time
 from lit_kd.study.spec import StudyError, load_study
 
 REPO = Path(__file__).resolve().parents[1]
@@ -476,3 +476,8 @@ def test_report_says_which_training_stages_validated_on_the_test_set():
     assert validation_note({"a": fit(0), "b": fit(0), "teacher": shipped}).startswith("All training stages validated on the test set")
     assert validation_note({"a": fit(0), "b": fit(5000)}).startswith("1 of the 2 training stages validated on the test set")
     assert validation_note({"a": fit(5000), "teacher": shipped}) == ""
+
+
+def test_wall_time_names_the_attempts_of_a_resumed_stage():
+    assert wall_time({"wall_s": 8079.3, "attempts": 4}) == "134.7 min (4 attempts)"
+    assert wall_time({"wall_s": 60.0, "attempts": 1}) == wall_time({"wall_s": 60.0}) == "1.0 min"

@@ -50,6 +50,12 @@ def minutes(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds / 60:.1f} min"
 
 
+def wall_time(manifest: dict) -> str:
+    """A stage's wall time, all its attempts together: an interrupted and resumed stage says how many there were."""
+    attempts = manifest.get("attempts") or 1
+    return minutes(manifest.get("wall_s")) + (f" ({attempts} attempts)" if attempts > 1 else "")
+
+
 def trained(manifests: dict[str, dict]) -> dict[str, dict]:
     return {n: m for n, m in manifests.items() if m["kind"] in ("fit", "weights")}
 
@@ -99,11 +105,15 @@ def models_table(manifests: dict[str, dict]) -> tuple[Table, list[dict]]:
                 pct(x["test_acc"]),
                 "-" if x.get("epochs") is None else str(x["epochs"]),
                 str(x.get("stop_reason")),
-                minutes(m.get("wall_s")),
+                wall_time(m),
             ]
         )
     header = ["stage", "architecture", "parameters", "non-zero", "MACs", "size", "test accuracy", "epochs", "stopped by", "wall time"]
-    return Table(header, rows, "Test accuracy on the full test set; size: serialized weights (the INT8 model for QAT runs)."), data
+    caption = (
+        "Test accuracy on the full test set; size: serialized weights (the INT8 model for QAT runs); wall time: every "
+        "attempt of the stage together, on whatever else shared the cores."
+    )
+    return Table(header, rows, caption), data
 
 
 def distillation_table(
@@ -484,7 +494,7 @@ def build(study: Study, out: Path, manifests: dict[str, dict], report_settings: 
     results["findings"] = key_rows + [{"what": n} for n in notes]
     sections.insert(1, Section("Key results", [b for b in (key_table, "\n".join(f"- {n}" for n in notes)) if b]))
 
-    command_rows = [[n, f"`{short(m.get('command') or '')}`", minutes(m.get("wall_s"))] for n, m in manifests.items()]
+    command_rows = [[n, f"`{short(m.get('command') or '')}`", wall_time(m)] for n, m in manifests.items()]
     commands = Table(["stage", "command", "wall time"], command_rows)
     sections.append(Section("Commands", [commands]))
     return sections, results
