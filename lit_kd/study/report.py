@@ -63,8 +63,8 @@ def trained(manifests: dict[str, dict]) -> dict[str, dict]:
 def validation_note(manifests: dict[str, dict]) -> str:
     """Which training stages validated on the test set (``val_split: 0``): their stopping rule and best checkpoint
     read test accuracy, so their test accuracies are optimistic by that selection. Empty when none did."""
-    fits = {n: (m.get("resolved_config") or {}).get("data", {}).get("init_args", {}) for n, m in manifests.items() if m["kind"] == "fit"}
-    on_test = [n for n, args in fits.items() if not args.get("val_split")]
+    fits = [(m.get("resolved_config") or {}).get("data", {}).get("init_args", {}) for m in manifests.values() if m["kind"] == "fit"]
+    on_test = [args for args in fits if not args.get("val_split")]
     if not on_test:
         return ""
     which = "All" if len(on_test) == len(fits) else f"{len(on_test)} of the {len(fits)}"
@@ -355,8 +355,8 @@ def key_results(results: dict, bench_rows: list[dict], accuracy_of_bench_model: 
     table = Table(["what", "result", "compared with"], [list(r) for r in rows], caption) if rows else None
     notes = []
     dense = accuracy_of_bench_model.get(BASELINE)
-    within = [] if dense is None else [r for r in bench_rows if accuracy_of_bench_model.get(r["model"], -1) >= dense - 0.01]
-    eligible = [r for r in within if r["batch"] == 32]
+    accurate = set() if dense is None else {m for m, acc in accuracy_of_bench_model.items() if acc >= dense - 0.01}
+    eligible = [r for r in bench_rows if r["batch"] == 32 and r["model"] in accurate]
     if eligible:
         fast = max(eligible, key=lambda r: r["images_per_s"])
         notes.append(
