@@ -1,4 +1,8 @@
-"""ONNX export of a trained network and its validation in ONNX Runtime and DeepSparse (``lit-kd export`` drives it)."""
+"""ONNX export of a trained network and its validation in ONNX Runtime and DeepSparse (``lit-kd export`` drives it).
+
+An FP32 network is exported by ``torch.onnx.export`` alone; a SparseML QAT network needs sparseml's exporter to turn
+fake quantization into integer ops (the ``sparse`` extra). DeepSparse validates an export only where it is installed.
+"""
 
 from __future__ import annotations
 
@@ -15,34 +19,40 @@ MIN_FP32_AGREEMENT = 0.995
 INTEGER_OPS = ("QuantizeLinear", "QLinearConv", "ConvInteger", "MatMulInteger", "QLinearMatMul")
 
 
+IO_NAMES = {"input_names": ["input"], "output_names": ["logits"], "dynamic_axes": {"input": {0: "batch"}, "logits": {0: "batch"}}}
+
+
 def export_onnx_model(network: nn.Module, out: str | Path, opset: int = 13, qat: bool = False) -> Path:
-    """Export ``network`` (eval mode) with a dynamic batch dimension; a QAT network becomes integer ops."""
+    """Export ``network`` (eval mode, moved to the CPU) with a dynamic batch dimension; a QAT network becomes
+    integer ops through sparseml's exporter (the ``sparse`` extra), an FP32 one goes through ``torch.onnx.export``."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    network = network.cpu().eval()
+    sample = torch.zeros(1, 3, 32, 32)
+    with warnings.catch_warnings():  # the TorchScript exporter's tracing notes are expected here, not news
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
+        if not qat:
+            torch.onnx.export(network, (sample,), str(out), opset_version=opset, dynamo=False, **IO_NAMES)
+            return out
+        return _export_qat(network, sample, out, opset)
+
+
+def _export_qat(network: nn.Module, sample: torch.Tensor, out: Path, opset: int) -> Path:
+    from lit_kd.compat.extras import require
+
+    require("sparseml", "exporting a SparseML QAT network with integer ops")
     from lit_kd.compat.sparseml import EXPORT_KWARGS, apply_sparseml_compat
 
     apply_sparseml_compat()
     from sparseml.pytorch.utils import export_onnx
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sample = torch.zeros(1, 3, 32, 32)
     sparseml_log = logging.getLogger("sparseml")
     level = sparseml_log.level
     sparseml_log.setLevel(logging.WARNING)  # one INFO line per graph transform otherwise
     try:
-        with warnings.catch_warnings():  # the TorchScript exporter's tracing notes are expected here, not news
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
-            export_onnx(
-                network.eval(),
-                sample,
-                str(out),
-                opset=opset,
-                convert_qat=qat,
-                input_names=["input"],
-                output_names=["logits"],
-                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                **EXPORT_KWARGS,
-            )
+        export_onnx(network, sample, str(out), opset=opset, convert_qat=True, **IO_NAMES, **EXPORT_KWARGS)
     finally:
         sparseml_log.setLevel(level)
     return out
@@ -74,21 +84,29 @@ def padded(x: np.ndarray, batch_size: int) -> np.ndarray:
 
 
 def validate(path: Path, network: nn.Module, batches: list, batch_size: int, cores: int) -> dict:
-    """Top-1 agreement with ``network`` and accuracy of ONNX Runtime and DeepSparse on ``batches``."""
+    """Top-1 agreement with ``network`` and accuracy of ONNX Runtime and DeepSparse on ``batches``; DeepSparse's
+    entry is ``{"installed": False}`` where the ``sparse`` extra is not installed."""
     import onnxruntime as ort
-    from deepsparse import compile_model
+
+    from lit_kd.compat.extras import installed
 
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = cores, 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    engine = compile_model(str(path), batch_size=batch_size, num_cores=cores)
-    logits = {"pytorch": [], "onnxruntime": [], "deepsparse": []}
+    runtimes = {"onnxruntime": lambda x: session.run(["logits"], {"input": x})[0]}
+    if installed("deepsparse"):
+        from deepsparse import compile_model
+
+        engine = compile_model(str(path), batch_size=batch_size, num_cores=cores)
+        runtimes["deepsparse"] = lambda x: engine([padded(x, batch_size)])[0][: len(x)]
+    logits = {"pytorch": [], **{runtime: [] for runtime in runtimes}}
+    network = network.cpu().eval()
     with torch.no_grad():
         for images, _ in batches:
             x = images.numpy().astype(np.float32)
             logits["pytorch"].append(network(images).numpy())
-            logits["onnxruntime"].append(session.run(["logits"], {"input": x})[0])
-            logits["deepsparse"].append(engine([padded(x, batch_size)])[0][: len(x)])
+            for runtime, run in runtimes.items():
+                logits[runtime].append(run(x))
     labels = torch.cat([y for _, y in batches]).numpy()
     reference = np.concatenate(logits["pytorch"])
     result = {
@@ -97,7 +115,9 @@ def validate(path: Path, network: nn.Module, batches: list, batch_size: int, cor
         "cores": cores,
         "pytorch": {"acc": float((reference.argmax(1) == labels).mean())},
     }
-    for runtime in ("onnxruntime", "deepsparse"):
+    if "deepsparse" not in runtimes:
+        result["deepsparse"] = {"installed": False}
+    for runtime in runtimes:
         out = np.concatenate(logits[runtime])
         result[runtime] = {
             "acc": float((out.argmax(1) == labels).mean()),

@@ -105,3 +105,18 @@ def trained_ckpt(tiny_zip, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("trained")
     cli = run_cli_in(root, "fit", "--config", write_config(root / "trained_resnet8.yaml", tiny_zip, model="resnet8", epochs=3))
     return Path(root, cli.trainer.checkpoint_callback.best_model_path)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "sparse: needs the sparse extra (sparseml/deepsparse); `make test-core` deselects it")
+    config.addinivalue_line("markers", "cuda: needs a CUDA device; not collected where torch sees none")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` are not collected without a CUDA device (deselected, not skipped)."""
+    if torch.cuda.is_available():
+        return
+    deselected = [item for item in items if item.get_closest_marker("cuda")]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if not item.get_closest_marker("cuda")]

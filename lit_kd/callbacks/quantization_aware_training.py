@@ -33,7 +33,7 @@ import torch.nn as nn
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_kd.checkpoints import load_weights, network_key
-from lit_kd.quant.torch_qat import INT8_FILE, activation_ranges_observed, calibrate, convert_int8, prepare_qat, save_int8_model
+from lit_kd.quant.torch_qat import INT8_FILE, OnCpu, activation_ranges_observed, calibrate, convert_int8, prepare_qat, save_int8_model
 
 
 class QuantizationAwareTraining(L.Callback):
@@ -166,10 +166,9 @@ class QuantizationAwareTraining(L.Callback):
     def _swap_to_int8(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.test_int8:
             return
-        if pl_module.device.type != "cpu":
-            raise ValueError("the INT8 model runs on the CPU: test a QAT checkpoint with --trainer.accelerator cpu")
         self._prepared = getattr(pl_module, self.attribute)
-        setattr(pl_module, self.attribute, convert_int8(self._prepared))
+        int8 = convert_int8(self._prepared)  # quantized kernels run on the CPU: batches on an accelerator go there and back
+        setattr(pl_module, self.attribute, int8 if pl_module.device.type == "cpu" else OnCpu(int8))
         # quantized CPU kernels are not flagged deterministic (they are: fixed-point arithmetic on one thread
         # order); with deterministic=True torch would refuse them, so only warn while the INT8 model runs
         self._deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()

@@ -68,26 +68,35 @@ def call_seconds(fn: Callable[[], object], warmup: int, iterations: int) -> list
     return seconds
 
 
+def cpu_fields() -> list[dict[str, str]]:
+    """One ``{key: value}`` per logical CPU from /proc/cpuinfo (empty where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    blocks = [block for block in text.split("\n\n") if block.strip()]
+    return [dict((k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in block.splitlines())) for block in blocks]
+
+
 def cpu_model() -> str:
     """The CPU model name from /proc/cpuinfo (benchmark JSON records it)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    return next((cpu["model name"] for cpu in cpu_fields() if "model name" in cpu), None) or platform.processor() or "unknown"
 
 
 def cpu_info(cores: int) -> dict:
-    from deepsparse.cpu import cpu_architecture
-
-    arch = cpu_architecture()
+    """The CPU (model, widest vector ISA, VNNI, AMX, physical cores) read from /proc/cpuinfo, the cores used, the load."""
+    cpus = cpu_fields()
+    flags = set(cpus[0].get("flags", "").split()) if cpus else set()
+    isa = next(
+        (name for name, flag in (("avx512", "avx512f"), ("avx2", "avx2"), ("sse4.2", "sse4_2")) if flag in flags), platform.machine()
+    )
+    physical = {(cpu.get("physical id"), cpu.get("core id")) for cpu in cpus if "core id" in cpu}
     return {
         "cpu": cpu_model(),
-        "isa": arch.isa,
-        "vnni": bool(arch.vnni),
-        "physical_cores": arch.num_cores,
+        "isa": isa,
+        "vnni": bool(flags & {"avx512_vnni", "avx_vnni"}),
+        "amx": "amx_tile" in flags,
+        "physical_cores": len(physical) or os.cpu_count(),
         "logical_cpus": os.cpu_count(),
         "cores_used": cores,
         "load_average_1min": os.getloadavg()[0],
@@ -147,10 +156,13 @@ def measure(onnx_files: dict[str, str], torch_model: nn.Module | None, cores: in
     threads of another engine do not compete for the cores."""
     torch.set_num_threads(cores)
     torch.backends.quantized.engine = "x86"
+    from lit_kd.compat.extras import installed
+
+    engines = (("deepsparse", deepsparse_runner),) if installed("deepsparse") else ()
     settings = [
         (label, runtime, lambda p=path, f=factory: f(p, cores))
         for label, path in onnx_files.items()
-        for runtime, factory in (("deepsparse", deepsparse_runner), ("onnxruntime", onnxruntime_runner))
+        for runtime, factory in (*engines, ("onnxruntime", onnxruntime_runner))
     ]
     if torch_model is not None:
         settings += [
@@ -187,9 +199,12 @@ def deepsparse_commands(onnx_files: dict[str, str], cores: int) -> list[str]:
 def run_bench(onnx_files: dict[str, str], torch_model: nn.Module | None, args: argparse.Namespace) -> dict:
     machine = cpu_info(args.cores)  # the load average before the run: other work on the cores distorts the timings
     rows = measure(onnx_files, torch_model, args.cores, args.warmup, {1: args.iterations_b1, 32: args.iterations_b32})
+    from lit_kd.compat.extras import installed
+
     return {
         "benchmark": "sparse_speed",
         "machine": machine,
+        "engines_not_installed": [] if installed("deepsparse") else ["deepsparse"],
         "onnx": onnx_files,
         "warmup": args.warmup,
         "rows": rows,
@@ -225,6 +240,8 @@ def print_result(result: dict) -> None:
         )
     for name, value in result["ratios"].items():
         console.print(f"images/s of {name}: {value:.2f}x")
+    for engine in result.get("engines_not_installed", []):
+        console.print(f"{engine}: not installed (pip install 'lit-kd[sparse]'), no rows")
     console.print("the same with DeepSparse's own benchmark:\n  " + "\n  ".join(result["deepsparse_benchmark_commands"]))
 
 

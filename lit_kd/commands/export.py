@@ -7,8 +7,8 @@ SparseMLRecipe run whose network holds QAT modules. For the last, the recipe sav
 config's SparseMLRecipe callback) gives the fresh network its QAT structure before the weights load, and
 sparseml's exporter converts fake quantization into integer ops (QuantizeLinear, ConvInteger, MatMulInteger: the
 format DeepSparse runs as INT8). ``--config`` (a run's ``config.yaml``) names the architecture and the recipe
-instead of the checkpoint. Every export goes through sparseml's exporter with torch's TorchScript ONNX exporter
-(:mod:`lit_kd.compat.sparseml`). The ONNX model takes ``input`` (N x 3 x 32 x 32, N dynamic) and returns ``logits``.
+instead of the checkpoint. FP32 networks are exported by ``torch.onnx.export`` (TorchScript exporter); QAT networks
+by sparseml's exporter (:mod:`lit_kd.compat.sparseml`, the ``sparse`` extra). DeepSparse validates where installed. The ONNX model takes ``input`` (N x 3 x 32 x 32, N dynamic) and returns ``logits``.
 
 Every export is validated: ``onnx.checker``, then test images (``--images``, a stratified subset of the test split)
 through PyTorch, ONNX Runtime and DeepSparse (batch size fixed per engine; the last batch is padded). The top-1
@@ -33,7 +33,7 @@ from lit_kd.checkpoints import load_for_export
 from lit_kd.commands.arguments import checkpoint_error, fail, require_data, require_file, require_output, require_positive, yaml_problem
 from lit_kd.onnx_export import MIN_FP32_AGREEMENT, export_onnx_model, graph_facts, validate, weight_sparsity
 
-MIN_OPSET, MAX_OPSET = 7, 20  # torch's TorchScript exporter (the one sparseml's exporter is driven with)
+MIN_OPSET, MAX_OPSET = 7, 20  # torch's TorchScript exporter (also the one sparseml's exporter is driven with)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -66,6 +66,9 @@ def print_table(result: dict) -> None:
     )
     for runtime in ("onnxruntime", "deepsparse"):
         r = v[runtime]
+        if "acc" not in r:
+            table.add_row(runtime, "not installed", "-", "-")
+            continue
         table.add_row(runtime, f"{100 * r['acc']:.2f} %", f"{100 * r['agreement']:.2f} %", f"{r['max_abs_logit_diff']:.4f}")
     Console(width=None if sys.stdout.isatty() else 160).print(table)
 
@@ -126,11 +129,8 @@ def main(argv: list[str] | None = None) -> dict:
             "validation": validate(tmp, network, batches, args.batch_size, args.cores),
         }
         print_table(result)
-        low = {
-            rt: result["validation"][rt]["agreement"]
-            for rt in ("onnxruntime", "deepsparse")
-            if result["validation"][rt]["agreement"] < MIN_FP32_AGREEMENT
-        }
+        agreement = {rt: result["validation"][rt].get("agreement") for rt in ("onnxruntime", "deepsparse")}
+        low = {rt: a for rt, a in agreement.items() if a is not None and a < MIN_FP32_AGREEMENT}
         json_path = out.with_suffix(".validation.json")
         if low and not qat:  # the report stays, the model does not
             write_text(json_path, json.dumps(result | {"written": False}, indent=2) + "\n")

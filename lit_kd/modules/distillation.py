@@ -145,7 +145,11 @@ class DistillationModule(ClassifierModule):
         if not pairs:
             return {}, {}
         was_training = self.model.training
-        x = torch.zeros(1, *input_shape, device=self.device)
+        # on the student's device, not self.device: Lightning sets self.device to the accelerator before setup() but
+        # moves the parameters only after it; the freshly loaded teacher follows the student for this one probe
+        device = next(self.model.parameters()).device
+        self.teacher.to(device)
+        x = torch.zeros(1, *input_shape, device=device)
         with FeatureTaps(self.model, [s for s, _ in pairs]) as s_taps, FeatureTaps(self.teacher, [t for _, t in pairs]) as t_taps:
             with torch.no_grad():
                 self.model.eval()(x)

@@ -113,6 +113,21 @@ def convert_int8(prepared: nn.Module) -> nn.Module:
     return convert_fx(copy.deepcopy(prepared).cpu().eval()).eval()
 
 
+class OnCpu(nn.Module):
+    """A CPU-only module (a converted INT8 model) called with batches on any device: the batch goes to the CPU, the
+    output comes back to the batch's device. Moving the wrapper (``.to(device)``, ``.cuda()``) leaves it on the CPU."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x.detach().float().cpu()).to(x.device)
+
+    def _apply(self, fn, recurse=True):
+        return self
+
+
 def save_int8_model(int8: nn.Module, recipe: dict, path: str | Path) -> Path:
     """Write ``int8_model.pt`` atomically: the converted state dict plus ``recipe`` (``network``,
     ``network_kwargs``, ``num_classes``, ``backend``, ``input_shape``: what :func:`load_int8_model` rebuilds it

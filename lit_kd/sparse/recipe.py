@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 
+from lit_kd.compat.extras import require
 from lit_kd.compat.sparseml import apply_sparseml_compat
 
 RECIPE_SUFFIXES = (".yaml", ".yml", ".md")
@@ -64,6 +65,7 @@ _TagTolerantLoader.add_multi_constructor(
 
 
 def build_manager(recipe_text: str, recipe_args: dict | None = None):
+    require("sparseml", "a SparseML recipe")
     apply_sparseml_compat()
     import sparseml.pytorch.sparsification  # noqa: F401  (registers the modifier YAML tags)
     from sparseml.pytorch.optim import ScheduledModifierManager

@@ -234,7 +234,7 @@ def sparse_rows(results: dict) -> list[Row]:
         compared = (delta + versus) if best and best is not m else ""
         if name in int8_exports:
             e = int8_exports[name]
-            deployed = f"; DeepSparse {pct(e['deepsparse']['acc'])}{on_images(e.get('images'))}" if "deepsparse" in e else ""
+            deployed = f"; DeepSparse {pct(e['deepsparse']['acc'])}{on_images(e.get('images'))}" if "acc" in e.get("deepsparse", {}) else ""
             rows.append(
                 (
                     f"{100 * e['weight_sparsity']:.0f} % sparse + INT8 `{name}` ({m['nonzero_params']:,} non-zero parameters)",

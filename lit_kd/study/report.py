@@ -306,8 +306,11 @@ def export_table(manifests: dict[str, dict]) -> tuple[Table | None, list[dict]]:
                 pct(v["pytorch"]["acc"]),
                 pct(v["onnxruntime"]["acc"]),
                 pct(v["onnxruntime"]["agreement"]),
-                pct(v["deepsparse"]["acc"]),
-                pct(v["deepsparse"]["agreement"]),
+                *(
+                    [pct(v["deepsparse"]["acc"]), pct(v["deepsparse"]["agreement"])]
+                    if "acc" in v["deepsparse"]
+                    else ["not installed", "not installed"]
+                ),
             ]
         )
     if not rows:
@@ -333,6 +336,10 @@ def speed_table(manifest: dict) -> tuple[Table, list[dict], dict]:
     result = manifest["metrics"]
     rows = [
         [r["model"], r["runtime"], str(r["batch"]), f"{r['latency_ms_median']:.2f}", f"{r['images_per_s']:.0f}"] for r in result["rows"]
+    ]
+    models = list(dict.fromkeys(r["model"] for r in result["rows"] if r["runtime"] == "onnxruntime"))
+    rows += [
+        [model, engine, "-", "not installed", "not installed"] for engine in result.get("engines_not_installed", []) for model in models
     ]
     m = result["machine"]
     caption = (

@@ -21,6 +21,7 @@ from typing import Any
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from rich.console import Console
 
+from lit_kd.atomic import write_text
 from lit_kd.study.manifest import FileHashes, StageClock, environment, input_hash, read_manifest, write_manifest
 from lit_kd.study.spec import OUTPUTS, Stage, Study, StudyError, substitute
 from lit_kd.study.stages import EXECUTORS, RUN_DIR, Context, consumed_files, stage_config
@@ -274,10 +275,10 @@ class Runner:
                 return 143
             except (Exception, SystemExit) as err:  # a step's usage error exits; the study reports it as the stage's failure
                 message = exit_message(err)
-                self._fail(step, message)
+                error_file = self._fail(step, message)
                 Console(stderr=True, width=self.console.width).print(
-                    f"[bold red]study stopped at stage {step.stage.name!r} ({index}/{total}):[/] {message}\n"
-                    f"fix the cause, then resume with: {resume_command}"
+                    f"[bold red]study stopped at stage {step.stage.name!r} ({index}/{total}):[/] {message.splitlines()[0] if message else ''}"
+                    f" (traceback: {error_file})\nfix the cause, then resume with: {resume_command}"
                 )
                 return 1
             finally:
@@ -293,6 +294,7 @@ class Runner:
         if step.action == "run" and stage_dir.exists():
             clear_stage_dir(stage_dir)  # the study owns <out>/<stage>: a rerun starts clean, keyed caches aside
         stage_dir.mkdir(parents=True, exist_ok=True)
+        (stage_dir / "error.txt").unlink(missing_ok=True)  # a resumed stage's earlier failure is history
         inputs = stage_inputs(self.study, stage, ctx.manifests, self.data, self.hashes)
         base_wall = (previous or {}).get("wall_s", 0.0) if step.action == "resume" else 0.0
         manifest = {
@@ -339,11 +341,18 @@ class Runner:
         )
         return manifest
 
-    def _fail(self, step: Step, message: str, status: str = "failed") -> None:
+    def _fail(self, step: Step, message: str, status: str = "failed") -> Path | None:
+        """Mark the stage failed (or stopped) in its manifest; a failure's whole traceback goes to ``error.txt``
+        in the stage's folder (returned), its last 4,000 characters to the manifest."""
         stage_dir = self.out / step.stage.name
         manifest = read_manifest(stage_dir) or {"stage": step.stage.name, "kind": step.stage.kind}
-        manifest.update(status=status, error=message, traceback=traceback.format_exc()[-4000:] if status == "failed" else None)
+        trace = traceback.format_exc() if status == "failed" else None
+        manifest.update(status=status, error=message, traceback=trace[-4000:] if trace else None)
         write_manifest(stage_dir, manifest)
+        if trace is None:
+            return None
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        return write_text(stage_dir / "error.txt", trace)
 
     def _progress(self, line: str) -> None:
         self.console.print(line)

@@ -102,13 +102,16 @@ class FitOutcome(L.Callback):
 
 
 def stop_reason(trainer: L.Trainer) -> str:
-    from lightning.pytorch.callbacks import EarlyStopping
+    from lightning.pytorch.callbacks import EarlyStopping, Timer
 
     for callback in trainer.callbacks:
         if isinstance(callback, EarlyStopping) and callback.stopped_epoch > 0:
             return f"plateau rule ({type(callback).__name__}) after epoch {callback.stopped_epoch + 1}"
         if type(callback).__name__ == "SparseMLRecipe":
             return f"recipe length ({trainer.current_epoch} epochs)"
+        remaining = callback.time_remaining("train") if isinstance(callback, Timer) else None
+        if remaining is not None and remaining <= 0:
+            return f"time budget (trainer.max_time, after epoch {trainer.current_epoch})"
     return f"epoch budget (max_epochs {trainer.max_epochs})"
 
 

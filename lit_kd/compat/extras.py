@@ -1,0 +1,33 @@
+"""Which optional extras are installed, and the one-line error when a feature needs a missing one.
+
+The archived sparse stack (sparseml, sparsezoo, deepsparse) is the extra ``sparse``: ``pip install 'lit-kd[sparse]'``
+(Python 3.11, numpy < 2). Everything else in lit-kd runs without it.
+"""
+
+from __future__ import annotations
+
+from importlib.util import find_spec
+
+EXTRA_OF = {"sparseml": "sparse", "sparsezoo": "sparse", "deepsparse": "sparse"}
+
+
+class MissingExtra(ImportError):
+    """A feature needs a package of an optional extra that is not installed."""
+
+
+def installed(package: str) -> bool:
+    """Whether ``package`` can be imported (without importing it)."""
+    return find_spec(package) is not None
+
+
+def require(package: str, feature: str) -> None:
+    """Raise :class:`MissingExtra` naming the extra to install when ``package`` is missing.
+
+    Example::
+
+        require("deepsparse", "the DeepSparse engine")
+        # MissingExtra: the DeepSparse engine needs deepsparse: pip install 'lit-kd[sparse]' (Python 3.11, numpy < 2)
+    """
+    if not installed(package):
+        extra = EXTRA_OF.get(package, package)
+        raise MissingExtra(f"{feature} needs {package}: pip install 'lit-kd[{extra}]' (Python 3.11, numpy < 2)")
