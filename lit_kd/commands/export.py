@@ -8,7 +8,8 @@ config's SparseMLRecipe callback) gives the fresh network its QAT structure befo
 sparseml's exporter converts fake quantization into integer ops (QuantizeLinear, ConvInteger, MatMulInteger: the
 format DeepSparse runs as INT8). ``--config`` (a run's ``config.yaml``) names the architecture and the recipe
 instead of the checkpoint. FP32 networks are exported by ``torch.onnx.export`` (TorchScript exporter); QAT networks
-by sparseml's exporter (:mod:`lit_kd.compat.sparseml`, the ``sparse`` extra). DeepSparse validates where installed. The ONNX model takes ``input`` (N x 3 x 32 x 32, N dynamic) and returns ``logits``.
+by sparseml's exporter (:mod:`lit_kd.compat.sparseml`, the ``sparse`` extra). DeepSparse validates where installed.
+The ONNX model takes ``input`` (N x 3 x 32 x 32, N dynamic) and returns ``logits``.
 
 Every export is validated: ``onnx.checker``, then test images (``--images``, a stratified subset of the test split)
 through PyTorch, ONNX Runtime and DeepSparse (batch size fixed per engine; the last batch is padded). The top-1

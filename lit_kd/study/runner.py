@@ -275,9 +275,10 @@ class Runner:
                 return 143
             except (Exception, SystemExit) as err:  # a step's usage error exits; the study reports it as the stage's failure
                 message = exit_message(err)
+                first_line = message.splitlines()[0] if message else ""
                 error_file = self._fail(step, message)
                 Console(stderr=True, width=self.console.width).print(
-                    f"[bold red]study stopped at stage {step.stage.name!r} ({index}/{total}):[/] {message.splitlines()[0] if message else ''}"
+                    f"[bold red]study stopped at stage {step.stage.name!r} ({index}/{total}):[/] {first_line}"
                     f" (traceback: {error_file})\nfix the cause, then resume with: {resume_command}"
                 )
                 return 1
