@@ -82,13 +82,16 @@ class StepTimer(L.Callback):
         self.end = time.perf_counter()
 
 
-def lightning_images_per_second(module: L.LightningModule, dm, warmup: int, steps: int, accelerator: str = "auto") -> float:
+def lightning_images_per_second(
+    module: L.LightningModule, dm, warmup: int, steps: int, accelerator: str = "auto", precision: str = "32-true"
+) -> float:
     """Training images per second of ``Trainer.fit`` over ``steps`` steps after ``warmup`` steps (no validation,
     checkpoints, logger or progress bar)."""
     timer = StepTimer(warmup)
     trainer = L.Trainer(
         max_steps=warmup + steps,
         accelerator=accelerator,
+        precision=precision,
         devices=1,
         logger=False,
         enable_checkpointing=False,

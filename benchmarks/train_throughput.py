@@ -32,9 +32,12 @@ from lit_kd.data import CIFAR10DataModule
 from lit_kd.modules import ClassifierModule
 
 
-def plain_loop(dm: CIFAR10DataModule, model_name: str, warmup: int, steps: int, device: torch.device) -> float:
-    """Images per second of a hand-written loop over the same batches."""
+def plain_loop(dm: CIFAR10DataModule, model_name: str, warmup: int, steps: int, device: torch.device, precision: str = "32-true") -> float:
+    """Images per second of a hand-written loop over the same batches (bf16 autocast for ``bf16-mixed``)."""
     model = ClassifierModule(model_name, num_example_images=0).model.to(device).train()
+    if dm.hparams.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     accuracy = MulticlassAccuracy(10, average="micro").to(device)
     loader, step, start = dm.train_dataloader(), 0, 0.0
@@ -48,8 +51,9 @@ def plain_loop(dm: CIFAR10DataModule, model_name: str, warmup: int, steps: int, 
                 sync(device)
                 return steps * dm.hparams.batch_size / (time.perf_counter() - start)
             images, target = dm.on_after_batch_transfer(move_data_to_device(batch, device), 0)
-            logits = model(images)
-            loss = F.cross_entropy(logits, target)
+            with autocast:
+                logits = model(images)
+                loss = F.cross_entropy(logits, target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -58,10 +62,12 @@ def plain_loop(dm: CIFAR10DataModule, model_name: str, warmup: int, steps: int, 
     raise RuntimeError("unreachable")
 
 
-def lightning_loop(dm: CIFAR10DataModule, model_name: str, warmup: int, steps: int, device: torch.device, compile: bool = False) -> float:
+def lightning_loop(
+    dm: CIFAR10DataModule, model_name: str, warmup: int, steps: int, device: torch.device, compile: bool = False, precision: str = "32-true"
+) -> float:
     """Images per second of ``Trainer.fit`` with the ClassifierModule (logging on, checkpoints and validation off)."""
     module = ClassifierModule(model_name, num_example_images=0, compile=compile)
-    return lightning_images_per_second(module, dm, warmup, steps, device.type)
+    return lightning_images_per_second(module, dm, warmup, steps, device.type, precision)
 
 
 def main() -> None:
@@ -70,11 +76,13 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--compile", action="store_true", help="also time the Lightning loop with torch.compile")
     parser.add_argument("--channels-last", action="store_true", help="also time the Lightning loop on channels-last batches")
+    parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"], help="both loops (bf16-mixed: autocast)")
+    parser.add_argument("--only-channels-last", action="store_true", help="every loop on channels-last batches (a GPU's layout)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    dm = CIFAR10DataModule(data_dir=args.data, batch_size=args.batch_size)
+    dm = CIFAR10DataModule(data_dir=args.data, batch_size=args.batch_size, channels_last=args.only_channels_last)
     dm.setup("fit")
     variants = {"compiled": (dm, True)} if args.compile else {}  # name: (batches, compile)
     if args.channels_last:
@@ -86,13 +94,13 @@ def main() -> None:
     plain, lightning, timed = [], [], {name: [] for name in variants}
     for repeat in range(args.repeats):
         L.seed_everything(repeat, verbose=False)
-        plain.append(plain_loop(dm, args.model, args.warmup, args.steps, device))
+        plain.append(plain_loop(dm, args.model, args.warmup, args.steps, device, args.precision))
         L.seed_everything(repeat, verbose=False)
-        lightning.append(lightning_loop(dm, args.model, args.warmup, args.steps, device))
+        lightning.append(lightning_loop(dm, args.model, args.warmup, args.steps, device, precision=args.precision))
         line = f"repeat {repeat}: plain {plain[-1]:.1f} img/s, lightning {lightning[-1]:.1f} img/s"
         for name, (batches, compile) in variants.items():
             L.seed_everything(repeat, verbose=False)
-            timed[name].append(lightning_loop(batches, args.model, args.warmup, args.steps, device, compile=compile))
+            timed[name].append(lightning_loop(batches, args.model, args.warmup, args.steps, device, compile, args.precision))
             line += f", {name.replace('_', ' ')} {timed[name][-1]:.1f} img/s"
         print(line, flush=True)
     result = {
@@ -102,7 +110,9 @@ def main() -> None:
         "warmup_steps": args.warmup,
         "timed_steps": args.steps,
         "repeats": args.repeats,
-        "device": str(device),
+        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        "precision": args.precision,
+        "channels_last": args.only_channels_last,
         "machine": machine_info(args.threads),
         "plain_images_per_s": plain,
         "lightning_images_per_s": lightning,

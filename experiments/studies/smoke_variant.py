@@ -15,8 +15,8 @@ import yaml
 
 TOY = {
     "data.init_args.train_size": 256,
-    "data.init_args.batch_size": 64,
-    "data.init_args.eval_batch_size": 64,
+    "data.init_args.batch_size": 16,
+    "data.init_args.eval_batch_size": 16,
     "trainer.max_epochs": 1,
     "trainer.limit_train_batches": 2,
     "trainer.limit_val_batches": 1,
@@ -39,7 +39,7 @@ def smoke_variant(study: Path, cpu: bool) -> Path:
             overrides.pop("trainer.precision", None)
         for kind in ("export", "ptq"):
             if kind in stage and isinstance(stage[kind], dict) and "images" in stage[kind]:
-                stage[kind]["images"] = 64
+                stage[kind]["images"] = 32
     out = study.with_suffix(".smoke.yaml")
     out.write_text(yaml.safe_dump(spec, sort_keys=False))
     return out
