@@ -27,9 +27,12 @@ if [ "$mode" = smoke ]; then
   exit $status
 fi
 start=$(date +%s)
-timeout 520 bash -c "$(declare -f study); study experiments/studies/resnet101_h200.yaml --out /tmp/resnet101_h200 --data $data" 2>&1 | tee "$out/study.log" | grep -v "^\s*$" | grep -E "^\[|study|report|error|Error|epoch" | tail -60
+timeout 450 bash -c "$(declare -f study); study experiments/studies/resnet101_h200.yaml --out /tmp/resnet101_h200 --data $data" 2>&1 | tee "$out/study.log" | grep -v "^\s*$" | grep -E "^\[|study|report|error|Error|epoch" | tail -60
 status=${PIPESTATUS[0]}
 echo "study exit status $status after $(( $(date +%s) - start )) s" | tee -a "$out/study.log"
+# the training loop's speed outside the study: plain PyTorch loop vs Lightning, same batches, bf16, channels-last
+timeout 75 python3 -m benchmarks.train_throughput --data "$data" --model resnet101 --batch-size 512 --warmup 5 --steps 20 \
+  --repeats 2 --precision bf16-mixed --only-channels-last --threads "$(nproc)" --out "$out/train_throughput_h200.json" 2>&1 | tail -3
 tar czf "$out/study.tar.gz" --exclude='*.ckpt' --exclude='*.pt' --exclude='*.onnx' -C /tmp resnet101_h200
 ls -la "$out"
 exit $status
