@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import doctest
 import json
+from collections.abc import Callable
 
 import pytest
 import torch
 
 from lit_kd.checkpoints import load_network
 from lit_kd.data import CIFAR10DataModule
-from lit_kd.quant.mixed_precision import Point, allocation_cost, evaluate, greedy_order, pareto_front, search_bits
+from lit_kd.quant import bit_search, cost_model, precision_cache, search_report, sensitivity
+from lit_kd.quant.bit_search import Point, greedy_order, pareto_front, search_bits
+from lit_kd.quant.cost_model import allocation_cost
+from lit_kd.quant.precision_cache import SearchCache
 from lit_kd.quant.ptq import quantize
+from lit_kd.quant.sensitivity import evaluate
+
+
+def record_quantize(monkeypatch, record: Callable) -> Callable:
+    """Pass the positional arguments of every quantize call a search makes (sensitivities and allocations) to
+    ``record``; returns the real quantize."""
+    for module in (sensitivity, bit_search):
+        monkeypatch.setattr(module, "quantize", lambda *a, **k: record(a) or quantize(*a, **k))
+    return quantize
 
 
 @pytest.fixture(scope="module")
@@ -102,18 +116,15 @@ def test_search_respects_the_budget_and_beats_uniform_at_equal_accuracy(setup, t
 def test_an_interrupted_search_resumes_from_its_cache(setup, tmp_path, monkeypatch):
     """A search stopped after two layers' sensitivities measures only the rest, and ends like the uninterrupted one;
     a finished search's cache answers a rerun without quantizing anything."""
-    import lit_kd.quant.mixed_precision as mp
-
     model, calib, held_out = setup
     full = search_bits(model, calib, held_out, 0.05, (2, 4, 8), evaluations=4, cache=tmp_path / "full.json")
     stored = json.loads((tmp_path / "full.json").read_text())
     first_two = dict(list(stored["sensitivity"].items())[:2])
     carried = {f"sensitivity {p}": stored["seconds"][f"sensitivity {p}"] for p in first_two}
     (tmp_path / "cut.json").write_text(json.dumps({"key": stored["key"], "sensitivity": first_two, "accuracy": {}, "seconds": carried}))
-    assert mp.SearchCache(tmp_path / "cut.json", stored["key"]).measured_seconds() == sum(carried.values()) > 0
+    assert SearchCache(tmp_path / "cut.json", stored["key"]).measured_seconds() == sum(carried.values()) > 0
     calls = []
-    real = mp.quantize
-    monkeypatch.setattr(mp, "quantize", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    record_quantize(monkeypatch, lambda a: calls.append(a[2]))
     resumed = search_bits(model, calib, held_out, 0.05, (2, 4, 8), evaluations=4, cache=tmp_path / "cut.json")
     sensitivity_calls = [w for w in calls if w.get("default", 0) is None]
     assert {p for w in sensitivity_calls for p in w if p != "default"} == set(full.layers) - set(first_two)
@@ -148,14 +159,11 @@ def test_search_with_per_layer_activation_widths(setup, tmp_path, monkeypatch):
     """Activations at 4 bits except the first layer's input (the image) and the last's at 8: each layer's sensitivity is
     measured with its own input width, every allocation is quantized with all of them, and a mapping that gives every
     layer the same width is the plain width (same cache)."""
-    import lit_kd.quant.mixed_precision as mp
-
     model, calib, held_out = setup
     paths = [p for p, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     first, last = paths[0], paths[-1]
     calls = []
-    real = mp.quantize
-    monkeypatch.setattr(mp, "quantize", lambda *a, **k: calls.append((a[2], a[3])) or real(*a, **k))
+    real = record_quantize(monkeypatch, lambda a: calls.append((a[2], a[3])))
     act = {"default": 4, first: 8, last: 8}
     result = search_bits(model, calib, held_out, 0.05, (4, 8), act_bits=act, evaluations=2, cache=tmp_path / "a4.json")
     expected = {p: 8 if p in (first, last) else 4 for p in paths}
@@ -247,3 +255,9 @@ def test_ptq_cli_max_drop_usage_errors(trained_ckpt, capsys):
         with pytest.raises(SystemExit) as exit:
             main(["--ckpt", str(trained_ckpt), *args])
         assert exit.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module", [bit_search, cost_model, precision_cache, search_report, sensitivity], ids=lambda m: m.__name__)
+def test_docstring_examples_run(module):
+    failed, attempted = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert attempted > 0 and failed == 0

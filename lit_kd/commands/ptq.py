@@ -227,7 +227,9 @@ def print_table(result: dict) -> None:
 def run_search(args: argparse.Namespace) -> dict:
     """``--max-drop``: the cheapest per-layer weight widths within the budget on held-out training images (never the
     test set), then test accuracy of FP32, the chosen allocation and the uniform widths."""
-    from lit_kd.quant.mixed_precision import average_bits, pareto_plot, search_bits, size_bytes
+    from lit_kd.quant.bit_search import search_bits
+    from lit_kd.quant.cost_model import average_bits, size_bytes
+    from lit_kd.quant.search_report import pareto_plot
 
     torch.set_num_threads(args.threads)
     model = load_float_network(PROG, args.ckpt, QAT_ADVICE)

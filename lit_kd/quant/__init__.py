@@ -2,7 +2,7 @@
 
 from lit_kd.quant.affine import dequantize, fake_quantize, qparams, qrange
 from lit_kd.quant.affine import quantize as quantize_tensor
-from lit_kd.quant.mixed_precision import search_bits
+from lit_kd.quant.bit_search import search_bits
 from lit_kd.quant.observers import OBSERVERS, make_observer
 from lit_kd.quant.ptq import calibration_batches, fold_batchnorm, quantize, quantized_layers
 

@@ -180,7 +180,7 @@ def mixed_precision_rows(results: dict) -> list[Row]:
         layers = ", ".join(f"{n} at {b} bits" for b, n in sorted(widths.items(), reverse=True))
         act = f", activations {search['act_bits']}-bit" if "act_bits" in search else ""
         if search.get("layer_act_bits"):
-            from lit_kd.quant.mixed_precision import act_label
+            from lit_kd.quant.search_report import act_label
 
             act = f", activations {act_label(search['layer_act_bits'], search.get('act_bits'))}"
         budget = f" (budget {100 * search['max_drop']:.1f} points)" if "max_drop" in search else ""

@@ -1,0 +1,72 @@
+"""How a mixed-precision search is shown: the activation-width label (:func:`act_label`, in the uniform points'
+labels, the plot's title and the README headline) and the Pareto plot of a :class:`~lit_kd.quant.bit_search.SearchResult`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lit_kd.atomic import save_figure
+from lit_kd.quant.cost_model import size_bytes
+
+if TYPE_CHECKING:
+    from lit_kd.quant.bit_search import SearchResult
+
+
+def act_label(widths: dict[str, int], default: int | None = None) -> str:
+    """``A4``, or ``A4 (A8: conv1, linear)`` when some layers' inputs have another width than ``default`` (the most
+    common width when not given).
+
+    Example::
+
+        >>> act_label({"conv1": 8, "layer1.0.conv1": 4, "linear": 8}, default=4)
+        'A4 (A8: conv1, linear)'
+        >>> act_label({"conv1": 8, "layer1.0.conv1": 8})
+        'A8'
+    """
+    common = default if default is not None else Counter(widths.values()).most_common(1)[0][0]
+    others: dict[int, list[str]] = {}
+    for path, bits in widths.items():
+        if bits != common:
+            others.setdefault(bits, []).append(path)
+    extra = "; ".join(f"A{b}: {', '.join(paths)}" for b, paths in sorted(others.items(), reverse=True))
+    return f"A{common}" + (f" ({extra})" if extra else "")
+
+
+def pareto_plot(result: SearchResult, path: Path, test_acc: dict[str, float] | None = None) -> Path:
+    """Accuracy on the evaluation data against weight size: every evaluated allocation, the front, the uniform
+    widths, and the chosen one.
+
+    Example::
+
+        >>> result = search_bits(model, calib, held_out, max_drop=0.01)  # doctest: +SKIP
+        >>> pareto_plot(result, Path("ptq.png"))  # doctest: +SKIP
+        PosixPath('ptq.png')
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kb = lambda p: size_bytes(p.weight_bits, result.layers) / 1024
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    ax.scatter([kb(p) for p in result.evaluated], [100 * p.acc for p in result.evaluated], s=18, color="tab:gray", label="evaluated")
+    ax.plot([kb(p) for p in result.front], [100 * p.acc for p in result.front], "-", color="tab:blue", label="Pareto front")
+    ax.scatter(
+        [kb(p) for p in result.uniform], [100 * p.acc for p in result.uniform], marker="s", s=40, color="tab:orange", label="uniform"
+    )
+    for p in result.uniform:
+        short = p.label.removeprefix("uniform ").split(" (")[0]  # the title names per-layer activation widths
+        ax.annotate(short, (kb(p), 100 * p.acc), textcoords="offset points", xytext=(4, -10), fontsize=8)
+    ax.scatter([kb(result.chosen)], [100 * result.chosen.acc], marker="*", s=160, color="tab:red", label="chosen", zorder=5)
+    ax.axhline(100 * (result.fp32_acc - result.max_drop), color="tab:red", linestyle=":", linewidth=1, label="budget")
+    ax.axhline(100 * result.fp32_acc, color="black", linestyle="--", linewidth=1, label="FP32")
+    ax.set_xlabel("weight storage of the quantized layers (KiB)")
+    ax.set_ylabel("accuracy on the held-out images (%)")
+    ax.set_title(f"Mixed-precision search, activations {act_label(result.layer_act_bits, result.act_bits)}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)
