@@ -63,11 +63,25 @@ def test_int8_model_on_cpu_serves_batches_from_another_device():
     assert out.shape == (3, 2) and torch.equal(out, int8(torch.ones(3, 4)))
 
 
+class Placement(L.Callback):
+    """The device types of the student's, the teacher's and the loss terms' tensors at every training step (Lightning
+    moves the module back to the CPU when fit ends, so placement is read while it trains)."""
+
+    def __init__(self):
+        self.seen: set[tuple[str, str]] = set()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        for part in ("model", "teacher", "criterion"):
+            self.seen |= {(part, t.device.type) for t in [*getattr(pl_module, part).parameters(), *getattr(pl_module, part).buffers()]}
+        self.seen.add(("loss", outputs["loss"].device.type))
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("precision", ["bf16-mixed", "32-true"])
 def test_feature_distillation_trains_on_cuda(tiny_zip, teacher_weights, precision):
     L.seed_everything(0)
     module = feature_distiller(teacher_weights)
+    placement = Placement()
     trainer = L.Trainer(
         accelerator="gpu",
         devices=1,
@@ -78,11 +92,12 @@ def test_feature_distillation_trains_on_cuda(tiny_zip, teacher_weights, precisio
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        callbacks=[placement],
     )
     trainer.fit(module, CIFAR10DataModule(data_dir=str(tiny_zip), batch_size=16, channels_last=True))
     assert trainer.global_step == 3
-    assert all(p.device.type == "cuda" for p in module.teacher.parameters())
-    assert all(p.device.type == "cuda" for p in module.criterion.parameters())
+    assert {device for _, device in placement.seen} == {"cuda"}, placement.seen
+    assert {part for part, _ in placement.seen} >= {"model", "teacher", "loss"}
     torch.manual_seed(0)
     reference = build_model("resnet20").state_dict()
     for key, value in module.teacher.state_dict().items():  # the frozen teacher did not move

@@ -123,7 +123,45 @@ def environment() -> dict:
     from lit_kd.commands.bench import cpu_info
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"host": socket.gethostname(), "python": platform.python_version(), "cpu": cpu_info(cores), "versions": versions}
+    return {
+        "host": socket.gethostname(),
+        "python": platform.python_version(),
+        "cpu": cpu_info(cores),
+        "accelerator": accelerator(),
+        "code": code_version(),
+        "versions": versions,
+    }
+
+
+def accelerator() -> str | None:
+    """The GPU torch sees (name and count), or None on a CPU-only machine."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    count = torch.cuda.device_count()
+    return f"{torch.cuda.get_device_name(0)}" + (f" x{count}" if count > 1 else "")
+
+
+def code_version() -> str:
+    """The lit-kd source the stage ran: ``git describe`` of its checkout (``-dirty`` with uncommitted changes), else
+    the installed package version, else "unknown" (a copy of the tree without .git)."""
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        described = subprocess.run(
+            ["git", "-C", str(root), "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        if described:
+            return f"git {described}"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        return f"lit-kd {version('lit-kd')}"
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def portable_command(command: str, out: Path, data: str | None, data_name: str) -> str:

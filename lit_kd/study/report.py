@@ -410,8 +410,10 @@ def build(study: Study, out: Path, manifests: dict[str, dict], report_settings: 
         [
             study.description or "",
             f"Machine: {cpu.get('cpu', '?')} ({cpu.get('isa', '?')}, VNNI {'yes' if cpu.get('vnni') else 'no'}), "
-            f"{cpu.get('cores_used', '?')} cores used; torch {env.get('versions', {}).get('torch')}, "
-            f"lit-kd {env.get('versions', {}).get('lit-kd')}. Wall time of all stages: {minutes(total)}. "
+            f"{cpu.get('cores_used', '?')} cores used"
+            + (f"; accelerator {env['accelerator']}" if env.get("accelerator") else "")
+            + f"; torch {env.get('versions', {}).get('torch')}, "
+            f"lit-kd {env.get('code') or env.get('versions', {}).get('lit-kd')}. Wall time of all stages: {minutes(total)}. "
             f"The commands below write `<out>` for the study's folder, `{out.resolve()}`"
             + (f", and `<data>` for the data set, `{data}`." if data else "."),
             validation_note(manifests),
