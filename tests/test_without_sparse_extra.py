@@ -66,7 +66,23 @@ def test_bench_without_deepsparse_times_the_other_engines(without_sparse_stack, 
     onnx_file = tmp_path / "dense.onnx"
     main(["export", "--ckpt", str(trained_ckpt), "--out", str(onnx_file), "--data", str(tiny_zip), "--images", "30", "--batch-size", "16"])
     out = tmp_path / "bench.json"
-    main(["bench", "--baseline", str(onnx_file), "--cores", "1", "--warmup", "1", "--iterations-b1", "2", "--iterations-b32", "1", "--out", str(out)])
+    main(
+        [
+            "bench",
+            "--baseline",
+            str(onnx_file),
+            "--cores",
+            "1",
+            "--warmup",
+            "1",
+            "--iterations-b1",
+            "2",
+            "--iterations-b32",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     result = json.loads(out.read_text())
     assert result["engines_not_installed"] == ["deepsparse"]
     assert {r["runtime"] for r in result["rows"]} == {"onnxruntime"}

@@ -39,6 +39,13 @@ def parser() -> argparse.ArgumentParser:
         metavar="STAGE=FILE",
         help="let trained weights (a plain state dict, e.g. weights/resnet20_teacher.pt) stand in for a fit stage",
     )
+    p.add_argument(
+        "--without",
+        nargs="+",
+        default=[],
+        metavar="STAGE",
+        help="leave these stages out, with every stage that consumes their outputs (e.g. the sparse ones without the sparse extra)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the plan and run nothing")
     return p
 
@@ -55,7 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or Path("runs") / Path(args.study).stem).resolve()
     data = args.data
     try:
-        study = load_study(args.study, use)
+        study = load_study(args.study, use, args.without)
+        if args.without:
+            full = load_study(args.study, use)
+            console.print("left out (--without): " + ", ".join(n for n in full.stages if n not in study.stages))
         from lit_kd.study.runner import Runner
 
         runner = Runner(study, out, str(Path(data).resolve()) if Path(data).exists() else data, console)
@@ -69,7 +79,19 @@ def main(argv: list[str] | None = None) -> int:
 
             load_cifar10_arrays(data, download=True)  # a user with internet: torchvision's download, once
         out.mkdir(parents=True, exist_ok=True)
-        resume = shlex.join(["lit-kd", "study", args.study, "--out", str(out), "--data", data, *(["--use", *args.use] if args.use else [])])
+        resume = shlex.join(
+            [
+                "lit-kd",
+                "study",
+                args.study,
+                "--out",
+                str(out),
+                "--data",
+                data,
+                *(["--use", *args.use] if args.use else []),
+                *(["--without", *args.without] if args.without else []),
+            ]
+        )
         return runner.run(steps, resume)
     except StudyError as err:
         Console(stderr=True, width=None if sys.stderr.isatty() else 150).print(f"lit-kd study: [bold red]error:[/] {err}", highlight=False)

@@ -109,11 +109,14 @@ def substitute(value: Any, lookup) -> Any:
     return value
 
 
-def load_study(path: str | Path, use: dict[str, str] | None = None) -> Study:
+def load_study(path: str | Path, use: dict[str, str] | None = None, without: list[str] | None = None) -> Study:
     """Read and check a study file: kinds, names, references, cycles, files. Raises :class:`StudyError`.
 
     ``use``: stage name -> weights file (a plain state dict) that stands in for that fit stage: the stage becomes a
-    ``weights`` stage of the architecture its config names, so the stages after it start from those weights."""
+    ``weights`` stage of the architecture its config names, so the stages after it start from those weights.
+    ``without``: stages to leave out (e.g. the sparse ones where the ``sparse`` extra is not installed), together with
+    every stage that consumes their outputs (``${stage.output}`` or ``select``); ``examples`` and ``report``, which read
+    whatever ran before them, stay."""
     path = Path(path).resolve()
     if not path.is_file():
         raise StudyError(f"study file {str(path)!r} does not exist")
@@ -141,6 +144,9 @@ def load_study(path: str | Path, use: dict[str, str] | None = None) -> Study:
                 groups.setdefault(stage.group, []).append(stage.name)
     for name, weights in (use or {}).items():
         stages[name] = _stand_in(path, stages, name, weights)
+    if without:
+        stages = _without(stages, groups, without)
+        groups = {g: [m for m in members if m in stages] for g, members in groups.items() if any(m in stages for m in members)}
     for stage in stages.values():
         stage.needs = _needs(stage, stages, groups)
     study = Study(path, str(raw.get("description") or ""), _ordered(stages), groups)
@@ -208,6 +214,26 @@ def _stand_in(path: Path, stages: dict[str, Stage], name: str, weights: str) -> 
     return Stage(
         name, "weights", {"weights": str(file), "model": arch, "model_kwargs": init.get("student_kwargs", init.get("model_kwargs"))}
     )
+
+
+def _without(stages: dict[str, Stage], groups: dict[str, list[str]], names: list[str]) -> dict[str, Stage]:
+    """``stages`` less ``names`` (stages or seeded groups) and, repeatedly, every stage that consumes a left-out one."""
+    unknown = [n for n in names if n not in stages and n not in groups]
+    if unknown:
+        raise StudyError(f"--without: unknown stage(s) {unknown} (stages: {', '.join(stages)})")
+    out = {member for n in names for member in groups.get(n, [n])}
+    changed = True
+    while changed:
+        changed = False
+        for stage in stages.values():
+            consumed = {ref for ref, _ in references(list(_settings(stage).values()))}
+            if stage.kind == "select":
+                consumed |= {str(n) for n in stage.spec["select"]}
+            consumed = {member for n in consumed for member in groups.get(n, [n])}
+            if stage.name not in out and consumed & out:
+                out.add(stage.name)
+                changed = True
+    return {name: stage for name, stage in stages.items() if name not in out}
 
 
 def _needs(stage: Stage, stages: dict[str, Stage], groups: dict[str, list[str]]) -> list[str]:
