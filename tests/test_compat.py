@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 import torch
 
 from lit_kd.compat.onnxruntime_quantization import patch_onnx_int4_constants, quantize_static_qdq
@@ -17,6 +18,7 @@ def python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.sparse  # onnx 1.14, pinned by the sparse extra
 def test_onnxruntime_quantization_import_needs_the_int4_patch():
     bare = python("import onnxruntime.quantization")
     assert bare.returncode != 0 and "INT4" in bare.stderr

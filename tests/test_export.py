@@ -20,6 +20,8 @@ from lit_kd.modules import load_network
 from tests.helpers import run_cli, write_config
 from tests.test_sparseml_recipe import QAT_RECIPE, recipe_config
 
+pytestmark = pytest.mark.sparse  # SparseML recipes, QAT-to-integer export and DeepSparse throughout
+
 
 @pytest.fixture(scope="module")
 def ckpts(tiny_zip, tmp_path_factory) -> dict[str, Path]:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 import torch
 import torch.nn as nn
 
 
+@pytest.mark.sparse
 def test_tiny_model_exports_and_runs_in_onnxruntime_and_deepsparse(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(
@@ -39,6 +41,7 @@ def test_tiny_model_exports_and_runs_in_onnxruntime_and_deepsparse(tmp_path):
     np.testing.assert_allclose(engine([x])[0], expected, rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.sparse
 def test_sparseml_imports_with_the_pinned_stack():
     """sparseml 1.8.0 is installed for the sparsity work; it must import beside torch 2.14 and numpy < 2."""
     import sparseml

@@ -13,6 +13,7 @@ import torch
 from benchmarks import sparse_speed
 
 
+@pytest.mark.sparse
 def test_sparse_speed_json(tmp_path):
     torch.set_num_threads(2)  # so --cores 1 must really pin torch (conftest restores the count after)
     out = tmp_path / "s.json"

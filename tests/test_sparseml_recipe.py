@@ -22,6 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 # prune 5 % -> 80 % over epochs 0-2, QAT from epoch 2, ranges frozen from epoch 3
 RECIPE_ARGS = {"num_epochs": 4, "pruning_end_epoch": 2.0, "final_sparsity": 0.8, "qat_start_epoch": 2.0}
 
+pytestmark = pytest.mark.sparse  # SparseML recipes, QAT-to-integer export and DeepSparse throughout
+
 
 def recipe_config(path: Path, data_dir: Path, extra_callbacks=(), recipe="gmp_qat.yaml", recipe_args=RECIPE_ARGS, **model) -> Path:
     write_config(path, data_dir, model="resnet8", epochs=1, lr_scheduler=None)

@@ -96,6 +96,7 @@ def finished(tiny_zip, teacher_state, tmp_path_factory):
     return study, root / "out", proc.stdout
 
 
+@pytest.mark.sparse  # the demo graph's GMP + QAT stage and DeepSparse
 def test_study_runs_end_to_end_and_reports_what_the_manifests_hold(finished, tiny_zip):
     study, out, stdout = finished
     found = manifests(out)
@@ -168,6 +169,7 @@ def test_study_runs_end_to_end_and_reports_what_the_manifests_hold(finished, tin
     assert examples["labels"] == list(range(10)) and set(examples["models"]) == set(trained)
 
 
+@pytest.mark.sparse  # the demo graph's GMP + QAT stage and DeepSparse
 def test_second_run_skips_everything(finished, tiny_zip):
     study, out, _ = finished
     before = manifests(out)
@@ -176,6 +178,7 @@ def test_second_run_skips_everything(finished, tiny_zip):
     assert manifests(out) == before
 
 
+@pytest.mark.sparse  # the demo graph's GMP + QAT stage and DeepSparse
 def test_killed_in_a_training_stage_resumes_and_ends_like_the_uninterrupted_run(finished, tiny_zip, tmp_path):
     study, reference_out, _ = finished
     out = tmp_path / "out"
@@ -213,6 +216,7 @@ def test_killed_in_a_training_stage_resumes_and_ends_like_the_uninterrupted_run(
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
+@pytest.mark.sparse  # the demo graph's GMP + QAT stage and DeepSparse
 def test_from_reruns_a_stage_and_everything_after_it(finished, tiny_zip):
     study, out, _ = finished
     plan = lit_kd("study", study, "--out", out, "--data", tiny_zip, "--from", "sparse", "--dry-run", cwd=out.parent).stdout
@@ -226,6 +230,7 @@ def ship(*args, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.sparse  # the demo graph's GMP + QAT stage and DeepSparse
 def test_ship_writes_measured_weights_and_the_report_and_keeps_what_it_did_not_make(finished, tiny_zip, tmp_path):
     """python -m lit_kd.study.ship on the finished study: a float student, the QAT run's INT8 model and the sparse ONNX
     export, each reproduced by lit-kd classify; a rerun changes nothing; a different model under a shipped name is
@@ -278,6 +283,7 @@ def test_ship_writes_measured_weights_and_the_report_and_keeps_what_it_did_not_m
     assert [p.name for p in weights.iterdir() if p.name.startswith(".")] == []  # no staged file left behind
 
 
+@pytest.mark.sparse
 @pytest.mark.parametrize(
     "entry, message",
     [
@@ -298,6 +304,7 @@ def test_ship_refuses_bad_entries_before_writing_anything(finished, tiny_zip, tm
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.sparse  # the demo graph's GMP + QAT stage and DeepSparse
 def test_a_changed_stage_reruns_with_its_dependents_only(finished, tiny_zip):
     """Runs after the tests that expect the finished study unchanged: it changes the ptq stage in place."""
     study, out, _ = finished
@@ -407,6 +414,9 @@ def test_a_failing_stage_stops_the_study_with_its_own_error_line(tmp_path, tiny_
     assert "resume with: lit-kd study" in stderr and "Traceback" not in proc.stdout + proc.stderr
     manifest = json.loads((tmp_path / "out" / "ptq" / "manifest.json").read_text())
     assert manifest["status"] == "failed" and manifest["error"].startswith("lit-kd ptq: error: --ckpt")
+    error_file = tmp_path / "out" / "ptq" / "error.txt"  # the whole traceback, named by the one-line message
+    assert f"(traceback: {error_file})" in stderr
+    assert error_file.read_text().startswith("Traceback (most recent call last)") and "SystemExit" in error_file.read_text()
 
 
 def test_a_rerun_clears_the_stage_dir_but_keeps_keyed_caches(tmp_path):
