@@ -133,7 +133,7 @@ def plan(
 def validate_fit_configs(study: Study, out: Path, data: str, steps: list[Step]) -> None:
     """Parse every fit stage that will run with LightningCLI's own parser (nothing instantiated), so a bad override
     or a typo in a config fails before the first stage starts."""
-    from lit_kd.cli import LitKDCLI
+    from lit_kd.lightning_cli import LitKDCLI
 
     class ParseOnly(LitKDCLI):
         def _set_seed(self) -> None:
