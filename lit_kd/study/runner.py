@@ -204,6 +204,10 @@ def clear_stage_dir(stage_dir: Path) -> None:
 def exit_message(err: BaseException) -> str:
     """What a failed stage reports: the exception, or a subcommand's own error line (``SystemExit("lit-kd ptq:
     error: ...")``), or its exit status."""
+    from lit_kd.study.steps import StepError
+
+    if isinstance(err, StepError):  # a ptq/export/bench stage's one line, as its command reports it
+        return str(err)
     if not isinstance(err, SystemExit):
         return f"{type(err).__name__}: {err}"
     return err.code if isinstance(err.code, str) else f"exited with status {err.code}"
