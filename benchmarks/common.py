@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -12,8 +11,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from lit_kd.atomic import write_text
-from lit_kd.commands.bench import cpu_info
+from lit_kd import atomic
+from lit_kd.speed import cpu_info
 
 
 def training_speed_parser(description: str, out: str) -> argparse.ArgumentParser:
@@ -56,9 +55,7 @@ def machine_info(threads: int) -> dict:
 
 
 def write_json(path: str | Path, payload: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text(path, json.dumps(payload, indent=2) + "\n")  # atomic: a killed benchmark leaves no half-written JSON
+    atomic.write_json(path, payload)  # atomic: a killed benchmark leaves no half-written JSON
 
 
 def sync(device: torch.device) -> None:

@@ -18,8 +18,6 @@ import argparse
 import os
 import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -28,24 +26,10 @@ from benchmarks.common import machine_info, write_json
 from lit_kd.compat.onnxruntime_quantization import quantize_static_qdq
 from lit_kd.models import build_model
 from lit_kd.quant.torch_ptq import quantize_int8
-
-
-def timed(fn: Callable[[], object], iterations: int, warmup: int, repeats: int) -> list[float]:
-    """Seconds per call, one median-able figure per repeat."""
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(iterations):
-            fn()
-        out.append((time.perf_counter() - start) / iterations)
-    return out
+from lit_kd.speed import onnxruntime_session, repeat_seconds
 
 
 def onnx_sessions(model: torch.nn.Module, calib: list[torch.Tensor], threads: int, workdir: Path):
-    import onnxruntime as ort
-
     fp32_path, int8_path = workdir / "fp32.onnx", workdir / "int8.onnx"
     torch.onnx.export(
         model,
@@ -58,12 +42,7 @@ def onnx_sessions(model: torch.nn.Module, calib: list[torch.Tensor], threads: in
         dynamo=False,
     )
     quantize_static_qdq(fp32_path, int8_path, [x.numpy() for x in calib])
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    return {
-        name: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
-        for name, p in (("fp32", fp32_path), ("int8", int8_path))
-    }
+    return {name: onnxruntime_session(p, threads) for name, p in (("fp32", fp32_path), ("int8", int8_path))}
 
 
 def checkpoint_architecture(path: str) -> str:
@@ -98,7 +77,7 @@ def bench_model(name: str, args, model: torch.nn.Module | None = None) -> list[d
             for batch, iterations in ((1, args.iterations_b1), (32, args.iterations_b32)):
                 x = torch.randn(batch, 3, 32, 32)
                 for runtime, run in runners.items():
-                    seconds = timed(lambda run=run, x=x: run(x), iterations, args.warmup, args.repeats)
+                    seconds = repeat_seconds(lambda run=run, x=x: run(x), iterations, args.warmup, args.repeats)
                     median = statistics.median(seconds)
                     rows.append(
                         {
@@ -144,11 +123,11 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--warmup must be >= 0, got {args.warmup}")
 
     if args.ckpt:
-        from lit_kd.checkpoints import load_network
+        from lit_kd.artifacts import load_model
 
         try:
             arch = checkpoint_architecture(args.ckpt)
-            network = load_network(args.ckpt)
+            network = load_model(args.ckpt, kinds=("float",))[0]
         except (ValueError, FileNotFoundError, TypeError) as err:
             parser.error(f"--ckpt: {err}")
         if args.models and args.models != [arch]:

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from lit_kd import speed
 from lit_kd.commands import bench
 from lit_kd.onnx_export import export_onnx_model
 
@@ -47,8 +48,8 @@ def synthetic_models(name: str, sparsity: float, onnx_dir: Path, opset: int = 13
     dense = build_model(name).eval()
     sparse_path = onnx_dir / f"{name}_pruned{round(100 * sparsity)}_quant.onnx"
     files = {
-        bench.BASELINE: export_onnx_model(dense, onnx_dir / f"{name}_dense.onnx", opset),
-        bench.SPARSE: export_onnx_model(pruned_quantized(dense, sparsity), sparse_path, opset, qat=True),
+        speed.BASELINE: export_onnx_model(dense, onnx_dir / f"{name}_dense.onnx", opset),
+        speed.SPARSE: export_onnx_model(pruned_quantized(dense, sparsity), sparse_path, opset, qat=True),
     }
     return {label: str(path) for label, path in files.items()}, dense
 
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
         made = {"model": args.model, "sparsity": args.sparsity, "weights": "initial (speed only)"}
     result = bench.run_bench(onnx_files, torch_model, args)
     result["made_here"] = made
-    return bench.report(result, args.out)
+    return speed.report(result, args.out)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,9 @@ the JSON says how many separate processes wrote events.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from lit_kd.atomic import write_text
+from lit_kd.atomic import write_json
 
 
 def accuracy_over_time(run_dir: str | Path, tag: str = "val/acc") -> dict:
@@ -56,7 +55,7 @@ def main(argv=None) -> dict:
     print(f"final: {last['acc']:.4f} after epoch {last['epoch']}, {last['minutes']:.1f} min ({result['event_files']} event file(s))")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_text(out, json.dumps(result, indent=2) + "\n")
+    write_json(out, result)
     return result
 
 

@@ -225,12 +225,13 @@ def checkpoint_sources(checkpoint: dict) -> tuple[dict | None, dict | None]:
     return network, recipe
 
 
-def load_for_export(ckpt: str, config: str | None = None) -> tuple[nn.Module, bool]:
+def load_for_export(ckpt: str, config: str | None = None, checkpoint: dict | None = None) -> tuple[nn.Module, bool]:
     """The checkpoint's network in eval mode, and whether it holds (SparseML) QAT modules. The config, when
-    given, names the architecture and the recipe; the checkpoint fills in what the config lacks."""
+    given, names the architecture and the recipe; the checkpoint fills in what the config lacks. ``checkpoint``: the
+    file's content when the caller has read it already."""
     from lit_kd.sparse.recipe import build_manager, quiet_loggers, read_recipe, structure_epoch
 
-    checkpoint = read_checkpoint(ckpt)
+    checkpoint = read_checkpoint(ckpt) if checkpoint is None else checkpoint
     network_src, recipe = checkpoint_sources(checkpoint)
     if config is not None:
         config_network, config_recipe = config_sources(config)

@@ -1,4 +1,5 @@
-"""ONNX export of a trained network and its validation in ONNX Runtime and DeepSparse (``lit-kd export`` drives it).
+"""ONNX export of a trained network and its validation in ONNX Runtime and DeepSparse (:func:`export_checkpoint`:
+``lit-kd export`` and the study's export stages).
 
 An FP32 network is exported by ``torch.onnx.export`` alone; a SparseML QAT network needs sparseml's exporter to turn
 fake quantization into integer ops (the ``sparse`` extra). DeepSparse validates an export only where it is installed.
@@ -7,6 +8,7 @@ fake quantization into integer ops (the ``sparse`` extra). DeepSparse validates 
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -15,7 +17,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from lit_kd.evaluation import fraction_equal, top1
+
 MIN_FP32_AGREEMENT = 0.995
+MIN_OPSET, MAX_OPSET = 7, 20  # torch's TorchScript exporter (also the one sparseml's exporter is driven with)
+EXPORT_DEFAULTS = {"opset": 13, "images": 1000, "batch_size": 64}  # lit-kd export and the study's export stages
 INTEGER_OPS = ("QuantizeLinear", "QLinearConv", "ConvInteger", "MatMulInteger", "QLinearMatMul")
 
 
@@ -86,13 +92,10 @@ def padded(x: np.ndarray, batch_size: int) -> np.ndarray:
 def validate(path: Path, network: nn.Module, batches: list, batch_size: int, cores: int) -> dict:
     """Top-1 agreement with ``network`` and accuracy of ONNX Runtime and DeepSparse on ``batches``; DeepSparse's
     entry is ``{"installed": False}`` where the ``sparse`` extra is not installed."""
-    import onnxruntime as ort
-
     from lit_kd.compat.extras import installed
+    from lit_kd.speed import onnxruntime_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = cores, 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = onnxruntime_session(path, cores)
     runtimes = {"onnxruntime": lambda x: session.run(["logits"], {"input": x})[0]}
     if installed("deepsparse"):
         from deepsparse import compile_model
@@ -113,15 +116,15 @@ def validate(path: Path, network: nn.Module, batches: list, batch_size: int, cor
         "images": len(labels),
         "batch_size": batch_size,
         "cores": cores,
-        "pytorch": {"acc": float((reference.argmax(1) == labels).mean())},
+        "pytorch": {"acc": fraction_equal(top1(reference), labels)},
     }
     if "deepsparse" not in runtimes:
         result["deepsparse"] = {"installed": False}
     for runtime in runtimes:
         out = np.concatenate(logits[runtime])
         result[runtime] = {
-            "acc": float((out.argmax(1) == labels).mean()),
-            "agreement": float((out.argmax(1) == reference.argmax(1)).mean()),
+            "acc": fraction_equal(top1(out), labels),
+            "agreement": fraction_equal(top1(out), top1(reference)),
             "max_abs_logit_diff": float(np.abs(out - reference).max()),
         }
     return result
@@ -133,12 +136,9 @@ class OnnxRuntimeNetwork(nn.Module):
 
     def __init__(self, path: str | Path, threads: int | None = None):
         super().__init__()
-        import onnxruntime as ort
+        from lit_kd.speed import onnxruntime_session
 
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = onnxruntime_session(path, threads)
         model_input = self.session.get_inputs()[0]
         self.input_name = model_input.name
         self.fixed_batch = model_input.shape[0] if isinstance(model_input.shape[0], int) else None
@@ -158,3 +158,91 @@ def weight_sparsity(network: nn.Module) -> float:
 
     zeros, total = sparsity_counts(network)
     return zeros / total if total else 0.0
+
+
+# ---------------------------------------------------------------------------------------------- export a checkpoint
+class ExportError(ValueError):
+    """An export that cannot be made or did not pass validation; the message is the command's one line."""
+
+
+class ExportUsageError(ExportError):
+    """Arguments that do not fit the checkpoint (``lit-kd export`` reports it as a usage error, exit status 2)."""
+
+
+def print_table(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    v = result["validation"]
+    table = Table(
+        title=f"{Path(result['onnx']).name}: {result['precision']}, opset {result['opset']}, weight sparsity "
+        f"{100 * result['weight_sparsity']:.1f} %, {v['images']} test images"
+    )
+    for col in ("runtime", "test acc", "same top-1 as PyTorch", "max |logit diff|"):
+        table.add_column(col, justify="left" if col == "runtime" else "right")
+    table.add_row(
+        "pytorch" + (" (fake-quantized)" if result["precision"] == "int8" else ""), f"{100 * v['pytorch']['acc']:.2f} %", "-", "-"
+    )
+    for runtime in ("onnxruntime", "deepsparse"):
+        r = v[runtime]
+        if "acc" not in r:
+            table.add_row(runtime, "not installed", "-", "-")
+            continue
+        table.add_row(runtime, f"{100 * r['acc']:.2f} %", f"{100 * r['agreement']:.2f} %", f"{r['max_abs_logit_diff']:.4f}")
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
+
+
+def export_checkpoint(
+    ckpt: str, out: str | Path, config: str | None, opset: int, data: str, images: int, batch_size: int, cores: int
+) -> dict:
+    """Export a checkpoint's network (:func:`lit_kd.artifacts.load_model`, float or SparseML QAT) to ``out``,
+    validate it on ``images`` test images of ``data``, print the table and write ``<out>.validation.json``. The model
+    is exported to a temporary file beside ``out`` and renamed only once it passed (see ``lit-kd export``)."""
+    from lit_kd.artifacts import ModelFileError, load_model
+    from lit_kd.atomic import atomic_path, write_json
+    from lit_kd.compat.extras import MissingExtra
+    from lit_kd.data import CIFAR10DataModule
+
+    out = Path(out)
+    try:
+        network, kind = load_model(ckpt, kinds=("float", "qat"), config=config)
+    except ModelFileError as err:
+        message = err.line()
+        raise ExportError(message.replace("--ckpt:", "--ckpt / --config:") if config else message) from None
+    except MissingExtra as err:  # a SparseML checkpoint where the sparse extra is not installed
+        raise ExportError(str(err)) from None
+    qat = kind == "qat"
+    if qat and opset < 13:
+        raise ExportUsageError(f"a QAT network is exported with integer ops from opset 13 on; got --opset {opset}")
+    try:
+        batches = list(CIFAR10DataModule(data).normalized_batches("test", batch_size, max_images=images))
+    except (FileNotFoundError, ValueError) as err:
+        raise ExportError(f"--data: {err}") from None
+    with atomic_path(out) as tmp:  # renamed to out only once validated; removed on every error
+        export_onnx_model(network, tmp, opset, qat)
+        facts = graph_facts(tmp)
+        if qat and not facts["integer_ops"]:
+            raise ExportError(f"the QAT export of {ckpt} holds no integer ops; sparseml's conversion did not apply (nothing written)")
+        result = {
+            "checkpoint": str(ckpt),
+            "onnx": str(out),
+            "precision": "int8" if qat else "fp32",
+            "weight_sparsity": weight_sparsity(network),
+            **facts,
+            "validation": validate(tmp, network, batches, batch_size, cores),
+        }
+        print_table(result)
+        agreement = {rt: result["validation"][rt].get("agreement") for rt in ("onnxruntime", "deepsparse")}
+        low = {rt: a for rt, a in agreement.items() if a is not None and a < MIN_FP32_AGREEMENT}
+        json_path = out.with_suffix(".validation.json")
+        if low and not qat:  # the report stays, the model does not
+            write_json(json_path, result | {"written": False})
+            raise ExportError(
+                "the FP32 export disagrees with PyTorch: top-1 agreement "
+                + ", ".join(f"{rt} {100 * a:.2f} %" for rt, a in low.items())
+                + f" < {100 * MIN_FP32_AGREEMENT} %; "
+                f"{out} not written, validation in {json_path}",
+            )
+    write_json(json_path, result)
+    print(f"wrote {out} (opset {facts['opset']}, {result['precision']}, input 'input' with dynamic batch, output 'logits') and {json_path}")
+    return result

@@ -104,8 +104,8 @@ def test_kd_vs_data_only_json(tiny_zip, tmp_path, monkeypatch, two_threads):
     import lightning as L
 
     from lit_kd.checkpoints import load_network
-    from lit_kd.commands.ptq import accuracy
     from lit_kd.data import CIFAR10DataModule
+    from lit_kd.evaluation import accuracy
     from lit_kd.modules import ClassifierModule
 
     trainer = L.Trainer(max_steps=2, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False)

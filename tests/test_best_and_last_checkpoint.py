@@ -7,7 +7,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
-from lit_kd.cli import best_checkpoint_callback
+from lit_kd.lightning_cli import best_checkpoint_callback
 
 
 class WorseEveryEpoch(L.LightningModule):

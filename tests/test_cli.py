@@ -213,7 +213,7 @@ def test_fit_ckpt_path_of_another_run_never_writes_into_it(tiny_zip, workdir):
 
 
 def test_config_differences_ignore_only_the_resume_keys():
-    from lit_kd.cli import config_differences
+    from lit_kd.run_config import config_differences
 
     saved = {
         "seed_everything": 0,
@@ -237,7 +237,7 @@ def test_config_differences_ignore_only_the_resume_keys():
 def test_an_argument_added_since_a_run_was_made_counts_as_its_default():
     """A run resumed by a newer lit-kd (or Lightning) whose modules have gained arguments: a new argument at its
     declared default is no difference, at any other value it is."""
-    from lit_kd.cli import config_differences
+    from lit_kd.run_config import config_differences
 
     old = {"model": {"class_path": "lit_kd.modules.ClassifierModule", "init_args": {"model": "resnet20"}}, "trainer": {"max_epochs": 3}}
     new = {"model": {"class_path": "lit_kd.modules.ClassifierModule", "init_args": {"model": "resnet20", "hflip_tta": False}}}
@@ -260,7 +260,7 @@ def test_atomic_checkpoint_io_composes_with_user_plugins(tiny_zip, workdir):
     from lightning.pytorch.plugins import AsyncCheckpointIO, DoublePrecision, TorchCheckpointIO
 
     from lit_kd.checkpoints import AtomicCheckpointIO
-    from lit_kd.cli import with_atomic_checkpoint_io
+    from lit_kd.lightning_cli import with_atomic_checkpoint_io
 
     assert [type(p) for p in with_atomic_checkpoint_io(None)] == [AtomicCheckpointIO]
     env, precision = LightningEnvironment(), DoublePrecision()

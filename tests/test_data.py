@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import lit_kd.data as data_mod
+import lit_kd.data_sources as data_sources
 from lit_kd.augment import BatchAugmentation, random_crop
 from lit_kd.data import CIFAR10_CLASSES, CIFAR10DataModule, load_cifar10_arrays, stratified_split
 from tests.conftest import class_image, png_bytes, write_image_folder_zip
@@ -42,7 +43,7 @@ def test_directory_tree_equals_zip_and_cache_is_used(tiny_zip, tmp_path, monkeyp
     def no_decoding(path):
         raise AssertionError("decoded again although a cache exists")
 
-    monkeypatch.setattr(data_mod, "read_image_folder", no_decoding)
+    monkeypatch.setattr(data_sources, "read_image_folder", no_decoding)
     cached = load_cifar10_arrays(tiny_zip, cache_dir=tmp_path / "c1")
     assert np.array_equal(cached["train"][0], from_zip["train"][0])
 

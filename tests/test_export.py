@@ -178,9 +178,9 @@ def test_errors_are_clear(ckpts, tiny_zip, tmp_path, capsys, monkeypatch):
 
 
 def test_fp32_disagreement_fails_the_command(ckpts, tiny_zip, tmp_path, monkeypatch):
-    import lit_kd.commands.export
+    import lit_kd.onnx_export
 
-    monkeypatch.setattr(lit_kd.commands.export, "MIN_FP32_AGREEMENT", 1.01)  # no export can pass: the failure path runs
+    monkeypatch.setattr(lit_kd.onnx_export, "MIN_FP32_AGREEMENT", 1.01)  # no export can pass: the failure path runs
     with pytest.raises(SystemExit, match=r"FP32 export disagrees with PyTorch: top-1 agreement onnxruntime 100.00 %"):
         export(ckpts["dense"], tmp_path / "m.onnx", tiny_zip)
     assert json.loads((tmp_path / "m.validation.json").read_text())["validation"]["onnxruntime"]["agreement"] == 1.0

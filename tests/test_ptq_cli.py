@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit_kd.commands.ptq import accuracy
 from lit_kd.data import CIFAR10DataModule
+from lit_kd.evaluation import accuracy
 from lit_kd.modules import load_network
 
 

@@ -18,8 +18,8 @@ from torch.ao.quantization.fake_quantize import FakeQuantizeBase
 
 from lit_kd.callbacks import QuantizationAwareTraining, load_int8_model
 from lit_kd.checkpoints import load_weights
-from lit_kd.commands.ptq import accuracy
 from lit_kd.data import CIFAR10DataModule
+from lit_kd.evaluation import accuracy
 from lit_kd.models import build_model
 from lit_kd.quant.torch_qat import INT8_FILE, convert_int8, prepare_qat
 from tests.helpers import load_state, run_cli, run_cli_in, scalars, write_config

@@ -20,7 +20,8 @@ import torch
 import yaml
 from PIL import Image
 
-from lit_kd.study.report import _cell, pct, validation_note, wall_time
+from lit_kd.study.render import _cell, pct
+from lit_kd.study.report import validation_note, wall_time
 from lit_kd.study.spec import StudyError, load_study
 
 REPO = Path(__file__).resolve().parents[1]

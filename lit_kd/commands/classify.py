@@ -20,8 +20,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from lit_kd.artifacts import PREDICT_QAT_ADVICE as QAT_ADVICE
 from lit_kd.commands.arguments import fail, load_trained_model, require_data, require_file, require_positive
 from lit_kd.data import CIFAR10_CLASSES, IMAGE_SUFFIXES, CIFAR10DataModule
+from lit_kd.evaluation import test_set_accuracy
 
 SIZE = (32, 32)
 
@@ -39,7 +41,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-# ------------------------------------------------------------------------- errors shared by the subcommands
 def image_files(paths: list[str]) -> list[Path]:
     """The given files, and the image files under the given folders (recursively, sorted, hidden ones skipped)."""
     files = []
@@ -96,16 +97,6 @@ def classify(network: torch.nn.Module, files: list[Path], top_k: int, batch_size
     return rows
 
 
-@torch.no_grad()
-def accuracy_on_test_set(network: torch.nn.Module, data_dir: str, batch_size: int, device: str) -> tuple[int, int]:
-    """(correct, images) on the test split, normalised as in training and never augmented."""
-    correct = total = 0
-    for images, labels in CIFAR10DataModule(data_dir).normalized_batches("test", batch_size, device=device):
-        correct += int((network(images).argmax(dim=1) == labels).sum())
-        total += len(labels)
-    return correct, total
-
-
 def print_rows(rows: list[dict], ckpt: str) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -121,12 +112,6 @@ def print_rows(rows: list[dict], ckpt: str) -> None:
         cells = [c for name, p in row["top"] for c in (name, f"{100 * p:.1f} %")]
         table.add_row(row["image"], *cells, row["note"])
     Console(width=None if sys.stdout.isatty() else 200).print(table)  # logs and pipes get the full table
-
-
-QAT_ADVICE = (
-    "Classify the QAT run's INT8 model instead (int8_model.pt beside its checkpoints; a SparseML run's is its exported "
-    ".onnx), or the float checkpoint the run started from."
-)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -155,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     network = network.to(device)
     try:
         if args.data:
-            correct, total = accuracy_on_test_set(network, args.data, args.batch_size, str(device))
+            correct, total = test_set_accuracy(network, args.data, args.batch_size, str(device))
             print(f"test accuracy of {args.ckpt} on {args.data}: {100 * correct / total:.2f} % ({correct} of {total} test images correct)")
         else:
             print_rows(classify(network, files, args.top_k, args.batch_size, str(device)), args.ckpt)

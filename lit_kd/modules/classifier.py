@@ -145,6 +145,6 @@ class ClassifierModule(L.LightningModule):
 
     @override
     def configure_callbacks(self):
-        from lit_kd.callbacks.sample_predictions import SamplePredictions  # a module does not depend on callbacks at import
+        from lit_kd.modules.sample_predictions import SamplePredictions
 
         return [SamplePredictions(self.hparams.num_example_images)] if self.hparams.num_example_images else []

@@ -23,14 +23,10 @@ def first_index_per_class(labels: torch.Tensor, num_classes: int) -> list[int]:
 def load_stage_network(manifest: dict) -> nn.Module:
     """A stage's trained network as it is deployed: the real INT8 model of a QAT run, the (SparseML-structured)
     network of anything else, in eval mode."""
+    from lit_kd.artifacts import load_model
+
     outputs = manifest["outputs"]
-    if "int8" in outputs:
-        from lit_kd.quant.torch_qat import load_int8_model
-
-        return load_int8_model(outputs["int8"]).eval()
-    from lit_kd.checkpoints import load_for_export
-
-    return load_for_export(outputs["ckpt"])[0].eval()
+    return load_model(outputs["int8"] if "int8" in outputs else outputs["ckpt"])[0].eval()
 
 
 def one_image_per_class(models: dict[str, dict], data: str) -> dict:

@@ -15,17 +15,10 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from lit_kd.atomic import write_json
 
 MANIFEST = "manifest.json"
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON to a temporary file in the same folder, flush it to disk, then rename it into place
-    (:func:`lit_kd.atomic.write_json`)."""
-    write_json(path, payload)
 
 
 def read_manifest(stage_dir: Path) -> dict | None:
@@ -39,7 +32,7 @@ def read_manifest(stage_dir: Path) -> dict | None:
 
 
 def write_manifest(stage_dir: Path, manifest: dict) -> None:
-    write_json_atomic(stage_dir / MANIFEST, manifest)
+    write_json(stage_dir / MANIFEST, manifest)
 
 
 class StageClock:
@@ -102,7 +95,7 @@ class FileHashes:
 
     def save(self) -> None:
         if self.dirty:
-            write_json_atomic(self.cache_path, self.cache)
+            write_json(self.cache_path, self.cache)
             self.dirty = False
 
 
@@ -120,7 +113,7 @@ def environment() -> dict:
             versions[package] = version(package)
         except PackageNotFoundError:
             versions[package] = None
-    from lit_kd.commands.bench import cpu_info
+    from lit_kd.speed import cpu_info
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {

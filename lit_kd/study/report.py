@@ -6,48 +6,15 @@ The report is built once as a list of sections (text, tables, figures) and rende
 
 from __future__ import annotations
 
-import base64
-import html
-import re
 import statistics
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lit_kd.atomic import copy_file, write_text
-from lit_kd.study.manifest import portable_command, write_json_atomic
+from lit_kd.atomic import write_json, write_text
+from lit_kd.study.manifest import portable_command
+from lit_kd.study.render import Figure, Section, Table, minutes, pct, pts, to_html, to_markdown
 from lit_kd.study.spec import Study
-
-
-@dataclass
-class Table:
-    header: list[str]
-    rows: list[list[str]]
-    caption: str = ""
-
-
-@dataclass
-class Figure:
-    path: Path
-    caption: str
-
-
-@dataclass
-class Section:
-    title: str
-    blocks: list[Any] = field(default_factory=list)  # str (a paragraph), Table, Figure, or ("code", text)
-
-
-def pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.2f} %"
-
-
-def pts(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:+.2f}"
-
-
-def minutes(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds / 60:.1f} min"
+from lit_kd.study.tables import export_table, mixed_precision_section, ptq_table, qat_table, speed_table
 
 
 def wall_time(manifest: dict) -> str:
@@ -181,180 +148,11 @@ def distillation_table(
     return table, data
 
 
-def ptq_table(manifest: dict) -> tuple[Table, list[dict]]:
-    result = manifest["metrics"]
-    fp32 = result["fp32_acc"]
-    rows, data = [], []
-    for r in result["rows"]:
-        drop = fp32 - r["acc"]
-        data.append({**r, "drop": drop})
-        rows.append(
-            [
-                r["runtime"],
-                f"W{r['weight_bits']}A{r['act_bits']}",
-                r["method"],
-                r["granularity"],
-                "yes" if r["first_last_8bit"] else "no",
-                pct(r["acc"]),
-                f"{100 * drop:.2f}",
-                pct(r["agree_fp32"]),
-            ]
-        )
-    return Table(
-        ["runtime", "bits", "method", "granularity", "first/last 8-bit", "test accuracy", "drop (points)", "same top-1 as FP32"],
-        rows,
-        f"{result['test_images']} test images, {result['calib_images']} calibration images from the training set.",
-    ), data
-
-
-def mixed_precision_section(name: str, result: dict, fig_dir: Path) -> Section:
-    """The chosen per-layer widths of a ``lit-kd ptq --max-drop`` stage, test accuracies, and its Pareto plot (copied
-    into the report's figures, so that the report folder holds every image it shows)."""
-    search = result["search"]
-    chosen = search["chosen"]["weight_bits"]
-    act, harm = search.get("layer_act_bits") or {}, search["sensitivity"]
-    rows = [
-        [path, f"{facts['params']:,}", f"{chosen[path]}/{act.get(path, search['act_bits'])}", f"{harm[path][str(chosen[path])]:+.4f}"]
-        for path, facts in search["layers"].items()
-    ]
-    accs = result["test_acc"]
-    text = (
-        f"Budget {100 * search['max_drop']:.2f} points on {result['eval_images']} held-out training images; average weight "
-        f"width {result['chosen_average_weight_bits']:.2f} bits, {result['chosen_weight_bytes'] / 1024:.1f} KiB of weights against "
-        f"{result['fp32_weight_bytes'] / 1024:.1f} KiB in FP32 and {result['uniform_int8_weight_bytes'] / 1024:.1f} KiB in uniform INT8; "
-        f"search measurements {result.get('search_measured_seconds', result['search_seconds'])} s. Test accuracy: "
-        + ", ".join(f"{k} {pct(v)}" for k, v in accs.items())
-        + "."
-    )
-    return Section(
-        f"Mixed precision ({name})",
-        [
-            text,
-            Table(
-                ["layer", "parameters", "bits (W/A)", "sensitivity"],
-                rows,
-                "Sensitivity: increase of the held-out loss with this layer alone at its width.",
-            ),
-            Figure(
-                copy_file(Path(result["plot"]), fig_dir / f"{name}_pareto.png"),
-                "Accuracy against weight size of every allocation evaluated.",
-            ),
-        ],
-    )
-
-
-def qat_table(manifests: dict[str, dict]) -> tuple[Table | None, list[dict]]:
-    rows, data = [], []
-    for name, m in manifests.items():
-        if m["kind"] != "fit" or "int8" not in m["outputs"]:
-            continue
-        start = _start_of(m, manifests)
-        start_acc = manifests[start]["metrics"]["test_acc"] if start else None
-        x = m["metrics"]
-        record = {
-            "stage": name,
-            "started_from": start,
-            "fp32_acc": start_acc,
-            "fake_quant_val_acc": x.get("best_val_acc"),
-            "int8_test_acc": x["test_acc"],
-            "drop": None if start_acc is None else start_acc - x["test_acc"],
-        }
-        data.append(record)
-        rows.append(
-            [
-                name,
-                start or "-",
-                pct(start_acc),
-                pct(x.get("best_val_acc")),
-                pct(x["test_acc"]),
-                "-" if record["drop"] is None else f"{100 * record['drop']:.2f}",
-            ]
-        )
-    if not rows:
-        return None, []
-    return Table(
-        ["stage", "started from", "FP32 test accuracy", "fake-quant validation (best)", "real INT8 test accuracy", "drop (points)"],
-        rows,
-        "INT8: torch.ao FX, x86 kernels, the best checkpoint converted. A negative drop: the QAT epochs also trained the "
-        "network further, with the loss of the stage it started from.",
-    ), data
-
-
-def _start_of(manifest: dict, manifests: dict[str, dict]) -> str | None:
-    """The stage whose checkpoint a fit stage started from (through a select stage when there is one)."""
-    consumed = manifest["inputs"].get("consumed", {})
-    for name in manifest.get("needs", []):
-        other = manifests.get(name)
-        if other and other["outputs"].get("ckpt") in consumed:
-            return other["metrics"].get("chosen", name) if other["kind"] == "select" else name
-    return None
-
-
-def export_table(manifests: dict[str, dict]) -> tuple[Table | None, list[dict]]:
-    rows, data = [], []
-    for name, m in manifests.items():
-        if m["kind"] != "export":
-            continue
-        x, v = m["metrics"], m["metrics"]["validation"]
-        data.append({"stage": name, "precision": x["precision"], "weight_sparsity": x["weight_sparsity"], **v})
-        rows.append(
-            [
-                name,
-                x["precision"],
-                f"{100 * x['weight_sparsity']:.1f} %",
-                str(v["images"]),
-                pct(v["pytorch"]["acc"]),
-                pct(v["onnxruntime"]["acc"]),
-                pct(v["onnxruntime"]["agreement"]),
-                *(
-                    [pct(v["deepsparse"]["acc"]), pct(v["deepsparse"]["agreement"])]
-                    if "acc" in v["deepsparse"]
-                    else ["not installed", "not installed"]
-                ),
-            ]
-        )
-    if not rows:
-        return None, []
-    return Table(
-        [
-            "export",
-            "precision",
-            "weight sparsity",
-            "images",
-            "PyTorch",
-            "ONNX Runtime",
-            "agrees with PyTorch",
-            "DeepSparse",
-            "agrees with PyTorch",
-        ],
-        rows,
-        "ONNX files validated on test images in both runtimes.",
-    ), data
-
-
-def speed_table(manifest: dict) -> tuple[Table, list[dict], dict]:
-    result = manifest["metrics"]
-    rows = [
-        [r["model"], r["runtime"], str(r["batch"]), f"{r['latency_ms_median']:.2f}", f"{r['images_per_s']:.0f}"] for r in result["rows"]
-    ]
-    models = list(dict.fromkeys(r["model"] for r in result["rows"] if r["runtime"] == "onnxruntime"))
-    rows += [
-        [model, engine, "-", "not installed", "not installed"] for engine in result.get("engines_not_installed", []) for model in models
-    ]
-    m = result["machine"]
-    caption = (
-        f"{m['cpu']} ({m['isa']}, VNNI {'yes' if m['vnni'] else 'no'}), {m['cores_used']} cores, load average "
-        f"{m['load_average_1min']:.2f} at the start; medians after warm-up."
-    )
-    return Table(["model", "runtime", "batch", "latency (ms)", "images/s"], rows, caption), result["rows"], result["ratios"]
-
-
-# ------------------------------------------------------------------------------------------------ key results
 def key_results(results: dict, bench_rows: list[dict], accuracy_of_bench_model: dict[str, float]) -> tuple[Table | None, list[str]]:
     """The report's opening: the README headline's rows (teacher, students, PTQ, mixed precision, QAT, pruning,
     speed; :mod:`lit_kd.study.headline`, the one home of what counts as a key result), and the fastest benchmarked
     model within 1 point of the dense FP32 model the benchmark started from."""
-    from lit_kd.commands.bench import BASELINE
+    from lit_kd.speed import BASELINE
     from lit_kd.study.headline import headline_rows
 
     rows = headline_rows(results)
@@ -379,7 +177,7 @@ def bench_accuracies(manifests: dict[str, dict], bench: dict | None) -> dict[str
     PyTorch FP32 from the checkpoint's stage; PyTorch's dense INT8 (calibrated on random data) is not measured."""
     if not bench:
         return {}
-    from lit_kd.commands.bench import BASELINE, SPARSE
+    from lit_kd.speed import BASELINE, SPARSE
 
     out = {}
     files = bench["inputs"]["settings"]["bench"]
@@ -530,77 +328,6 @@ def _examples_table(examples: dict) -> Table:
     return Table(["model", *[classes[t] for t in examples["labels"]]], rows, "Prediction and confidence per model; ✗ marks a wrong one.")
 
 
-# ------------------------------------------------------------------------------------------------ rendering
-def to_markdown(title: str, sections: list[Section], out: Path) -> str:
-    lines = [f"# {title}", ""]
-    for s in sections:
-        lines += [f"## {s.title}", ""]
-        for b in s.blocks:
-            if isinstance(b, Table):
-                lines += ["| " + " | ".join(b.header) + " |", "|" + "---|" * len(b.header)]
-                lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in b.rows]
-                lines += ["", f"*{b.caption}*" if b.caption else ""]
-            elif isinstance(b, Figure):
-                lines += [f"![{b.caption}]({b.path.relative_to(out).as_posix()})", "", f"*{b.caption}*"]
-            elif isinstance(b, tuple):
-                lines += ["```", b[1], "```"]
-            elif b:
-                lines.append(b)
-            lines.append("")
-    return "\n".join(lines)
-
-
-CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:.5em 0;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;text-align:left}
-th{background:#f0f0f0}td.num{text-align:right;white-space:nowrap}caption{caption-side:bottom;font-style:italic;
-font-size:12px;text-align:left;padding-top:3px}img{max-width:100%}pre{background:#f6f6f6;padding:.6em;overflow-x:auto}
-.wrong{color:#c00;font-weight:600}code{font-size:12px}"""
-
-
-def to_html(title: str, sections: list[Section]) -> str:
-    parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
-    ]
-    for s in sections:
-        parts.append(f"<h2>{html.escape(s.title)}</h2>")
-        for b in s.blocks:
-            if isinstance(b, Table):
-                head = "".join(f"<th>{html.escape(h)}</th>" for h in b.header)
-                body = "".join("<tr>" + "".join(_cell(c) for c in r) + "</tr>" for r in b.rows)
-                parts.append(f"<table><caption>{html.escape(b.caption)}</caption><tr>{head}</tr>{body}</table>")
-            elif isinstance(b, Figure):
-                data = base64.b64encode(b.path.read_bytes()).decode()
-                parts.append(
-                    f"<figure><img alt='{html.escape(b.caption)}' src='data:image/png;base64,{data}'>"
-                    f"<figcaption><i>{html.escape(b.caption)}</i></figcaption></figure>"
-                )
-            elif isinstance(b, tuple):
-                parts.append(f"<pre>{html.escape(b[1])}</pre>")
-            elif b:
-                if b.startswith("- "):
-                    parts.append("<ul>" + "".join(f"<li>{_inline(x[2:])}</li>" for x in b.splitlines()) + "</ul>")
-                else:
-                    parts.append(f"<p>{_inline(b)}</p>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
-
-
-def _inline(text: str) -> str:
-    """Escaped HTML of a line of Markdown text, with its `code` spans as <code>."""
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
-
-
-NUMERIC = re.compile(r"^[-+]?(\d|-$)")  # a number (with its unit) or a lone dash: right-aligned, unwrapped
-SHORT = 24  # longer cells that start with a number are sentences ("+1.56 points vs its FP32 start ..."): they wrap
-
-
-def _cell(text: str) -> str:
-    classes = [c for c, on in (("num", NUMERIC.match(text) and len(text) <= SHORT), ("wrong", text.endswith("✗"))) if on]
-    cls = f" class='{' '.join(classes)}'" if classes else ""
-    return f"<td{cls}>{_inline(text)}</td>"
-
-
 def write_report(study: Study, out: Path, manifests: dict[str, dict], report_settings: dict | None = None) -> dict[str, Path]:
     examples = next((m for m in manifests.values() if m["kind"] == "examples"), None)
     images = example_images(examples) if examples else None  # read from the data, not stored in the manifest
@@ -609,7 +336,7 @@ def write_report(study: Study, out: Path, manifests: dict[str, dict], report_set
     paths = {"md": out / "report.md", "html": out / "report.html", "json": out / "results.json"}
     write_text(paths["md"], to_markdown(title, sections, out))
     write_text(paths["html"], to_html(title, sections))
-    write_json_atomic(paths["json"], results)
+    write_json(paths["json"], results)
     return paths
 
 

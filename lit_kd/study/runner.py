@@ -134,7 +134,7 @@ def plan(
 def validate_fit_configs(study: Study, out: Path, data: str, steps: list[Step]) -> None:
     """Parse every fit stage that will run with LightningCLI's own parser (nothing instantiated), so a bad override
     or a typo in a config fails before the first stage starts."""
-    from lit_kd.cli import LitKDCLI
+    from lit_kd.lightning_cli import LitKDCLI
 
     class ParseOnly(LitKDCLI):
         def _set_seed(self) -> None:
@@ -205,6 +205,10 @@ def clear_stage_dir(stage_dir: Path) -> None:
 def exit_message(err: BaseException) -> str:
     """What a failed stage reports: the exception, or a subcommand's own error line (``SystemExit("lit-kd ptq:
     error: ...")``), or its exit status."""
+    from lit_kd.study.steps import StepError
+
+    if isinstance(err, StepError):  # a ptq/export/bench stage's one line, as its command reports it
+        return str(err)
     if not isinstance(err, SystemExit):
         return f"{type(err).__name__}: {err}"
     return err.code if isinstance(err.code, str) else f"exited with status {err.code}"

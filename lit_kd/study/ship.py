@@ -68,14 +68,18 @@ def source_stage(study_out: Path, stage: str, manifest: dict) -> tuple[str, dict
 
 def measure(path: Path, data: str) -> tuple[int, int]:
     """(correct, images) of the shipped file on the full test split, loaded as ``lit-kd classify`` loads it."""
-    from lit_kd.commands.arguments import load_trained_model
-    from lit_kd.commands.classify import QAT_ADVICE, accuracy_on_test_set
+    from lit_kd.artifacts import PREDICT_KINDS, PREDICT_QAT_ADVICE, ModelFileError, QatCheckpointError, load_model
+    from lit_kd.evaluation import test_set_accuracy
 
+    prog = "lit_kd.study.ship"
     try:
-        network, _ = load_trained_model("lit_kd.study.ship", str(path), QAT_ADVICE)
-        return accuracy_on_test_set(network, data, 250, "cpu")
-    except SystemExit as err:  # load_trained_model reports an unusable file as one line
-        raise ShipError(str(err)) from None
+        network, _ = load_model(str(path), PREDICT_KINDS)
+    except QatCheckpointError as err:  # an unusable file is reported as one line
+        raise ShipError(f"{prog}: error: {err.advice_line(prog, PREDICT_QAT_ADVICE)}") from None
+    except ModelFileError as err:
+        raise ShipError(f"{prog}: error: {err.line()}") from None
+    try:
+        return test_set_accuracy(network, data, 250, "cpu")
     except (FileNotFoundError, ValueError) as err:
         raise ShipError(f"measuring {path.name} on {data}: {err}") from None
 

@@ -18,11 +18,17 @@ import lightning as L
 import torch
 import yaml
 
-from lit_kd.atomic import write_text
+from lit_kd.atomic import write_json, write_text
 from lit_kd.study.spec import Stage, Study, set_dotted
 
 RUN_DIR = "run"  # the Lightning run of a fit stage: <out>/<stage>/run/{checkpoints,events,config.yaml}
-RESHAPING_CALLBACKS = ("SparseMLRecipe", "IterativePruning")
+
+
+def reshaping_callbacks() -> tuple[type, ...]:
+    """Callbacks that change the network as training goes (its result is the last epoch, not the best one)."""
+    from lit_kd.callbacks import IterativePruning, SparseMLRecipe
+
+    return (SparseMLRecipe, IterativePruning)
 
 
 @dataclass
@@ -104,10 +110,12 @@ class FitOutcome(L.Callback):
 def stop_reason(trainer: L.Trainer) -> str:
     from lightning.pytorch.callbacks import EarlyStopping, Timer
 
+    from lit_kd.callbacks import SparseMLRecipe
+
     for callback in trainer.callbacks:
         if isinstance(callback, EarlyStopping) and callback.stopped_epoch > 0:
             return f"plateau rule ({type(callback).__name__}) after epoch {callback.stopped_epoch + 1}"
-        if type(callback).__name__ == "SparseMLRecipe":
+        if isinstance(callback, SparseMLRecipe):
             return f"recipe length ({trainer.current_epoch} epochs)"
         remaining = callback.time_remaining("train") if isinstance(callback, Timer) else None
         if remaining is not None and remaining <= 0:
@@ -116,7 +124,7 @@ def stop_reason(trainer: L.Trainer) -> str:
 
 
 def run_fit(ctx: Context, stage: Stage, settings: dict, label: str) -> tuple[dict, dict, str]:
-    from lit_kd.cli import run
+    from lit_kd.lightning_cli import run
 
     stage_dir = ctx.stage_dir(stage.name)
     config_path = stage_dir / "stage_config.yaml"
@@ -130,7 +138,7 @@ def run_fit(ctx: Context, stage: Stage, settings: dict, label: str) -> tuple[dic
     cli = run(args, extra_callbacks=[StageProgress(label, ctx.progress), outcome])
     trainer = cli.trainer
     # a pruning recipe or budget changes the network as it goes: its result is the last epoch, not the best one
-    reshaped = any(type(c).__name__ in RESHAPING_CALLBACKS for c in trainer.callbacks)
+    reshaped = any(isinstance(c, reshaping_callbacks()) for c in trainer.callbacks)
     best = str(ckpt_dir / "last.ckpt") if reshaped else trainer.checkpoint_callback.best_model_path or str(ckpt_dir / "last.ckpt")
     tested = trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best, verbose=False)
     outputs = {"ckpt": best, "last": str(ckpt_dir / "last.ckpt"), "run_dir": str(stage_dir / RUN_DIR), "config": str(config_path)}
@@ -190,14 +198,14 @@ def run_weights(ctx: Context, stage: Stage, settings: dict, label: str) -> tuple
     """Shipped weights stand in for a trained stage: a weights file (a plain state dict or a portable checkpoint,
     loaded with ``weights_only=True``) becomes a checkpoint of the named architecture, tested on the full test set."""
     from lit_kd.checkpoints import instantiate_network, load_weights, read_checkpoint, write_weights_file
-    from lit_kd.commands.classify import accuracy_on_test_set
+    from lit_kd.evaluation import test_set_accuracy
 
     source = ctx.study.here / settings["weights"]
     state = read_checkpoint(source)  # weights_only: a file with pickled objects is refused
     network = load_weights(instantiate_network(settings["model"], 10, settings.get("model_kwargs")), source, state)
     ckpt = write_weights_file(network, settings["model"], ctx.stage_dir(stage.name) / "model.ckpt", 10, settings.get("model_kwargs"))
     ctx.progress(f"{label}: testing shipped weights {source.name}")
-    correct, total = accuracy_on_test_set(network.eval(), ctx.data, 250, "cpu")
+    correct, total = test_set_accuracy(network.eval(), ctx.data, 250, "cpu")
     metrics = {"test_acc": correct / total, "epochs": None, "stop_reason": f"shipped weights ({source.name})", **network_facts(ckpt)}
     return {"ckpt": str(ckpt)}, metrics, f"lit-kd classify --ckpt {ckpt} --data {ctx.data}"
 
@@ -228,26 +236,28 @@ def flags(settings: dict) -> list[str]:
     return argv
 
 
-STEP_COMMANDS = {  # kind -> (module with main(argv), data flag, output flag, output file, outputs)
-    "ptq": ("lit_kd.commands.ptq", "--data", "--out", "ptq.json", {"json": "ptq.json"}),
-    "export": ("lit_kd.commands.export", "--data", "--out", "model.onnx", {"onnx": "model.onnx", "json": "model.validation.json"}),
-    "bench": ("lit_kd.commands.bench", None, "--out", "bench.json", {"json": "bench.json"}),
+STEP_OUTPUTS = {  # kind -> (output file, outputs)
+    "ptq": ("ptq.json", {"json": "ptq.json"}),
+    "export": ("model.onnx", {"onnx": "model.onnx", "json": "model.validation.json"}),
+    "bench": ("bench.json", {"json": "bench.json"}),
 }
 
 
 def run_step(ctx: Context, stage: Stage, settings: dict, label: str) -> tuple[dict, dict, str]:
-    import importlib
+    """A ptq, export or bench stage: the library function behind ``lit-kd <kind>``, with the stage's settings (named
+    as that command's flags, ``bits: [8, 4]`` for ``--bits 8 4``), the study's data unless the settings name their
+    own, and the output in the stage folder. The manifest records the equivalent command line."""
+    from lit_kd.study.steps import STEPS
 
-    module, data_flag, out_flag, out_file, outputs = STEP_COMMANDS[stage.kind]
+    out_file, outputs = STEP_OUTPUTS[stage.kind]
     stage_dir = ctx.stage_dir(stage.name)
     step_settings = dict(settings[stage.kind] or {})
-    argv = flags(step_settings)
-    if data_flag and data_flag.lstrip("-").replace("-", "_") not in step_settings:
-        argv += [data_flag, ctx.data]
-    argv += [out_flag, str(stage_dir / out_file)]
-    command = f"lit-kd {stage.kind} " + shlex.join(argv)
+    if stage.kind != "bench" and "data" not in step_settings:
+        step_settings["data"] = ctx.data
+    step_settings["out"] = str(stage_dir / out_file)
+    command = f"lit-kd {stage.kind} " + shlex.join(flags(step_settings))
     ctx.progress(f"{label}: {command}")
-    result = importlib.import_module(module).main(argv)
+    result = STEPS[stage.kind](step_settings)
     json.dumps(result, default=str)  # fail here, not in the manifest, if a result cannot be recorded
     return {k: str(stage_dir / v) for k, v in outputs.items()}, result, command
 
@@ -259,7 +269,7 @@ def run_examples(ctx: Context, stage: Stage, settings: dict, label: str) -> tupl
     ctx.progress(f"{label}: predictions of {len(models)} models on one test image per class")
     result = one_image_per_class(models, ctx.data)
     path = ctx.stage_dir(stage.name) / "examples.json"
-    write_text(path, json.dumps(result, indent=2))
+    write_json(path, result)
     return {"json": str(path)}, result, f"lit_kd.study.evaluate.one_image_per_class over {', '.join(models)}"
 
 

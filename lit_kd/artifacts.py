@@ -1,0 +1,121 @@
+"""One loader for every model file lit-kd writes or reads: :func:`load_model` ``(path) -> (network, kind)``.
+
+Kinds: ``"float"`` (a Lightning checkpoint, a weights file or a pruned checkpoint: the float network its
+hyperparameters name), ``"qat"`` (a SparseML pruning + QAT checkpoint, its network given its QAT structure before the
+weights load), ``"int8"`` (``int8_model.pt`` written by QAT: torch's quantized CPU kernels) and ``"onnx"`` (an
+``.onnx`` file run by ONNX Runtime on the CPU, :class:`~lit_kd.onnx_export.OnnxRuntimeNetwork`). Every torch file is
+read through :func:`lit_kd.checkpoints.safe_load` (tensors and plain data only; pickled objects are refused).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch.nn as nn
+
+KINDS = ("float", "qat", "int8", "onnx")
+PREDICT_KINDS = ("float", "int8", "onnx")  # what runs for predictions (a QAT checkpoint needs its run's structure)
+PREDICT_QAT_ADVICE = (
+    "Classify the QAT run's INT8 model instead (int8_model.pt beside its checkpoints; a SparseML run's is its exported "
+    ".onnx), or the float checkpoint the run started from."
+)
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be loaded. ``str(err)`` follows the flag that named the file: ``sep`` (``": "`` or
+    ``" "``) joins them, as in ``--ckpt: checkpoint 'x' ...`` and ``--ckpt 'x' is empty``."""
+
+    def __init__(self, message: str, sep: str = ": "):
+        super().__init__(message)
+        self.sep = sep
+
+    def line(self, flag: str = "--ckpt") -> str:
+        return f"{flag}{self.sep}{self}"
+
+
+class QatCheckpointError(ModelFileError):
+    """A checkpoint whose network holds fake-quantize modules, given where a float network is expected."""
+
+    def __init__(self, path: str, what: str):
+        super().__init__(f"{path!r} is {what} checkpoint", sep=" ")
+        self.path, self.what = path, what
+
+    def advice_line(self, prog: str, advice: str) -> str:
+        """The one line a command reports: what the file is, that ``prog`` runs float networks, and ``advice``
+        (formatted with ``ckpt``)."""
+        return (
+            f"--ckpt {self.path!r} is {self.what} checkpoint: its network holds fake-quantize modules, and {prog} runs float "
+            f"networks. {advice.format(ckpt=self.path)}"
+        )
+
+
+def read_model_file(path: str | Path) -> dict:
+    """The content of a model file (tensors and plain data only); an empty, unreadable or non-checkpoint file is a
+    :class:`ModelFileError`."""
+    from lit_kd.checkpoints import read_checkpoint
+
+    if Path(path).stat().st_size == 0:
+        raise ModelFileError(f"{str(path)!r} is empty (0 bytes); expected a lit-kd checkpoint", sep=" ")
+    try:
+        return read_checkpoint(path)
+    except (FileNotFoundError, ValueError) as err:
+        raise ModelFileError(str(err)) from None
+
+
+def float_network(path: str | Path, checkpoint: dict) -> nn.Module:
+    """The float network of a read checkpoint, in eval mode; a fake-quantize checkpoint is a :class:`QatCheckpointError`."""
+    from lit_kd.checkpoints import QAT_MARKERS, build_network, checkpoint_sources, load_weights, network_state
+
+    try:
+        state = network_state(checkpoint)
+        if not isinstance(state, dict):
+            raise ValueError(f"checkpoint {str(path)!r} holds no state dict")
+        if any(marker in key for key in state for marker in QAT_MARKERS):
+            what = "a SparseML pruning + QAT" if checkpoint_sources(checkpoint)[1] is not None else "a quantization-aware-training (QAT)"
+            raise QatCheckpointError(str(path), what)
+        return load_weights(build_network(checkpoint, path), path, checkpoint).eval()
+    except QatCheckpointError:
+        raise
+    except (FileNotFoundError, ValueError, TypeError) as err:
+        raise ModelFileError(str(err)) from None
+
+
+def load_model(path: str | Path, kinds: tuple[str, ...] = KINDS, config: str | None = None) -> tuple[nn.Module, str]:
+    """The model in a file, in eval mode, and its kind (see the module docstring); only ``kinds`` are recognised:
+
+    - without ``"onnx"``, an ``.onnx`` file is read as a torch file (and refused as no checkpoint);
+    - without ``"int8"``, an INT8 model is read as a checkpoint (and refused as naming no network);
+    - without ``"qat"``, a checkpoint with fake-quantize modules is a :class:`QatCheckpointError`; with it, float and
+      QAT checkpoints are built as for export (:func:`lit_kd.checkpoints.load_for_export`; ``config``, a run's
+      config.yaml, then names the architecture and recipe).
+
+    Failures are :class:`ModelFileError` (one line each)."""
+    from lit_kd.quant.torch_qat import int8_model_from, is_int8_model, quiet_rebuild
+
+    if "onnx" in kinds and Path(path).suffix.lower() == ".onnx":
+        from lit_kd.onnx_export import OnnxRuntimeNetwork
+
+        try:
+            return OnnxRuntimeNetwork(path), "onnx"
+        except Exception as err:  # onnxruntime raises its own exception types for unreadable or invalid models
+            raise ModelFileError(
+                f"{str(path)!r} is not an ONNX model that ONNX Runtime can load ({type(err).__name__}: {err})", sep=" "
+            ) from None
+    saved = None
+    if "int8" in kinds:
+        with quiet_rebuild():
+            saved = read_model_file(path)
+        if is_int8_model(saved):
+            try:
+                return int8_model_from(saved).eval(), "int8"
+            except (ValueError, RuntimeError, KeyError, TypeError) as err:
+                raise ModelFileError(str(err)) from None
+    if "qat" in kinds:
+        from lit_kd.checkpoints import load_for_export
+
+        try:
+            network, qat = load_for_export(str(path), config, checkpoint=saved)
+        except (FileNotFoundError, ValueError, TypeError, KeyError) as err:
+            raise ModelFileError(str(err)) from None
+        return network, "qat" if qat else "float"
+    return float_network(path, read_model_file(path) if saved is None else saved), "float"

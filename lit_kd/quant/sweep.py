@@ -1,0 +1,362 @@
+"""The post-training quantization sweep behind ``lit-kd ptq`` and the study's ptq stages: a trained network quantized
+at several bit widths and methods, each configuration evaluated on the test set, or (with ``max_drop``) a
+mixed-precision search of per-layer weight widths.
+
+Every configuration is evaluated on the test set: our simulated PTQ (per bit width, observer, rounding, weight
+granularity, with and without the first and last layers kept at 8 bits) and PyTorch's own fp16 and INT8 (FX,
+x86) models calibrated on the same batches. Accuracy drops are against the FP32 model on the same images.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+import time
+from dataclasses import dataclass, field, fields
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from lit_kd.evaluation import accuracy, fraction_equal, labels, predictions
+from lit_kd.quant.affine import check_bits
+from lit_kd.quant.integer_model import to_int8_model
+from lit_kd.quant.observers import OBSERVERS
+from lit_kd.quant.ptq import ROUNDINGS, quantize
+from lit_kd.quant.torch_ptq import quantize_int8, to_fp16
+
+EVAL_BATCH = 250  # images per evaluation batch: on 2 CPU cores ResNet-20 runs about 3x faster than at 1000
+GRANULARITIES = ("per_channel", "per_tensor")
+FIRST_LAST = {"no": [False], "yes": [True], "both": [False, True]}
+COSTS = ("bits", "bops")
+PTQ_QAT_ADVICE = (
+    "Give the float checkpoint the QAT run started from (its init_ckpt); the QAT run's own INT8 model is its "
+    "int8_model.pt (lit_kd.quant.torch_qat.load_int8_model)."
+)
+
+
+class PtqError(ValueError):
+    """A sweep that cannot run on its inputs (data, budget, layer names); the message says why."""
+
+
+@dataclass
+class PtqSettings:
+    """What ``lit-kd ptq`` takes besides ``--ckpt``, ``--data`` and ``--out`` (the same names and defaults)."""
+
+    bits: list[int] = field(default_factory=lambda: [16, 8, 4, 2])
+    weight_only_bits: list[int] = field(default_factory=list)
+    observer: list[str] = field(default_factory=lambda: ["minmax"])
+    weight_observer: str | None = None
+    rounding: list[str] = field(default_factory=lambda: ["nearest"])
+    granularity: list[str] = field(default_factory=lambda: ["per_channel"])
+    first_last_8bit: str = "both"
+    bias_correction: bool = False
+    calib_batches: int = 8
+    batch_size: int = 128
+    adaround_iterations: int = 1000
+    test_images: int | None = None
+    no_pytorch: bool = False
+    threads: int | None = field(default_factory=os.cpu_count)
+    max_drop: float | None = None
+    candidates: list[int] = field(default_factory=lambda: [2, 4, 8])
+    act_bits: int = 8
+    layer_act_bits: list[str] | dict[str, int] = field(default_factory=list)
+    cost: str = "bits"
+    eval_images: int = 5000
+    evaluations: int = 8
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @property
+    def search(self) -> bool:
+        return self.max_drop is not None
+
+    def problem(self) -> str | None:
+        """The first usage error of these settings (as ``lit-kd ptq`` reports it), None when there is none. Parses
+        ``layer_act_bits`` (``["conv1=8"]`` -> ``{"conv1": 8}``) on the way."""
+        choices = [("--observer", o, OBSERVERS) for o in self.observer] + [("--rounding", r, ROUNDINGS) for r in self.rounding]
+        choices += [("--granularity", g, GRANULARITIES) for g in self.granularity] + [("--cost", self.cost, COSTS)]
+        choices += [("--first-last-8bit", self.first_last_8bit, tuple(FIRST_LAST))]
+        choices += [("--weight-observer", self.weight_observer, OBSERVERS)] if self.weight_observer is not None else []
+        for flag, value, allowed in choices:
+            if value not in allowed:
+                return f"argument {flag}: invalid choice: {value!r} (choose from {', '.join(map(repr, allowed))})"
+        if self.search and self.max_drop < 0:
+            return f"--max-drop is an accuracy budget in points, >= 0; got {self.max_drop}"
+        names = ["calib_batches", "batch_size", "threads", "test_images", "adaround_iterations"]
+        for name in names + (["eval_images", "evaluations"] if self.search else []):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                return f"--{name.replace('_', '-')} must be >= 1, got {value}"
+        if self.layer_act_bits and not self.search:
+            return "--layer-act-bits applies to a --max-drop search (the table's rows use --first-last-8bit)"
+        if self.search and not isinstance(self.layer_act_bits, dict):
+            try:
+                self.layer_act_bits = parse_layer_bits("--layer-act-bits", self.layer_act_bits)
+            except ValueError as err:
+                return str(err)
+        widths = (
+            [("--candidates", b) for b in self.candidates]
+            + [("--act-bits", self.act_bits)]
+            + [(f"--layer-act-bits {path}", b) for path, b in dict(self.layer_act_bits).items()]
+            if self.search
+            else [("--bits", b) for b in self.bits] + [("--weight-only-bits", b) for b in self.weight_only_bits]
+        )
+        for flag, bits in widths:
+            try:
+                check_bits(bits, f"{flag} width")
+            except ValueError as err:
+                return str(err)
+        return None
+
+
+def parse_layer_bits(flag: str, values: list[str]) -> dict[str, int]:
+    """``["conv1=8", "linear=8"]`` -> ``{"conv1": 8, "linear": 8}`` (a ValueError names a malformed item)."""
+    parsed = {}
+    for item in values:
+        path, sep, bits = item.partition("=")
+        if not sep or not path or not bits.strip().isdigit():
+            raise ValueError(f"{flag}: expected LAYER=BITS (e.g. conv1=8), got {item!r}")
+        parsed[path] = int(bits)
+    return parsed
+
+
+def load_data(source: str, val_split: int = 0):
+    """The CIFAR-10 data module, read now: a source that cannot be read is a :class:`PtqError`."""
+    from lit_kd.data import CIFAR10DataModule
+
+    data = CIFAR10DataModule(source, val_split=val_split)
+    try:
+        data.setup()
+    except (FileNotFoundError, ValueError) as err:
+        raise PtqError(f"--data: {err}") from None
+    return data
+
+
+def ptq_table(model: nn.Module, ckpt: str, data_source: str, s: PtqSettings) -> dict:
+    """Every configuration of ``s`` on the test set: one row each, printed as it is measured."""
+    torch.set_num_threads(s.threads)
+    data = load_data(data_source)
+    calib = list(data.normalized_batches("train", s.batch_size, s.calib_batches * s.batch_size, shuffle=True))
+    test = list(data.normalized_batches("test", EVAL_BATCH, s.test_images))
+    truth = labels(test)
+    fp32_pred = predictions(model, test)
+    fp32 = fraction_equal(fp32_pred, truth)
+    rows = [
+        {
+            "runtime": "fp32",
+            "weight_bits": 32,
+            "act_bits": 32,
+            "method": "-",
+            "granularity": "-",
+            "first_last_8bit": False,
+            "acc": fp32,
+            "agree_fp32": 1.0,
+            "seconds": 0.0,
+        }
+    ]
+
+    def add(runtime, wb, ab, method, granularity, first_last, build):
+        start = time.perf_counter()
+        qmodel = build()
+        pred = predictions(qmodel, test)
+        rows.append(
+            {
+                "runtime": runtime,
+                "weight_bits": wb,
+                "act_bits": ab,
+                "method": method,
+                "granularity": granularity,
+                "first_last_8bit": first_last,
+                "acc": fraction_equal(pred, truth),
+                "agree_fp32": fraction_equal(pred, fp32_pred),
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+        )
+        print_row(rows[-1], fp32)
+        return qmodel, pred
+
+    if not s.no_pytorch:
+        add("pytorch", 16, 16, "fp16", "-", False, lambda: to_fp16(model))
+        add("pytorch", 8, 8, "fx x86 histogram", "per_channel", False, lambda: quantize_int8(model, calib))
+    widths = [(b, b) for b in s.bits] + [(b, 8) for b in s.weight_only_bits]
+    corrections = [False, True] if s.bias_correction else [False]
+    for (wb, ab), observer, rounding, gran, fl, bc in itertools.product(
+        widths, s.observer, s.rounding, s.granularity, FIRST_LAST[s.first_last_8bit], corrections
+    ):
+        weights = f" (weights {s.weight_observer})" if s.weight_observer and s.weight_observer != observer else ""
+        method = observer + weights + ("" if rounding == "nearest" else f" + {rounding}") + (" + bias corr." if bc else "")
+        qmodel, pred = add(
+            "ours",
+            wb,
+            ab,
+            method,
+            gran,
+            fl,
+            partial(
+                quantize,
+                model,
+                calib,
+                wb,
+                ab,
+                observer,
+                per_channel=gran == "per_channel",
+                rounding=rounding,
+                keep_first_last_8bit=fl,
+                bias_correction=bc,
+                adaround_iterations=s.adaround_iterations,
+                weight_observer=s.weight_observer,
+            ),
+        )
+        if (wb, ab, rounding, fl, bc) == (8, 8, "nearest", False, False):  # the same model in integer arithmetic
+            _, int_pred = add("ours int", 8, 8, method + " (int8 x int8 -> int32)", gran, fl, partial(to_int8_model, qmodel))
+            rows[-1]["agree_simulation"] = fraction_equal(int_pred, pred)
+    return {
+        "checkpoint": str(ckpt),
+        "fp32_acc": fp32,
+        "test_images": len(truth),
+        "calib_images": sum(len(x) for x, _ in calib),
+        "threads": s.threads,
+        "rows": rows,
+    }
+
+
+def print_row(row: dict, fp32: float) -> None:
+    print(
+        f"{row['runtime']:8s} W{row['weight_bits']}A{row['act_bits']} {row['method']:28s} {row['granularity']:12s} "
+        f"first/last 8b={row['first_last_8bit']!s:5s} acc={row['acc']:.4f}"
+        f" agree={row['agree_fp32']:.4f} drop={100 * (fp32 - row['acc']):+.2f} pts ({row['seconds']} s)",
+        flush=True,
+    )
+
+
+def print_table(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    fp32 = result["fp32_acc"]
+    table = Table(title=f"Post-training quantization of {result['checkpoint']} ({result['test_images']} test images)")
+    for col in ("runtime", "bits (W/A)", "method", "granularity", "first/last 8-bit", "test acc", "drop vs FP32", "same top-1 as FP32"):
+        table.add_column(col, justify="left" if col in ("runtime", "method", "granularity") else "right")
+    for r in result["rows"]:
+        table.add_row(
+            r["runtime"],
+            f"{r['weight_bits']}/{r['act_bits']}",
+            r["method"],
+            r["granularity"],
+            "yes" if r["first_last_8bit"] else "no",
+            f"{100 * r['acc']:.2f} %",
+            f"{100 * (fp32 - r['acc']):.2f} pts",
+            f"{100 * r['agree_fp32']:.2f} %",
+        )
+    Console(width=None if sys.stdout.isatty() else 160).print(table)  # logs and pipes get the full table
+
+
+def ptq_search(model: nn.Module, ckpt: str, data_source: str, s: PtqSettings, out: Path) -> dict:
+    """``max_drop``: the cheapest per-layer weight widths within the budget on held-out training images (never the
+    test set), then test accuracy of FP32, the chosen allocation and the uniform widths."""
+    from lit_kd.quant.bit_search import search_bits
+    from lit_kd.quant.cost_model import average_bits, size_bytes
+    from lit_kd.quant.search_report import pareto_plot
+
+    torch.set_num_threads(s.threads)
+    available = len(load_data(data_source).splits["train"])
+    if s.eval_images >= available:
+        raise PtqError(f"--eval-images {s.eval_images} leaves no training images to calibrate on ({available} in --data)")
+    data = load_data(data_source, val_split=s.eval_images)
+    calib = list(data.normalized_batches("train", s.batch_size, s.calib_batches * s.batch_size, shuffle=True))
+    held_out = list(data.normalized_batches("val", EVAL_BATCH))
+    test = list(data.normalized_batches("test", EVAL_BATCH, s.test_images))
+    options = {
+        "observer": s.observer[0],
+        "weight_observer": s.weight_observer,
+        "per_channel": s.granularity[0] == "per_channel",
+        "rounding": s.rounding[0],
+        "bias_correction": s.bias_correction,
+        "adaround_iterations": s.adaround_iterations,
+    }
+    start = time.perf_counter()
+    act_bits = {"default": s.act_bits, **s.layer_act_bits} if s.layer_act_bits else s.act_bits
+    try:
+        result = search_bits(
+            model,
+            calib,
+            held_out,
+            s.max_drop / 100,
+            tuple(s.candidates),
+            s.cost,
+            act_bits=act_bits,
+            evaluations=s.evaluations,
+            cache=out.with_suffix(".cache.json"),
+            progress=lambda line: print(line, flush=True),
+            **options,
+        )
+    except ValueError as err:  # e.g. layer_act_bits naming a module that is not a Conv2d/Linear layer of the model
+        raise PtqError(str(err)) from None
+    seconds = time.perf_counter() - start
+    test_acc = {"fp32": accuracy(model, test)}
+    for name, point in [("chosen", result.chosen), *((p.label, p) for p in result.uniform)]:
+        test_acc[name] = accuracy(quantize(model, calib, point.weight_bits, result.layer_act_bits, **options), test)
+    layers = result.layers
+    fp32_bytes = sum(v["params"] for v in layers.values()) * 4
+    summary = {
+        "checkpoint": str(ckpt),
+        "search_seconds": round(seconds, 1),  # this attempt's wall time (a resumed search reuses earlier measurements)
+        "search_measured_seconds": round(result.measured_seconds, 1),  # every measurement's time, over all attempts
+        "threads": s.threads,
+        "options": options,
+        "eval_images": s.eval_images,
+        "test_images": sum(len(y) for _, y in test),
+        "test_acc": test_acc,
+        "chosen_average_weight_bits": average_bits(result.chosen.weight_bits, layers),
+        "chosen_weight_bytes": size_bytes(result.chosen.weight_bits, layers),
+        "fp32_weight_bytes": fp32_bytes,
+        "uniform_int8_weight_bytes": fp32_bytes / 4,
+        "search": result.as_dict(),
+    }
+    print_search(summary, result)
+    summary["plot"] = str(pareto_plot(result, out.with_suffix(".png")))
+    return summary
+
+
+def print_search(summary: dict, result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    chosen = result.chosen.weight_bits
+    table = Table(title=f"Chosen allocation within {100 * result.max_drop:.2f} points on {summary['eval_images']} held-out images")
+    for col in ("layer", "params", "bits (W/A)", "sensitivity (loss increase at that width)"):
+        table.add_column(col, justify="left" if col == "layer" else "right")
+    for path, facts in result.layers.items():
+        act = result.layer_act_bits[path]
+        table.add_row(path, f"{facts['params']:,}", f"{chosen[path]}/{act}", f"{result.sensitivity[path][chosen[path]]:+.4f}")
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    console.print(table)
+    t = summary["test_acc"]
+    console.print(
+        f"average weight bits {summary['chosen_average_weight_bits']:.2f}; weights {summary['chosen_weight_bytes'] / 1024:.1f} KiB "
+        f"vs FP32 {summary['fp32_weight_bytes'] / 1024:.1f} KiB and uniform INT8 {summary['uniform_int8_weight_bytes'] / 1024:.1f} KiB"
+    )
+    console.print(
+        "test accuracy: "
+        + ", ".join(f"{k} {100 * v:.2f} %" for k, v in t.items())
+        + f" (search {summary['search_seconds']} s; its measurements {summary['search_measured_seconds']} s over all attempts)"
+    )
+
+
+def run_ptq(model: nn.Module, ckpt: str, data_source: str, settings: PtqSettings, out: str | Path) -> dict:
+    """The sweep (or the search, with ``max_drop``) of ``model`` (the float network of ``ckpt``), its table printed
+    and its JSON written to ``out`` (atomically). Raises :class:`PtqError` for unusable inputs."""
+    from lit_kd.atomic import write_json
+
+    out = Path(out)
+    result = ptq_search(model, ckpt, data_source, settings, out) if settings.search else ptq_table(model, ckpt, data_source, settings)
+    if not settings.search:
+        print_table(result)
+    write_json(out, result)
+    print(f"wrote {out}" + (f" and {result['plot']}" if settings.search else ""))
+    return result

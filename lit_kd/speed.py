@@ -1,0 +1,297 @@
+"""Inference speed: timing loops, runners for each runtime, the machine's description, and the DeepSparse / ONNX
+Runtime / PyTorch comparison that ``lit-kd bench``, the study's bench stage and ``benchmarks/`` share.
+
+Per setting: warm-up calls, then a fixed number of timed calls on the same random batch; latency median and 90th
+percentile, and images per second from the median. One runtime is set up and measured at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from lit_kd.compat.extras import installed
+
+BATCHES = (1, 32)
+BENCH_DEFAULTS = {"cores": 2, "warmup": 10, "iterations_b1": 200, "iterations_b32": 30}  # lit-kd bench and the bench stage
+BENCH_QAT_ADVICE = "Give the dense checkpoint the baseline was exported from (PyTorch INT8 is made from it)."
+BASELINE, SPARSE = "dense fp32", "pruned-quantized"
+# what DeepSparse on the pruned-quantized model is compared with: name -> (model, runtime) of a row
+REFERENCES = {
+    "onnxruntime dense fp32": (BASELINE, "onnxruntime"),
+    "pytorch dense int8": ("dense int8", "pytorch int8 (fx, x86)"),
+    "deepsparse dense fp32": (BASELINE, "deepsparse"),
+}
+
+
+# ---------------------------------------------------------------------------------------------- timing loops
+def call_seconds(fn: Callable[[], object], warmup: int, iterations: int) -> list[float]:
+    """Seconds of each of ``iterations`` calls, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    seconds = []
+    for _ in range(iterations):
+        start = time.perf_counter()
+        fn()
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def repeat_seconds(fn: Callable[[], object], iterations: int, warmup: int, repeats: int) -> list[float]:
+    """Seconds per call, one median-able figure per repeat (the mean of ``iterations`` calls), after ``warmup``."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(iterations):
+            fn()
+        out.append((time.perf_counter() - start) / iterations)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- the machine
+def _cpuinfo_lines() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (benchmark JSON records it)."""
+    for line in _cpuinfo_lines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def cpu_flags() -> set[str]:
+    """The instruction-set flags of the first CPU in /proc/cpuinfo (``flags`` on x86, ``Features`` on ARM)."""
+    for line in _cpuinfo_lines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return set()
+
+
+def cpu_features(flags: set[str] | None = None) -> dict:
+    """``{"isa", "vnni", "amx"}``: the widest vector instruction set (``avx512``, ``avx2``, ``avx``, ``sse4.2``,
+    ``neon`` or ``unknown``), VNNI (``avx512_vnni`` or ``avx_vnni``) and AMX (``amx_tile``), from the CPU flags."""
+    flags = cpu_flags() if flags is None else flags
+    widest = (("avx512", "avx512f"), ("avx2", "avx2"), ("avx", "avx"), ("sse4.2", "sse4_2"), ("neon", "asimd"))
+    isa = next((name for name, flag in widest if flag in flags), "unknown")
+    return {"isa": isa, "vnni": bool(flags & {"avx512_vnni", "avx_vnni"}), "amx": "amx_tile" in flags}
+
+
+def physical_cores() -> int:
+    """Physical cores: distinct (physical id, core id) pairs of /proc/cpuinfo, else the logical CPU count."""
+    cores, physical = set(), "0"
+    for line in _cpuinfo_lines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "physical id":
+            physical = value.strip()
+        elif key == "core id":
+            cores.add((physical, value.strip()))
+    return len(cores) or os.cpu_count() or 1
+
+
+def cpu_info(cores: int) -> dict:
+    """The machine a benchmark ran on (no runtime is imported to find out)."""
+    features = cpu_features()
+    return {
+        "cpu": cpu_model(),
+        "isa": features["isa"],
+        "vnni": features["vnni"],
+        "amx": features["amx"],
+        "physical_cores": physical_cores(),
+        "logical_cpus": os.cpu_count(),
+        "cores_used": cores,
+        "load_average_1min": os.getloadavg()[0],
+        "torch": torch.__version__,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- runners
+def deepsparse_runner(path: str, cores: int) -> Callable[[np.ndarray], object]:
+    """``run(x)`` on DeepSparse engines compiled for each batch size in BATCHES (an engine's batch size is fixed)."""
+    from deepsparse import compile_model
+
+    engines = {b: compile_model(path, batch_size=b, num_cores=cores) for b in BATCHES}
+    return lambda x: engines[len(x)].run([x], val_inp=False)
+
+
+def onnxruntime_session(path: str | Path, threads: int | None):
+    """An ONNX Runtime CPU session with ``threads`` intra-op threads (one inter-op thread); default threads without."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnxruntime_runner(path: str, cores: int) -> Callable[[np.ndarray], object]:
+    session = onnxruntime_session(path, cores)
+    return lambda x: session.run(None, {"input": x})
+
+
+def torch_runner(model: nn.Module, int8: bool) -> Callable[[np.ndarray], object]:
+    """PyTorch FP32 eager, or INT8 (torch.ao FX, x86) calibrated on random inputs, of the dense model."""
+    from lit_kd.quant.torch_ptq import quantize_int8
+
+    model = quantize_int8(model.eval(), [torch.randn(32, 3, 32, 32) for _ in range(2)]) if int8 else model.eval()
+    return lambda x: model(torch.from_numpy(x))
+
+
+def time_runner(
+    label: str, runtime: str, run: Callable[[np.ndarray], object], inputs: dict[int, np.ndarray], warmup: int, iterations: dict[int, int]
+) -> list[dict]:
+    rows = []
+    for batch, x in inputs.items():
+        seconds = call_seconds(partial(run, x), warmup, iterations[batch])
+        median = statistics.median(seconds)
+        rows.append(
+            {
+                "model": label,
+                "runtime": runtime,
+                "batch": batch,
+                "iterations": len(seconds),
+                "latency_ms_median": 1000 * median,
+                "latency_ms_p90": 1000 * float(np.percentile(seconds, 90)),
+                "images_per_s": batch / median,
+            }
+        )
+        print(f"{label:16s} {runtime:22s} batch {batch:2d}: median {1000 * median:8.3f} ms, {batch / median:9.1f} img/s", flush=True)
+    return rows
+
+
+def measure(onnx_files: dict[str, str], torch_model: nn.Module | None, cores: int, warmup: int, iterations: dict[int, int]) -> list[dict]:
+    """One row per (model, runtime, batch size). One runtime is built, measured and released at a time, so idle
+    threads of another engine do not compete for the cores."""
+    torch.set_num_threads(cores)
+    torch.backends.quantized.engine = "x86"
+    engines = (("deepsparse", deepsparse_runner),) if installed("deepsparse") else ()  # the sparse extra
+    settings = [
+        (label, runtime, lambda p=path, f=factory: f(p, cores))
+        for label, path in onnx_files.items()
+        for runtime, factory in (*engines, ("onnxruntime", onnxruntime_runner))
+    ]
+    if torch_model is not None:
+        settings += [
+            (BASELINE, "pytorch fp32 eager", lambda: torch_runner(torch_model, int8=False)),
+            ("dense int8", "pytorch int8 (fx, x86)", lambda: torch_runner(torch_model, int8=True)),
+        ]
+    inputs = {b: np.random.default_rng(b).standard_normal((b, 3, 32, 32), dtype=np.float32) for b in BATCHES}
+    with torch.inference_mode():
+        return [row for label, runtime, build in settings for row in time_runner(label, runtime, build(), inputs, warmup, iterations)]
+
+
+# ---------------------------------------------------------------------------------------------- the comparison
+def ratios(rows: list[dict]) -> dict[str, float]:
+    """Images per second of DeepSparse pruned-quantized over each reference, per batch size (same run)."""
+
+    def ips(model: str, runtime: str, batch: int) -> float | None:
+        return next((r["images_per_s"] for r in rows if (r["model"], r["runtime"], r["batch"]) == (model, runtime, batch)), None)
+
+    out = {}
+    for batch in BATCHES:
+        sparse = ips(SPARSE, "deepsparse", batch)
+        for name, (model, runtime) in REFERENCES.items():
+            reference = ips(model, runtime, batch)
+            if sparse and reference:
+                out[f"deepsparse {SPARSE} vs {name}, batch {batch}"] = sparse / reference
+    return out
+
+
+def deepsparse_commands(onnx_files: dict[str, str], cores: int) -> list[str]:
+    return [
+        f"deepsparse.benchmark {path} --batch_size {b} --num_cores {cores} --scenario sync" for path in onnx_files.values() for b in BATCHES
+    ]
+
+
+def run_bench(
+    onnx_files: dict[str, str], torch_model: nn.Module | None, cores: int, warmup: int, iterations_b1: int, iterations_b32: int
+) -> dict:
+    """Every runtime on every model (see :func:`measure`), the ratios and the machine, as ``lit-kd bench``'s JSON."""
+    machine = cpu_info(cores)  # the load average before the run: other work on the cores distorts the timings
+    rows = measure(onnx_files, torch_model, cores, warmup, {1: iterations_b1, 32: iterations_b32})
+    return {
+        "benchmark": "sparse_speed",
+        "machine": machine,
+        "engines_not_installed": [] if installed("deepsparse") else ["deepsparse"],
+        "onnx": onnx_files,
+        "warmup": warmup,
+        "rows": rows,
+        "ratios": ratios(rows),
+        "deepsparse_benchmark_commands": deepsparse_commands(onnx_files, cores),
+    }
+
+
+def print_result(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    m = result["machine"]
+    table = Table(title=f"Inference on {m['cpu']} ({m['isa']}, VNNI {'yes' if m['vnni'] else 'no'}), {m['cores_used']} cores")
+    for col in ("model", "runtime", "batch", "latency median (ms)", "latency p90 (ms)", "images/s"):
+        table.add_column(col, justify="left" if col in ("model", "runtime") else "right")
+    for r in result["rows"]:
+        table.add_row(
+            r["model"],
+            r["runtime"],
+            str(r["batch"]),
+            f"{r['latency_ms_median']:.3f}",
+            f"{r['latency_ms_p90']:.3f}",
+            f"{r['images_per_s']:.0f}",
+        )
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    console.print(table)
+    if m["load_average_1min"] > m["logical_cpus"] - m["cores_used"] + 0.5:
+        console.print(
+            f"[bold red]warning:[/] load average {m['load_average_1min']:.1f} on {m['logical_cpus']} CPUs when the run "
+            f"started: other processes shared the {m['cores_used']} cores, so these timings are not representative "
+            "(multi-threaded engines suffer most)"
+        )
+    for name, value in result["ratios"].items():
+        console.print(f"images/s of {name}: {value:.2f}x")
+    for engine in result.get("engines_not_installed", []):
+        console.print(f"{engine}: not installed (pip install 'lit-kd[sparse]'), no rows")
+    console.print("the same with DeepSparse's own benchmark:\n  " + "\n  ".join(result["deepsparse_benchmark_commands"]))
+
+
+def report(result: dict, out: str | Path) -> dict:
+    """Print the table, ratios and command lines; write the JSON (atomically)."""
+    from lit_kd.atomic import write_json
+
+    print_result(result)
+    path = write_json(out, result)
+    print(f"wrote {path}")
+    return result
+
+
+def onnx_problem(flag: str, path: str) -> str | None:
+    """Why ``path`` is not an ONNX model that passes ``onnx.checker`` and takes ``input`` (as ``lit-kd export`` writes
+    them); None when it is."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(path)
+        inputs = [i.name for i in onnx.load(path, load_external_data=False).graph.input]
+    except Exception as err:  # protobuf's DecodeError, onnx's ValidationError, OSError ...: all mean "not a usable model"
+        detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        return f"{flag} {path!r} is not a valid ONNX model ({detail}); expected an export of lit-kd export"
+    if "input" not in inputs:
+        return f"{flag} {path!r} takes inputs {inputs}; expected one named 'input' (N x 3 x 32 x 32), as lit-kd export writes"
+    return None
