@@ -29,9 +29,9 @@ def test_cpu_features_from_flags(flags, expected):
     assert speed.cpu_features(flags) == expected
 
 
-def test_cpu_info_keeps_its_keys_and_imports_no_deepsparse():
+def test_cpu_info_names_the_instruction_set_and_imports_no_deepsparse():
     info = speed.cpu_info(2)
-    assert set(info) == {"cpu", "isa", "vnni", "physical_cores", "logical_cpus", "cores_used", "load_average_1min", "torch"}
+    assert set(info) == {"cpu", "isa", "vnni", "amx", "physical_cores", "logical_cpus", "cores_used", "load_average_1min", "torch"}
     assert info["cores_used"] == 2 and 1 <= info["physical_cores"] <= info["logical_cpus"]
     source = open(speed.__file__).read().split("def cpu_info")[1].split("\ndef ")[0]
     assert "deepsparse" not in source
