@@ -1,7 +1,8 @@
 """One loader for every model file lit-kd writes or reads: :func:`load_model` ``(path) -> (network, kind)``.
 
-Kinds: ``"float"`` (a Lightning checkpoint, a weights file or a pruned checkpoint: the float network its
-hyperparameters name), ``"qat"`` (a SparseML pruning + QAT checkpoint, its network given its QAT structure before the
+Kinds: ``"float"`` (a Lightning checkpoint, a weights file, a pruned checkpoint or a compact ``.npz`` weights file of
+a pruned network, :mod:`lit_kd.compact_weights`: the float network its hyperparameters name),
+``"qat"`` (a SparseML pruning + QAT checkpoint, its network given its QAT structure before the
 weights load), ``"int8"`` (``int8_model.pt`` written by QAT: torch's quantized CPU kernels) and ``"onnx"`` (an
 ``.onnx`` file run by ONNX Runtime on the CPU, :class:`~lit_kd.onnx_export.OnnxRuntimeNetwork`). Every torch file is
 read through :func:`lit_kd.checkpoints.safe_load` (tensors and plain data only; pickled objects are refused).
@@ -101,6 +102,13 @@ def load_model(path: str | Path, kinds: tuple[str, ...] = KINDS, config: str | N
             raise ModelFileError(
                 f"{str(path)!r} is not an ONNX model that ONNX Runtime can load ({type(err).__name__}: {err})", sep=" "
             ) from None
+    if "float" in kinds and Path(path).suffix.lower() == ".npz":
+        from lit_kd.compact_weights import CompactWeightsError, read_compact_weights
+
+        try:
+            return read_compact_weights(path), "float"
+        except CompactWeightsError as err:
+            raise ModelFileError(str(err), sep=" ") from None
     saved = None
     if "int8" in kinds:
         with quiet_rebuild():

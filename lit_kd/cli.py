@@ -17,16 +17,25 @@ EXTRA_COMMANDS = {  # name -> (module with main(argv), one line for `lit-kd --he
     "export": ("lit_kd.commands.export", "a checkpoint to ONNX, validated in ONNX Runtime and DeepSparse"),
     "bench": ("lit_kd.commands.bench", "DeepSparse / ONNX Runtime / PyTorch speed at batch 1 and 32"),
     "classify": ("lit_kd.commands.classify", "predictions for image files, or test accuracy"),
+    "summary": ("lit_kd.commands.summary", "per-layer output shapes, parameters left and MACs of a model file"),
 }
+# `lit-kd predict -w WEIGHTS ...` is this command; `lit-kd predict --config ...` stays LightningCLI's predict
+PREDICT_WEIGHTS = ("lit_kd.commands.predict", "predict -w WEIGHTS [IMAGES...|--data DATA] [--topk K]: classes of images")
+
+
+def weights_predict(argv: list[str]) -> bool:
+    """``argv`` asks for ``lit-kd predict -w WEIGHTS`` (not LightningCLI's config-driven predict)."""
+    return bool(argv) and argv[0] == "predict" and any(a in ("-w", "--weights") or a.startswith("--weights=") for a in argv[1:])
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point ``lit-kd``: LightningCLI subcommands, plus the EXTRA_COMMANDS (``ptq``, ``classify``,
     ``export``, ``bench``), each a module with its own ``main(argv)``."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in EXTRA_COMMANDS:
+    if argv and (argv[0] in EXTRA_COMMANDS or weights_predict(argv)):
         os.environ.setdefault("NM_DISABLE_ANALYTICS", "1")
-        status = importlib.import_module(EXTRA_COMMANDS[argv[0]][0]).main(argv[1:])
+        module = PREDICT_WEIGHTS[0] if argv[0] == "predict" else EXTRA_COMMANDS[argv[0]][0]
+        status = importlib.import_module(module).main(argv[1:])
         if isinstance(status, int):
             sys.exit(status)
         return
@@ -38,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
         print(
             "\nmore subcommands (each with its own --help):\n"
             + "\n".join(f"  {name:9s} {text}" for name, (_, text) in EXTRA_COMMANDS.items())
+            + f"\n  {'predict':9s} {PREDICT_WEIGHTS[1]}"
         )
         if not argv:
             sys.exit(2)

@@ -8,6 +8,7 @@ import pytest
 import torch
 import yaml
 
+from lit_kd.artifacts import load_model
 from lit_kd.callbacks import IterativePruning
 from lit_kd.models import build_model, model_summary
 from lit_kd.modules import ClassifierModule, load_network
@@ -73,6 +74,12 @@ def test_prunes_to_the_exact_target_in_shrinking_cycles(full_run):
     best = run_dir / "checkpoints" / "best.ckpt"
     assert torch.load(best, map_location="cpu", weights_only=False)["epoch"] == 2  # chosen among in-budget epochs only
     assert nonzero(load_network(best)) == TARGET
+
+    # the compact file written at fit end holds the same pruned network as last.ckpt
+    compact, kind = load_model(run_dir / "compact_weights.npz")
+    assert kind == "float" and nonzero(compact) == TARGET
+    for key, value in network.state_dict().items():
+        assert torch.equal(compact.state_dict()[key], value), key
 
 
 def test_resume_mid_run_matches_uninterrupted_and_pruned_weights_stay_zero(full_run, tiny_zip, in_tmp, capsys):

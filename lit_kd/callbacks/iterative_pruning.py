@@ -17,7 +17,10 @@
   name (``weight``, not ``weight_orig``/``weight_mask``), so ``load_network``, ``lit-kd test`` and a fresh module
   load them. The masks travel in this callback's checkpoint state and are re-applied at ``on_train_start`` of a
   resumed fit (after the optimizer was built over the unpruned parameters, as in the uninterrupted run).
-- At fit end the masks are made permanent (``prune.remove``) and a per-layer table is printed.
+- At fit end the masks are made permanent (``prune.remove``), a per-layer table is printed and the pruned network
+  is written as compact weights (``compact_weights.npz`` in the run's log folder, :mod:`lit_kd.compact_weights`:
+  non-zero values and a bitmask, about 4 bytes per remaining parameter) that ``lit-kd predict -w`` and every
+  other command load.
 """
 
 from __future__ import annotations
@@ -217,6 +220,24 @@ class IterativePruning(L.Callback):
             )
         if trainer.is_global_zero:
             self.print_table(rows)
+            self.write_compact(trainer, pl_module)
+
+    @staticmethod
+    def write_compact(trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The pruned network as ``<log_dir>/compact_weights.npz`` (when its architecture is named by a string)."""
+        from pathlib import Path
+
+        from lit_kd.checkpoints import network_key
+        from lit_kd.compact_weights import write_compact_weights
+
+        hparams = dict(pl_module.hparams)
+        key = network_key(hparams)
+        if not isinstance(hparams.get(key), str) or trainer.log_dir is None:
+            rank_zero_info("IterativePruning: no compact weights file (the network is not a registered architecture name)")
+            return
+        target = Path(trainer.log_dir) / "compact_weights.npz"
+        path = write_compact_weights(pl_module.model, hparams[key], target, hparams.get("num_classes", 10), hparams.get(f"{key}_kwargs"))
+        rank_zero_info(f"IterativePruning: pruned network written to {path} ({path.stat().st_size / 1e6:.2f} MB)")
 
     @staticmethod
     def print_table(rows) -> None:

@@ -58,18 +58,20 @@ def checkpoint_error(ckpt: str, err: Exception) -> str:
     return f"--ckpt: {err}"
 
 
-def load_float_network(prog: str, ckpt: str, qat_advice: str) -> torch.nn.Module:
+def load_float_network(prog: str, ckpt: str, qat_advice: str, flag: str = "--ckpt") -> torch.nn.Module:
     """The float network of a lit-kd checkpoint (:func:`lit_kd.artifacts.load_model`), every way it can fail reported as
     one line (exit status 1): an empty or unreadable file, a file that is no checkpoint, an unknown architecture,
     weights of another architecture, and a quantization-aware-training checkpoint (its fake-quantize modules need their
     QAT structure; ``qat_advice``, formatted with ``ckpt``, says what to do instead)."""
-    return load_trained_model(prog, ckpt, qat_advice, kinds=("float",))[0]
+    return load_trained_model(prog, ckpt, qat_advice, kinds=("float",), flag=flag)[0]
 
 
-def load_trained_model(prog: str, ckpt: str, qat_advice: str, kinds: tuple[str, ...] = PREDICT_KINDS) -> tuple[torch.nn.Module, str]:
+def load_trained_model(
+    prog: str, ckpt: str, qat_advice: str, kinds: tuple[str, ...] = PREDICT_KINDS, flag: str = "--ckpt"
+) -> tuple[torch.nn.Module, str]:
     """A model file to run for predictions, and its kind (:func:`lit_kd.artifacts.load_model`): a lit-kd checkpoint or
     weights file (``"float"``), an INT8 model written by QAT (``"int8"``), or an ``.onnx`` file (``"onnx"``). The file
-    is read once; failures are one line (exit 1)."""
+    is read once; failures are one line (exit 1) naming ``flag``."""
     from lit_kd.artifacts import ModelFileError, QatCheckpointError, load_model
 
     try:
@@ -77,4 +79,4 @@ def load_trained_model(prog: str, ckpt: str, qat_advice: str, kinds: tuple[str, 
     except QatCheckpointError as err:
         fail(prog, err.advice_line(prog, qat_advice))
     except ModelFileError as err:
-        fail(prog, err.line())
+        fail(prog, err.line(flag))

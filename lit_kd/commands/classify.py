@@ -5,7 +5,8 @@
 
 Any lit-kd checkpoint or weights file works (dense, distilled, pruned), and so do the INT8 model a QAT run writes
 (``int8_model.pt``, torch's quantized CPU kernels) and an ``.onnx`` file (ONNX Runtime); the last two run on the CPU. Folders are
-searched recursively for image files (by suffix). An image that is not 32x32 is centre-cropped to a square and
+searched recursively for image files (by suffix); when every image sits in a folder named after its class
+(``test/cat/0001.png``) the accuracy over them is printed too. An image that is not 32x32 is centre-cropped to a square and
 resized to 32x32 (noted in the table); every image is converted to RGB and normalised like the training data
 (``CIFAR10DataModule.normalize``).
 """
@@ -114,9 +115,19 @@ def print_rows(rows: list[dict], ckpt: str) -> None:
     Console(width=None if sys.stdout.isatty() else 200).print(table)  # logs and pipes get the full table
 
 
-def main(argv: list[str] | None = None) -> None:
-    cli = parser()
-    args = cli.parse_args(argv)
+def labelled_accuracy(rows: list[dict]) -> tuple[int, int] | None:
+    """(correct, images) when every image sits in a folder named after its CIFAR-10 class (``test/cat/0001.png``):
+    the labels are known; else None."""
+    labels = [Path(row["image"]).parent.name for row in rows]
+    if not rows or any(label not in CIFAR10_CLASSES for label in labels) or len(rows[0]["top"]) == 0:
+        return None
+    correct = sum(label == row["top"][0][0] for label, row in zip(labels, rows))
+    return correct, len(rows)
+
+
+def run(cli: argparse.ArgumentParser, args: argparse.Namespace, model_file: str, flag: str = "--ckpt") -> None:
+    """Classify ``args.paths`` (or measure test accuracy on ``args.data``) with the model in ``model_file``, named by
+    ``flag`` in errors; ``args`` carries ``paths``, ``data``, ``top_k``, ``batch_size`` and ``device``."""
     if bool(args.paths) == bool(args.data):
         cli.error("give image files or folders to classify, or --data DATA (not both)")
     require_positive(cli, args, "top_k", "batch_size")
@@ -126,13 +137,13 @@ def main(argv: list[str] | None = None) -> None:
         cli.error(f"--device {args.device!r} is not a torch device (cpu, cuda, cuda:1, ...)")
     if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
         cli.error(f"--device {args.device}: no such CUDA device here; use --device cpu")
-    require_file(cli, "--ckpt", args.ckpt)
+    require_file(cli, flag, model_file)
     require_data(cli, args.data)
     try:
         files = image_files(args.paths)
     except (FileNotFoundError, ValueError) as err:
         cli.error(str(err))
-    network, kind = load_trained_model(cli.prog, args.ckpt, QAT_ADVICE)
+    network, kind = load_trained_model(cli.prog, model_file, QAT_ADVICE, flag=flag)
     if kind != "float" and device.type != "cpu":
         cli.error(f"--device {args.device}: an {'INT8' if kind == 'int8' else 'ONNX'} model runs on the CPU only; use --device cpu")
     if args.device is None and kind == "float" and torch.cuda.is_available():
@@ -141,8 +152,19 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.data:
             correct, total = test_set_accuracy(network, args.data, args.batch_size, str(device))
-            print(f"test accuracy of {args.ckpt} on {args.data}: {100 * correct / total:.2f} % ({correct} of {total} test images correct)")
+            print(f"test accuracy of {model_file} on {args.data}: {100 * correct / total:.2f} % ({correct} of {total} test images correct)")
         else:
-            print_rows(classify(network, files, args.top_k, args.batch_size, str(device)), args.ckpt)
+            rows = classify(network, files, args.top_k, args.batch_size, str(device))
+            print_rows(rows, model_file)
+            known = labelled_accuracy(rows)
+            if known:
+                correct, total = known
+                print(f"accuracy (labels from the class folders): {100 * correct / total:.2f} % ({correct} of {total} images correct)")
     except (FileNotFoundError, ValueError) as err:
         fail(cli.prog, f"--data: {err}" if args.data else str(err))
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli = parser()
+    args = cli.parse_args(argv)
+    run(cli, args, args.ckpt)
