@@ -119,3 +119,52 @@ def load_model(path: str | Path, kinds: tuple[str, ...] = KINDS, config: str | N
             raise ModelFileError(str(err)) from None
         return network, "qat" if qat else "float"
     return float_network(path, read_model_file(path) if saved is None else saved), "float"
+
+
+def network_facts(ckpt: str | Path, int8: Path | None = None) -> dict:
+    """Parameters, non-zero parameters, MACs, per-layer sparsity and size in bytes of a checkpoint's network.
+
+    Parameters and MACs are those of the plain architecture; non-zero counts come from the checkpoint's own tensors
+    (so a pruned or QAT checkpoint counts what it stores); ``size_bytes`` is the serialized float state dict, or the
+    INT8 model's when the run saved one.
+
+    Example::
+
+        network_facts("runs/demo/teacher/model.ckpt")
+        # {"architecture": "resnet20", "params": 272474, "nonzero_params": 272474, "macs": 40813184, ...}
+    """
+    import io
+
+    import torch
+
+    from lit_kd.checkpoints import build_network, network_key, network_state, read_checkpoint
+    from lit_kd.models import model_summary
+    from lit_kd.models.summary import summary_totals
+
+    checkpoint = read_checkpoint(ckpt)
+    network = build_network(checkpoint, ckpt)
+    totals = summary_totals(model_summary(network))
+    state = network_state(checkpoint)
+    layers = {}
+    nonzero = 0
+    for name, tensor in state.items():
+        if not torch.is_floating_point(tensor) or "post_process" in name or "fake_quant" in name or "running_" in name:
+            continue
+        if name.endswith((".weight", ".bias", "weight_orig")):
+            nonzero += int(tensor.count_nonzero())
+            if tensor.ndim in (2, 4) and not name.endswith(".bias"):
+                layers[name.removesuffix("_orig").removesuffix(".weight").replace(".module", "")] = (
+                    1 - int(tensor.count_nonzero()) / tensor.numel()
+                )
+    buffer = io.BytesIO()
+    torch.save({k: v for k, v in state.items()}, buffer)
+    size = int8.stat().st_size if int8 is not None else buffer.tell()
+    spec = checkpoint["hyper_parameters"][network_key(checkpoint["hyper_parameters"])]
+    return {
+        "architecture": spec if isinstance(spec, str) else spec.get("class_path"),
+        "params": totals["params"],
+        "nonzero_params": min(nonzero, totals["params"]),
+        "macs": totals["macs"],
+        "size_bytes": size,
+        "layer_sparsity": layers,
+    }

@@ -450,12 +450,12 @@ def test_sigterm_stops_the_study_as_stopped_not_failed(tmp_path, tiny_zip, monke
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from lit_kd.commands import study as study_command
-    from lit_kd.study import runner
+    from lit_kd.study.kinds import KINDS
 
     def terminated(*args):
         raise SIGTERMException(15)  # what Lightning raises when SIGTERM arrives during a fit
 
-    monkeypatch.setitem(runner.EXECUTORS, "ptq", terminated)
+    monkeypatch.setattr(KINDS["ptq"], "run", terminated)
     (tmp_path / "x.ckpt").write_bytes(b"never read: the stage is stopped first")
     study = tmp_path / "s.yaml"
     study.write_text(yaml.safe_dump({"stages": {"ptq": {"ptq": {"ckpt": str(tmp_path / "x.ckpt"), "bits": [8]}}}}))
