@@ -2,7 +2,8 @@
 
 A record is a keyword-only dataclass deriving from :class:`Record`. Reading (``from_dict``) refuses unknown and
 missing keys, naming the path to them, and builds nested records; writing (``to_dict``) keeps the field order and
-leaves out optional fields that hold ``None``. Field metadata: ``OPTIONAL`` (may be absent), ``key("name with
+leaves out optional fields that hold ``None``. Field metadata: ``OPTIONAL`` (may be absent; not written when
+``None``), ``ABSENT_OK`` (may be absent in files written before it existed; always written), ``key("name with
 spaces")`` (the JSON name of the field). Example::
 
     @dataclass(kw_only=True)
@@ -22,6 +23,7 @@ import typing
 from typing import Any
 
 OPTIONAL = {"optional": True}
+ABSENT_OK = {"absent_ok": True}
 
 
 def key(name: str, optional: bool = False) -> dict:
@@ -123,7 +125,7 @@ class Record:
         values = {}
         for name, f in fields.items():
             if name not in data:
-                if f.metadata.get("optional"):
+                if f.metadata.get("optional") or f.metadata.get("absent_ok"):
                     continue
                 raise RecordError(f"{where}: missing key {name!r}")
             values[f.name] = _read(cls.hints()[f.name], data[name], f"{where}.{name}")
@@ -151,7 +153,7 @@ def _record_schema(cls: type[Record], defs: dict) -> dict:
     props, required = {}, []
     for f in dataclasses.fields(cls):
         props[_json_name(f)] = _schema_of(cls.hints()[f.name], defs)
-        if not f.metadata.get("optional"):
+        if not (f.metadata.get("optional") or f.metadata.get("absent_ok")):
             required.append(_json_name(f))
     doc = " ".join((cls.__doc__ or "").split())
     return {"description": doc, "type": "object", "properties": props, "required": required, "additionalProperties": False}

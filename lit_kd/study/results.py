@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lit_kd.study.records import OPTIONAL, Record, RecordError, key, schema
+from lit_kd.study.records import ABSENT_OK, OPTIONAL, Record, RecordError, key, schema
 
 VERSION = 1
 
@@ -61,8 +61,8 @@ class DistillationRecord(Record):
     mean: float
     std: float | None
     delta_vs_baseline: float | None
-    equal_epochs: int | None
-    val_acc_at_equal_epochs: float | None
+    equal_epochs: int | None = field(default=None, metadata=ABSENT_OK)  # absent in files written before it existed
+    val_acc_at_equal_epochs: float | None = field(default=None, metadata=ABSENT_OK)
 
 
 @dataclass(kw_only=True)
@@ -96,6 +96,7 @@ class PtqRow(Record):
     acc: float
     agree_fp32: float | None
     seconds: float | None = field(default=None, metadata=OPTIONAL)
+    agree_simulation: float | None = field(default=None, metadata=OPTIONAL)  # integer-arithmetic row: same top-1 as its simulation
     drop: float
 
 
@@ -178,22 +179,23 @@ class Finding(Record):
 
 @dataclass(kw_only=True)
 class Results(Record):
-    """A study's results.json: every stage, the machine, and every table of the report."""
+    """A study's results.json: every stage, the machine, and every table of the report (a table without rows may be
+    absent when read; it is written as an empty list)."""
 
     version: int = field(default=VERSION, metadata=OPTIONAL)  # absent in files written before it: version 1
     study: str
     description: str
     stages: dict[str, StageRecord] = field(default_factory=dict)
-    machine: dict[str, Any] = field(default_factory=dict)
-    models: list[ModelRecord] = field(default_factory=list)
-    distillation: list[DistillationRecord] = field(default_factory=list)
+    machine: dict[str, Any] = field(default_factory=dict, metadata=ABSENT_OK)
+    models: list[ModelRecord] = field(default_factory=list, metadata=ABSENT_OK)
+    distillation: list[DistillationRecord] = field(default_factory=list, metadata=ABSENT_OK)
     examples: ExamplesRecord | None = field(default=None, metadata=OPTIONAL)
     ptq: dict[str, list[PtqRow]] | None = field(default=None, metadata=OPTIONAL)
     mixed_precision: dict[str, MixedPrecisionRecord] | None = field(default=None, metadata=OPTIONAL)
-    qat: list[QatRecord] = field(default_factory=list)
-    exports: list[ExportRecord] = field(default_factory=list)
+    qat: list[QatRecord] = field(default_factory=list, metadata=ABSENT_OK)
+    exports: list[ExportRecord] = field(default_factory=list, metadata=ABSENT_OK)
     speed: SpeedRecord | None = field(default=None, metadata=OPTIONAL)
-    findings: list[Finding] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list, metadata=ABSENT_OK)
 
     @classmethod
     def from_dict(cls, data: dict, where: str | None = None) -> Results:
