@@ -126,6 +126,10 @@ def test_study_runs_end_to_end_and_reports_what_the_manifests_hold(finished, tin
         assert cells[2] == f"{m['metrics']['params']:,}" and cells[3] == f"{m['metrics']['nonzero_params']:,}"
         assert cells[6] == pct(m["metrics"]["test_acc"])
     assert {r["stage"]: r["test_acc"] for r in results["models"]} == {n: m["metrics"]["test_acc"] for n, m in trained.items()}
+    # results.json is written from the typed records and fits the shipped schema
+    from tests.test_results_schema import check_results_file
+
+    check_results_file(out / "results.json")
     # the report opens with the README headline's rows
     from lit_kd.study.headline import headline_rows
 

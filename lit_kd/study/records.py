@@ -185,12 +185,14 @@ def validate(value: Any, node: dict, root: dict, where: str = "$") -> None:
     if "$ref" in node:
         return validate(value, root["$defs"][node["$ref"].rsplit("/", 1)[1]], root, where)
     if "anyOf" in node:
+        errors = []
         for option in node["anyOf"]:
             try:
                 return validate(value, option, root, where)
-            except RecordError:
-                pass
-        raise RecordError(f"{where}: {value!r} matches none of its types")
+            except RecordError as err:
+                errors.append(str(err))
+        deeper = [e for e in errors if not e.startswith(f"{where}: expected")]  # the option of the value's type
+        raise RecordError(deeper[0] if deeper else f"{where}: {value!r} matches none of its types"[:300])
     kind = node.get("type")
     checks = {
         "null": lambda v: v is None,
