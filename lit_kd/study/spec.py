@@ -106,12 +106,7 @@ def load_study(path: str | Path, use: dict[str, str] | None = None, without: lis
     every stage that consumes their outputs (``${stage.output}`` or ``select``); ``examples`` and ``report``, which read
     whatever ran before them, stay."""
     path = Path(path).resolve()
-    if not path.is_file():
-        raise StudyError(f"study file {str(path)!r} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise StudyError(f"study file {path}: not valid YAML ({err})") from err
+    raw = load_yaml(path, f"study file {str(path)!r} does not exist", f"study file {path}: not valid YAML")
     if not isinstance(raw, dict) or not isinstance(raw.get("stages"), dict) or not raw["stages"]:
         raise StudyError(f"study file {path}: expected a mapping with a non-empty 'stages' mapping")
     unknown = set(raw) - {"description", "fit_overrides", "stages"}
@@ -140,6 +135,16 @@ def load_study(path: str | Path, use: dict[str, str] | None = None, without: lis
     study = Study(path, str(raw.get("description") or ""), _ordered(stages), groups)
     _check_files(study)
     return study
+
+
+def load_yaml(path: Path, missing: str, invalid: str) -> Any:
+    """A YAML file's content; a missing file or invalid YAML is a :class:`StudyError` with these messages."""
+    if not path.is_file():
+        raise StudyError(missing)
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise StudyError(f"{invalid} ({err})") from err
 
 
 def _kinds() -> dict:

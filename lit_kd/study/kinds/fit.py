@@ -16,7 +16,7 @@ from lit_kd.study.kinds import trained
 from lit_kd.study.kinds.base import RUN_DIR, Context, Kind, ReportInput, Row
 from lit_kd.study.render import Section
 from lit_kd.study.results import Results
-from lit_kd.study.spec import Stage, Study, StudyError, check_override_key, references, set_dotted
+from lit_kd.study.spec import Stage, Study, StudyError, check_override_key, load_yaml, references, set_dotted
 
 
 def stage_config(ctx: Context, stage: Stage, settings: dict) -> dict:
@@ -63,12 +63,8 @@ class Fit(Kind):
         if references(stage.spec["fit"]):  # a config chosen at run time is checked then
             return
         config = study.here / str(stage.spec["fit"])
-        if not config.is_file():
-            raise StudyError(f"stage {stage.name!r}, fit: config {str(config)!r} does not exist")
-        try:
-            parsed = yaml.safe_load(config.read_text())
-        except yaml.YAMLError as err:
-            raise StudyError(f"stage {stage.name!r}, fit: {config} is not valid YAML ({err})") from err
+        where = f"stage {stage.name!r}, fit:"
+        parsed = load_yaml(config, f"{where} config {str(config)!r} does not exist", f"{where} {config} is not valid YAML")
         for key in stage.spec["overrides"]:
             check_override_key(parsed or {}, key, f"stage {stage.name!r}, overrides.{key}")
 
