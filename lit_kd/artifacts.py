@@ -89,7 +89,13 @@ def load_model(path: str | Path, kinds: tuple[str, ...] = KINDS, config: str | N
       QAT checkpoints are built as for export (:func:`lit_kd.checkpoints.load_for_export`; ``config``, a run's
       config.yaml, then names the architecture and recipe).
 
-    Failures are :class:`ModelFileError` (one line each)."""
+    Failures are :class:`ModelFileError` (one line each).
+
+    Example::
+
+        network, kind = load_model("runs/demo/qat/run/checkpoints/int8_model.pt")   # kind == "int8"
+        network, kind = load_model("weights/resnet20_teacher.pt", kinds=("float",))  # a float network or an error
+    """
     from lit_kd.quant.torch_qat import int8_model_from, is_int8_model, quiet_rebuild
 
     if "onnx" in kinds and Path(path).suffix.lower() == ".onnx":
