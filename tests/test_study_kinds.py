@@ -209,3 +209,13 @@ def test_a_registered_kind_runs_in_a_study_and_shows_in_its_report(tmp_path, tin
     assert results["findings"][0] == {"what": "Count `first`", "result": "0", "compared with": ""}
     with pytest.raises(StudyError, match="a count stage has outputs \\['json'\\]"):
         load_study(write_study(tmp_path, {"c": {"count": {}}, "p": {"ptq": {"ckpt": "${c.onnx}"}}}))
+
+
+def test_the_kinds_import_without_torch():
+    """The spec imports every kind to check a study file: a broken study file fails before torch loads."""
+    import subprocess
+    import sys
+
+    code = "import sys, lit_kd.study.spec, lit_kd.study.kinds, lit_kd.study.headline\nprint(sorted({'torch', 'lightning'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "[]"
