@@ -216,6 +216,7 @@ def test_the_kinds_import_without_torch():
     import subprocess
     import sys
 
-    code = "import sys, lit_kd.study.spec, lit_kd.study.kinds, lit_kd.study.headline\nprint(sorted({'torch', 'lightning'} & set(sys.modules)))"
+    code = "import sys, lit_kd.study.spec, lit_kd.study.kinds, lit_kd.study.headline\n"
+    code += "print(sorted({'torch', 'lightning'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "[]"
