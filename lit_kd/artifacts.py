@@ -90,7 +90,13 @@ def load_model(path: str | Path, kinds: tuple[str, ...] = KINDS, config: str | N
       QAT checkpoints are built as for export (:func:`lit_kd.checkpoints.load_for_export`; ``config``, a run's
       config.yaml, then names the architecture and recipe).
 
-    Failures are :class:`ModelFileError` (one line each)."""
+    Failures are :class:`ModelFileError` (one line each).
+
+    Example::
+
+        network, kind = load_model("runs/demo/qat/run/checkpoints/int8_model.pt")   # kind == "int8"
+        network, kind = load_model("weights/resnet20_teacher.pt", kinds=("float",))  # a float network or an error
+    """
     from lit_kd.quant.torch_qat import int8_model_from, is_int8_model, quiet_rebuild
 
     if "onnx" in kinds and Path(path).suffix.lower() == ".onnx":
@@ -127,3 +133,52 @@ def load_model(path: str | Path, kinds: tuple[str, ...] = KINDS, config: str | N
             raise ModelFileError(str(err)) from None
         return network, "qat" if qat else "float"
     return float_network(path, read_model_file(path) if saved is None else saved), "float"
+
+
+def network_facts(ckpt: str | Path, int8: Path | None = None) -> dict:
+    """Parameters, non-zero parameters, MACs, per-layer sparsity and size in bytes of a checkpoint's network.
+
+    Parameters and MACs are those of the plain architecture; non-zero counts come from the checkpoint's own tensors
+    (so a pruned or QAT checkpoint counts what it stores); ``size_bytes`` is the serialized float state dict, or the
+    INT8 model's when the run saved one.
+
+    Example::
+
+        network_facts("runs/demo/teacher/model.ckpt")
+        # {"architecture": "resnet20", "params": 272474, "nonzero_params": 272474, "macs": 40813184, ...}
+    """
+    import io
+
+    import torch
+
+    from lit_kd.checkpoints import build_network, network_key, network_state, read_checkpoint
+    from lit_kd.models import model_summary
+    from lit_kd.models.summary import summary_totals
+
+    checkpoint = read_checkpoint(ckpt)
+    network = build_network(checkpoint, ckpt)
+    totals = summary_totals(model_summary(network))
+    state = network_state(checkpoint)
+    layers = {}
+    nonzero = 0
+    for name, tensor in state.items():
+        if not torch.is_floating_point(tensor) or "post_process" in name or "fake_quant" in name or "running_" in name:
+            continue
+        if name.endswith((".weight", ".bias", "weight_orig")):
+            nonzero += int(tensor.count_nonzero())
+            if tensor.ndim in (2, 4) and not name.endswith(".bias"):
+                layers[name.removesuffix("_orig").removesuffix(".weight").replace(".module", "")] = (
+                    1 - int(tensor.count_nonzero()) / tensor.numel()
+                )
+    buffer = io.BytesIO()
+    torch.save({k: v for k, v in state.items()}, buffer)
+    size = int8.stat().st_size if int8 is not None else buffer.tell()
+    spec = checkpoint["hyper_parameters"][network_key(checkpoint["hyper_parameters"])]
+    return {
+        "architecture": spec if isinstance(spec, str) else spec.get("class_path"),
+        "params": totals["params"],
+        "nonzero_params": min(nonzero, totals["params"]),
+        "macs": totals["macs"],
+        "size_bytes": size,
+        "layer_sparsity": layers,
+    }

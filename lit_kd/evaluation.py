@@ -45,7 +45,12 @@ def correct_and_total(model: nn.Module, batches: Iterable) -> tuple[int, int]:
 
 
 def accuracy(model: nn.Module, batches: Iterable) -> float:
-    """Top-1 accuracy of ``model`` on ``batches``."""
+    """Top-1 accuracy of ``model`` on ``batches``.
+
+    Example::
+
+        accuracy(network.eval(), datamodule.test_dataloader())   # 0.9113
+    """
     correct, total = correct_and_total(model, batches)
     return correct / total
 

@@ -95,7 +95,8 @@ def test_every_layer_is_checked():
     [
         ("lit_kd.study.manifest", "from lit_kd.commands.bench import cpu_info"),
         ("lit_kd.study.runner", "def f():\n    from lit_kd.cli import LitKDCLI\n"),
-        ("lit_kd.study.stages", "import importlib\nimportlib.import_module('lit_kd.commands.ptq')"),
+        ("lit_kd.study.kinds.ptq", "import importlib\nimportlib.import_module('lit_kd.commands.ptq')"),
+        ("lit_kd.study.kinds.fit", "from lit_kd.cli import main"),
         ("lit_kd.study.ship", "from ..commands import classify"),
         ("lit_kd.evaluation", "from lit_kd.callbacks import SparseMLRecipe"),
         ("lit_kd.quant.sweep", "from lit_kd import study"),
@@ -109,6 +110,6 @@ def test_a_climbing_import_is_reported(module, source):
 
 
 def test_downward_imports_pass():
-    source = "from lit_kd.study.steps import STEPS\nfrom lit_kd.callbacks import SparseMLRecipe\nfrom . import arguments\n"
+    source = "from lit_kd.study.kinds import KINDS\nfrom lit_kd.callbacks import SparseMLRecipe\nfrom . import arguments\n"
     assert violations(source, "lit_kd.commands.ptq") == []
-    assert violations("from lit_kd.lightning_cli import run\nfrom lit_kd.evaluation import accuracy", "lit_kd.study.stages") == []
+    assert violations("from lit_kd.lightning_cli import run\nfrom lit_kd.evaluation import accuracy", "lit_kd.study.kinds.fit") == []

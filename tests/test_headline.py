@@ -11,7 +11,51 @@ from lit_kd.study.headline import END, START, HeadlineError, render, replace_bet
 
 
 def model(stage, acc, params=1000, nonzero=1000, arch="resnet20_trunc"):
-    return {"stage": stage, "architecture": arch, "params": params, "nonzero_params": nonzero, "test_acc": acc}
+    facts = {"macs": 40_000_000, "size_bytes": 4 * params, "epochs": 5, "stop_reason": "epoch budget", "wall_s": 60.0}
+    return {"stage": stage, "architecture": arch, "params": params, "nonzero_params": nonzero, "test_acc": acc, **facts}
+
+
+def stage(kind, **fields):
+    """A stage record of results.json, as the report writes it (metrics as the kind's executor returned them)."""
+    return {
+        "kind": kind,
+        "status": "done",
+        "outputs": {},
+        "metrics": {},
+        "command": None,
+        "wall_s": 1.0,
+        "seed": None,
+        "group": None,
+        **fields,
+    }
+
+
+def distillation(stage_name, seeds, mean, std, delta, val_acc):
+    accs, epochs = [mean] * seeds, [6] * seeds
+    return {
+        "stage": stage_name,
+        "seeds": seeds,
+        "test_accs": accs,
+        "epochs": epochs,
+        "mean": mean,
+        "std": std,
+        "delta_vs_baseline": delta,
+        "equal_epochs": 6,
+        "val_acc_at_equal_epochs": val_acc,
+    }
+
+
+def speed_row(model_name, runtime, batch, images_per_s):
+    latency = 1000 * batch / images_per_s
+    return {
+        "model": model_name,
+        "runtime": runtime,
+        "batch": batch,
+        "iterations": 10,
+        "latency_ms_median": latency,
+        "latency_ms_p90": latency,
+        "images_per_s": images_per_s,
+    }
 
 
 def ptq_row(runtime, wb, ab, method, acc, fp32):
@@ -23,29 +67,31 @@ def ptq_row(runtime, wb, ab, method, acc, fp32):
         "granularity": "per_channel",
         "first_last_8bit": runtime == "ours",
         "acc": acc,
+        "agree_fp32": 0.99,
         "drop": fp32 - acc,
     }
 
 
 RESULTS = {
     "study": "tiny.yaml",
+    "description": "a tiny study",
     "machine": {"cpu": {"cpu": "Test CPU", "isa": "avx2", "vnni": False, "cores_used": 2}},
     "stages": {
-        "teacher": {"kind": "fit"},
-        "student_data.seed0": {"kind": "fit", "group": "student_data"},
-        "student_data.seed1": {"kind": "fit", "group": "student_data"},
-        "kd_features.seed0": {"kind": "fit", "group": "kd_features"},
-        "kd_features.seed1": {"kind": "fit", "group": "kd_features"},
-        "best_student": {"kind": "select", "metrics": {"chosen": "kd_features.seed1"}},
-        "ptq": {"kind": "ptq", "metrics": {"test_images": 10000}},
-        "ptq_adaround": {"kind": "ptq", "metrics": {"test_images": 4000}},
-        "mixed": {
-            "kind": "ptq",
-            "metrics": {"search": {"act_bits": 8, "max_drop": 0.01, "chosen": {"weight_bits": {"conv1": 8, "a": 4, "b": 4, "c": 2}}}},
-        },
-        "sparse": {"kind": "fit", "outputs": {"ckpt": "/o/sparse/last.ckpt", "last": "/o/sparse/last.ckpt"}},
-        "prune": {"kind": "fit", "outputs": {"ckpt": "/o/prune/best.ckpt"}},
-        "export_sparse": {"kind": "export", "metrics": {"checkpoint": "/o/sparse/last.ckpt"}},
+        "teacher": stage("fit"),
+        "student_data.seed0": stage("fit", group="student_data", seed=0),
+        "student_data.seed1": stage("fit", group="student_data", seed=1),
+        "kd_features.seed0": stage("fit", group="kd_features", seed=0),
+        "kd_features.seed1": stage("fit", group="kd_features", seed=1),
+        "best_student": stage("select", metrics={"chosen": "kd_features.seed1"}),
+        "ptq": stage("ptq", metrics={"test_images": 10000}),
+        "ptq_adaround": stage("ptq", metrics={"test_images": 4000}),
+        "mixed": stage(
+            "ptq",
+            metrics={"search": {"act_bits": 8, "max_drop": 0.01, "chosen": {"weight_bits": {"conv1": 8, "a": 4, "b": 4, "c": 2}}}},
+        ),
+        "sparse": stage("fit", outputs={"ckpt": "/o/sparse/last.ckpt", "last": "/o/sparse/last.ckpt"}),
+        "prune": stage("fit", outputs={"ckpt": "/o/prune/best.ckpt"}),
+        "export_sparse": stage("export", metrics={"checkpoint": "/o/sparse/last.ckpt"}),
     },
     "models": [
         model("teacher", 0.9113, 269722, 269722, "resnet20"),
@@ -57,42 +103,10 @@ RESULTS = {
         model("prune", 0.8805, 232602, 100000),
     ],
     "distillation": [
-        {
-            "stage": "student_data",
-            "seeds": 2,
-            "mean": 0.8812,
-            "std": 0.00156,
-            "delta_vs_baseline": None,
-            "equal_epochs": 6,
-            "val_acc_at_equal_epochs": 0.85,
-        },
-        {
-            "stage": "kd_cosine",
-            "seeds": 1,
-            "mean": 0.8990,
-            "std": None,
-            "delta_vs_baseline": 0.0178,
-            "equal_epochs": 6,
-            "val_acc_at_equal_epochs": 0.86,
-        },
-        {
-            "stage": "kd_logits",
-            "seeds": 2,
-            "mean": 0.8850,
-            "std": None,
-            "delta_vs_baseline": 0.0038,
-            "equal_epochs": 6,
-            "val_acc_at_equal_epochs": 0.86,
-        },
-        {
-            "stage": "kd_features",
-            "seeds": 2,
-            "mean": 0.8924,
-            "std": 0.00184,
-            "delta_vs_baseline": 0.0112,
-            "equal_epochs": 6,
-            "val_acc_at_equal_epochs": 0.8712,
-        },
+        distillation("student_data", 2, 0.8812, 0.00156, None, 0.85),
+        distillation("kd_cosine", 1, 0.8990, None, 0.0178, 0.86),
+        distillation("kd_logits", 2, 0.8850, None, 0.0038, 0.86),
+        distillation("kd_features", 2, 0.8924, 0.00184, 0.0112, 0.8712),
     ],
     "ptq": {
         "ptq": [
@@ -107,6 +121,12 @@ RESULTS = {
     },
     "mixed_precision": {
         "mixed": {
+            "checkpoint": "/o/teacher/model.ckpt",
+            "search_seconds": 12.0,
+            "options": {"observer": "percentile"},
+            "eval_images": 500,
+            "fp32_weight_bytes": 409600.0,
+            "plot": "/o/mixed/pareto.png",
             "test_acc": {"fp32": 0.9113, "chosen": 0.9051},
             "test_images": 10000,
             "chosen_average_weight_bits": 3.4567,
@@ -114,15 +134,37 @@ RESULTS = {
             "uniform_int8_weight_bytes": 102400.0,
         }
     },
-    "qat": [{"stage": "qat", "started_from": "kd_features.seed1", "fp32_acc": 0.8937, "int8_test_acc": 0.8921, "drop": 0.0016}],
-    "exports": [{"stage": "export_sparse", "precision": "int8", "weight_sparsity": 0.9, "images": 10000, "deepsparse": {"acc": 0.8709}}],
+    "qat": [
+        {
+            "stage": "qat",
+            "started_from": "kd_features.seed1",
+            "fp32_acc": 0.8937,
+            "fake_quant_val_acc": 0.89,
+            "int8_test_acc": 0.8921,
+            "drop": 0.0016,
+        }
+    ],
+    "exports": [
+        {
+            "stage": "export_sparse",
+            "precision": "int8",
+            "weight_sparsity": 0.9,
+            "images": 10000,
+            "batch_size": 64,
+            "cores": 2,
+            "pytorch": {"acc": 0.871},
+            "onnxruntime": {"acc": 0.8709, "agreement": 0.999},
+            "deepsparse": {"acc": 0.8709},
+        }
+    ],
     "speed": {
         "rows": [
-            {"model": "pruned-quantized", "runtime": "deepsparse", "batch": 32, "images_per_s": 2345.6},
-            {"model": "pruned-quantized", "runtime": "deepsparse", "batch": 1, "images_per_s": 999.0},
-            {"model": "dense int8", "runtime": "pytorch int8 (fx, x86)", "batch": 32, "images_per_s": 1172.8},
-            {"model": "dense fp32", "runtime": "pytorch fp32 eager", "batch": 32, "images_per_s": 781.9},
-        ]
+            speed_row("pruned-quantized", "deepsparse", 32, 2345.6),
+            speed_row("pruned-quantized", "deepsparse", 1, 999.0),
+            speed_row("dense int8", "pytorch int8 (fx, x86)", 32, 1172.8),
+            speed_row("dense fp32", "pytorch fp32 eager", 32, 781.9),
+        ],
+        "ratios": {"deepsparse pruned-quantized vs pytorch dense int8, batch 32": 2.0},
     },
 }
 
@@ -170,8 +212,9 @@ def test_every_row_is_formatted_from_the_results():
 
 def test_rows_without_data_are_absent():
     results = copy.deepcopy(RESULTS)
-    for key in ("speed", "qat", "mixed_precision", "exports"):
+    for key in ("speed", "mixed_precision"):
         del results[key]
+    results["qat"], results["exports"] = [], []
     del results["ptq"]["ptq_adaround"]
     results["models"] = [m for m in results["models"] if m["stage"] not in ("prune", "sparse")]
     md = render(results, "report.md")
@@ -188,7 +231,7 @@ def test_rows_without_data_are_absent():
     results["distillation"] = [{**r, "delta_vs_baseline": None} for r in results["distillation"][1:]]
     assert "distilled" not in render(results, "report.md") and "data only" not in render(results, "report.md")
     with pytest.raises(HeadlineError, match="none of the results"):
-        render({"study": "empty.yaml", "stages": {}}, "report.md")
+        render({"study": "empty.yaml", "description": "", "stages": {}}, "report.md")
 
 
 def test_markers_replace_only_what_lies_between_them():
@@ -248,3 +291,14 @@ def test_mixed_precision_row_names_per_layer_activation_widths():
     mixed = next(v for k, v in rows_of(render(results, "r.md", "r.json")).items() if k.startswith("Mixed precision"))
     assert "activations A4 (A8: conv1, c)" in mixed
     assert "activations 8-bit" in next(v for k, v in rows_of(render(RESULTS, "r.md", "r.json")).items() if k.startswith("Mixed"))
+
+
+def test_a_results_file_that_does_not_fit_its_records_is_a_clear_error(tmp_path, capsys):
+    """A typo in a key (or a missing one) is named with its path, not read as "no such result"."""
+    results = copy.deepcopy(RESULTS)
+    results["models"][0]["tset_acc"] = results["models"][0].pop("test_acc")
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    assert headline.main([str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "models[0]: unknown key 'tset_acc'" in err and "results.schema.json" in err

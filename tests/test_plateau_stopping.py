@@ -112,7 +112,7 @@ def test_bad_arguments():
 def test_the_study_records_the_stop_before_testing_restores_an_earlier_best_checkpoint(tmp_path):
     """trainer.test(ckpt_path=best) restores callback states from that file; the best epoch came before the rule
     fired, so a stop reason read after testing would say 'epoch budget' (as two resumed CPU-study stages did)."""
-    from lit_kd.study.stages import FitOutcome, stop_reason
+    from lit_kd.callbacks.study_progress import FitOutcome, stop_reason
 
     sequence = [0.50, 0.80, 0.795, 0.79, 0.95]  # best after epoch 2, the rule fires after epoch 4
     module, outcome = ScriptedAccuracy(sequence), FitOutcome()

@@ -126,6 +126,10 @@ def test_study_runs_end_to_end_and_reports_what_the_manifests_hold(finished, tin
         assert cells[2] == f"{m['metrics']['params']:,}" and cells[3] == f"{m['metrics']['nonzero_params']:,}"
         assert cells[6] == pct(m["metrics"]["test_acc"])
     assert {r["stage"]: r["test_acc"] for r in results["models"]} == {n: m["metrics"]["test_acc"] for n, m in trained.items()}
+    # results.json is written from the typed records and fits the shipped schema
+    from tests.test_results_schema import check_results_file
+
+    check_results_file(out / "results.json")
     # the report opens with the README headline's rows
     from lit_kd.study.headline import headline_rows
 
@@ -450,12 +454,12 @@ def test_sigterm_stops_the_study_as_stopped_not_failed(tmp_path, tiny_zip, monke
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from lit_kd.commands import study as study_command
-    from lit_kd.study import runner
+    from lit_kd.study.kinds import KINDS
 
     def terminated(*args):
         raise SIGTERMException(15)  # what Lightning raises when SIGTERM arrives during a fit
 
-    monkeypatch.setitem(runner.EXECUTORS, "ptq", terminated)
+    monkeypatch.setattr(KINDS["ptq"], "run", terminated)
     (tmp_path / "x.ckpt").write_bytes(b"never read: the stage is stopped first")
     study = tmp_path / "s.yaml"
     study.write_text(yaml.safe_dump({"stages": {"ptq": {"ptq": {"ckpt": str(tmp_path / "x.ckpt"), "bits": [8]}}}}))

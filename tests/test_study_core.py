@@ -8,6 +8,7 @@ import json
 
 from lit_kd.compat.extras import installed
 from lit_kd.study.spec import load_study
+from tests.test_results_schema import check_results_file
 from tests.test_study import lit_kd, manifests, small_study, teacher_state  # noqa: F401  (teacher_state: a fixture)
 
 
@@ -26,4 +27,5 @@ def test_study_without_the_sparse_stages_runs_to_a_report(tiny_zip, teacher_stat
     assert ("acc" in validation["deepsparse"]) == installed("deepsparse")
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert found["qat"]["metrics"]["test_acc"] == results["stages"]["qat"]["metrics"]["test_acc"]
+    check_results_file(tmp_path / "out" / "results.json")
     assert all(m["environment"]["code"] for m in found.values() if "environment" in m)

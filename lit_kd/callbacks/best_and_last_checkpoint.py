@@ -21,7 +21,16 @@ from lit_kd.checkpoints import is_local_path
 
 class BestAndLastCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` whose ``save_last=True`` means "after every epoch" (as before Lightning 2.6), and whose
-    directory is cleared of killed runs' temporary files when a fit starts."""
+    directory is cleared of killed runs' temporary files when a fit starts.
+
+    Example::
+
+        from lit_kd.callbacks import BestAndLastCheckpoint
+
+        # best.ckpt by validation accuracy, last.ckpt after every epoch (what a resumed run continues from)
+        checkpoints = BestAndLastCheckpoint(monitor="val/acc", mode="max", filename="best", save_last=True)
+        trainer = Trainer(callbacks=[checkpoints])
+    """
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)  # resolves dirpath

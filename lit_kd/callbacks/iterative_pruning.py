@@ -75,6 +75,14 @@ class IterativePruning(L.Callback):
         input_shape: an example input shape for counting (one forward pass of ``model_summary``).
         init_ckpt: a lit-kd checkpoint (or state-dict file) whose network weights pruning starts from when fitting
             (the trained or distilled model of an earlier stage); a resumed run restores its own state over them.
+
+    Example::
+
+        from lit_kd.callbacks import IterativePruning
+
+        # halve the remaining weights, fine-tune one epoch, repeat until 100,000 non-zero parameters are left
+        pruning = IterativePruning(target_nonzero=100_000, prune_fraction=0.5, finetune_epochs=1, init_ckpt="student.ckpt")
+        trainer = Trainer(max_epochs=20, callbacks=[pruning])
     """
 
     def __init__(

@@ -16,6 +16,15 @@ class AccuracyPlateauStopping(EarlyStopping):
     any check where the change is ``>= min_delta`` (up or down) restarts the count. Unlike EarlyStopping, a drop
     counts as a change, not as a failure to improve. The previous value and the count are saved in checkpoints, so
     a resumed run continues the count. ``patience`` counts validation checks (one per epoch by default).
+
+    Example::
+
+        from lit_kd.callbacks import AccuracyPlateauStopping
+
+        # stop when val/acc moved by less than 1 point at two checks in a row
+        trainer = Trainer(callbacks=[AccuracyPlateauStopping(monitor="val/acc", min_delta=0.01, patience=2)])
+
+    In a config: ``trainer.callbacks: [{class_path: lit_kd.callbacks.AccuracyPlateauStopping}]``.
     """
 
     def __init__(self, monitor: str = "val/acc", min_delta: float = 0.01, patience: int = 2, verbose: bool = True, **kwargs: Any):

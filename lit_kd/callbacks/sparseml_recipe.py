@@ -48,6 +48,14 @@ class SparseMLRecipe(L.Callback):
         attribute: the LightningModule attribute holding the network (``model``; a DistillationModule's student).
         init_ckpt: a lit-kd checkpoint (or state-dict file) whose network weights the recipe starts from when fitting
             (the best student of an earlier stage); a resumed run then restores its own state over them.
+
+    Example::
+
+        from lit_kd.callbacks import SparseMLRecipe
+
+        # gradual magnitude pruning to 90 %, then QAT; the recipe's length sets max_epochs
+        recipe = SparseMLRecipe("experiments/recipes/gmp_qat.yaml", {"num_epochs": 10, "final_sparsity": 0.9})
+        trainer = Trainer(callbacks=[recipe])
     """
 
     def __init__(self, recipe: str, recipe_args: dict[str, Any] | None = None, attribute: str = "model", init_ckpt: str | None = None):

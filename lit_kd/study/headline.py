@@ -19,262 +19,28 @@ import argparse
 import json
 import os
 import sys
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 from lit_kd.atomic import write_bytes
+from lit_kd.study.kinds import KINDS
+from lit_kd.study.kinds.base import Row
+from lit_kd.study.records import RecordError
+from lit_kd.study.results import Results
 
 START, END = "<!-- headline:start -->", "<!-- headline:end -->"
-FULL_TEST_SET = 10_000  # CIFAR-10's test split: rows measured on fewer images say so
 
 
 class HeadlineError(ValueError):
     """A results file or README the headline cannot be made from; the message says what is wrong."""
 
 
-# ------------------------------------------------------------------------------------------------ formatting
-def pct(x: float) -> str:
-    return f"{100 * x:.2f} %"
-
-
-def pts(x: float) -> str:
-    return f"{100 * x:+.2f} points"
-
-
-def mean_std(mean: float, std: float | None) -> str:
-    return pct(mean) if std is None else f"{100 * mean:.2f} ± {100 * std:.2f} %"
-
-
-def seeds(n: int) -> str:
-    return f"{n} seed{'s' if n != 1 else ''}"
-
-
-def on_images(n: int | None) -> str:
-    return "" if n is None or n >= FULL_TEST_SET else f" (on {n:,} test images)"
-
-
-# ------------------------------------------------------------------------------------------------ rows
-Row = tuple[str, str, str]  # what, result, compared with
-
-
-def _models(results: dict) -> dict[str, dict]:
-    return {m["stage"]: m for m in results.get("models") or []}
-
-
-def _group_of(results: dict, stage: str) -> str:
-    return (results.get("stages", {}).get(stage) or {}).get("group") or stage
-
-
-def _best_student(results: dict) -> dict | None:
-    """The model record a ``select`` stage chose (the best student by test accuracy)."""
-    models = _models(results)
-    for s in (results.get("stages") or {}).values():
-        chosen = (s.get("metrics") or {}).get("chosen") if s.get("kind") == "select" else None
-        if chosen in models:
-            return models[chosen]
-    return None
-
-
-def teacher_rows(results: dict) -> list[Row]:
-    t = _models(results).get("teacher")
-    if not t:
-        return []
-    return [(f"Teacher `teacher` ({t['architecture']}, {t['params']:,} parameters)", pct(t["test_acc"]), "")]
-
-
-def distillation_rows(results: dict) -> list[Row]:
-    records = results.get("distillation") or []
-    # the report lists the data-only baseline first, and gives every other row a delta to it; without the baseline's
-    # accuracy no row has a delta, and there is nothing to headline
-    if not records or records[0].get("delta_vs_baseline") is not None:
-        return []
-    if len(records) > 1 and all(r.get("delta_vs_baseline") is None for r in records[1:]):
-        return []
-    base, others = records[0], [r for r in records[1:] if r.get("delta_vs_baseline") is not None]
-    arch = {_group_of(results, m["stage"]): m["architecture"] for m in results.get("models") or []}
-    rows = [
-        (
-            f"Student on data only `{base['stage']}` ({arch.get(base['stage'], '?')}, {seeds(base['seeds'])})",
-            mean_std(base["mean"], base["std"]),
-            "",
-        )
-    ]
-    # the comparison uses the same seeds on both sides: setups run with fewer seeds than the baseline are named beside
-    # the best one when they score higher, never chosen over it (one lucky seed is not a mean)
-    paired = [r for r in others if r["seeds"] >= base["seeds"]]
-    if others:
-        candidates = paired or others
-        best = max(candidates, key=lambda r: r["mean"])
-        compared = f"{pts(best['delta_vs_baseline'])} vs data only"
-        early = (best.get("val_acc_at_equal_epochs"), base.get("val_acc_at_equal_epochs"))
-        if None not in early:  # the stopping rule may have trained the two for different numbers of epochs
-            compared += f"; {pts(early[0] - early[1])} in validation accuracy after {best['equal_epochs']} epochs each"
-        higher = [r for r in others if r not in candidates and r["mean"] > best["mean"]]
-        if higher:
-            compared += "; higher with fewer seeds: " + ", ".join(f"`{r['stage']}` {pct(r['mean'])} ({seeds(r['seeds'])})" for r in higher)
-        among = f"best of {len(candidates)} distillation setups"
-        if paired and len(paired) < len(others):
-            among += " with the data-only seeds"
-        rows.append(
-            (
-                f"Best distilled student `{best['stage']}` ({seeds(best['seeds'])}; {among})",
-                mean_std(best["mean"], best["std"]),
-                compared,
-            )
-        )
-    return rows
-
-
-def ptq_rows(results: dict) -> list[Row]:
-    measured = []  # (stage, row, fp32 accuracy, test images)
-    for stage, rows in (results.get("ptq") or {}).items():
-        fp32 = next((r["acc"] for r in rows if r["runtime"] == "fp32"), None)
-        images = ((results.get("stages") or {}).get(stage, {}).get("metrics") or {}).get("test_images")
-        measured += [(stage, r, fp32, images) for r in rows if r["runtime"] != "fp32" and fp32 is not None]
-
-    def row(label: str, candidates: list) -> list[Row]:
-        if not candidates:
-            return []
-        stage, r, fp32, images = min(candidates, key=lambda c: c[1]["drop"])
-        details = ", ".join(
-            x
-            for x in (
-                r["method"],
-                r["granularity"].replace("_", "-") if r["granularity"] != "-" else "",
-                "first/last layer 8-bit" if r["first_last_8bit"] else "",
-            )
-            if x
-        )
-        best_of = f"; best of {len(candidates)}" if len(candidates) > 1 else ""
-        return [
-            (f"{label} `{stage}` ({details}{best_of})", pct(r["acc"]), f"{pts(r['acc'] - fp32)} vs FP32 {pct(fp32)}{on_images(images)}")
-        ]
-
-    def ours(wb: int, ab: int, adaround: bool = False) -> list:
-        return [
-            c
-            for c in measured
-            if c[1]["runtime"] == "ours"
-            and (c[1]["weight_bits"], c[1]["act_bits"]) == (wb, ab)
-            and (not adaround or "adaround" in c[1]["method"])
-        ]
-
-    pytorch_int8 = [c for c in measured if c[1]["runtime"] == "pytorch" and c[1]["weight_bits"] == 8]
-    return (
-        row("Our PTQ W8A8", ours(8, 8))
-        + row("PyTorch INT8 PTQ", pytorch_int8)
-        + row("Our PTQ W4A4", ours(4, 4))
-        + row("Our PTQ W2A8 with AdaRound", ours(2, 8, adaround=True))
-    )
-
-
-def mixed_precision_rows(results: dict) -> list[Row]:
-    rows = []
-    for stage, mp in (results.get("mixed_precision") or {}).items():
-        search = ((results.get("stages") or {}).get(stage, {}).get("metrics") or {}).get("search") or {}
-        acc = mp.get("test_acc") or {}
-        if "chosen" not in acc or "fp32" not in acc:
-            continue
-        widths = Counter((search.get("chosen") or {}).get("weight_bits", {}).values())
-        layers = ", ".join(f"{n} at {b} bits" for b, n in sorted(widths.items(), reverse=True))
-        act = f", activations {search['act_bits']}-bit" if "act_bits" in search else ""
-        if search.get("layer_act_bits"):
-            from lit_kd.quant.search_report import act_label
-
-            act = f", activations {act_label(search['layer_act_bits'], search.get('act_bits'))}"
-        budget = f" (budget {100 * search['max_drop']:.1f} points)" if "max_drop" in search else ""
-        what = f"Mixed precision `{stage}`{budget}: weights {mp['chosen_average_weight_bits']:.2f} bits on average{act}"
-        if layers:
-            what += f" (layers: {layers})"
-        size = (
-            f"; weights {mp['chosen_weight_bytes'] / 1024:.1f} KiB vs {mp['uniform_int8_weight_bytes'] / 1024:.1f} KiB in INT8"
-            if "chosen_weight_bytes" in mp and "uniform_int8_weight_bytes" in mp
-            else ""
-        )
-        rows.append(
-            (
-                what,
-                pct(acc["chosen"]),
-                f"{pts(acc['chosen'] - acc['fp32'])} vs FP32 {pct(acc['fp32'])}{on_images(mp.get('test_images'))}{size}",
-            )
-        )
-    return rows
-
-
-def qat_rows(results: dict) -> list[Row]:
-    rows = []
-    for q in results.get("qat") or []:
-        compared = (
-            ""
-            if q.get("fp32_acc") is None
-            else f"{pts(q['int8_test_acc'] - q['fp32_acc'])} vs its FP32 start `{q['started_from']}` {pct(q['fp32_acc'])}"
-        )
-        rows.append((f"QAT `{q['stage']}`, real INT8 kernels", pct(q["int8_test_acc"]), compared))
-    return rows
-
-
-def sparse_rows(results: dict) -> list[Row]:
-    """Pruned models: those with an INT8 ONNX export as "sparse + INT8", the others as "pruned to N non-zero"."""
-    models, stages = _models(results), results.get("stages") or {}
-    best = _best_student(results)
-    versus = f"vs the best student `{best['stage']}` {pct(best['test_acc'])} (dense)" if best else ""
-    int8_exports = {}  # stage of the exported checkpoint -> export record
-    for e in results.get("exports") or []:
-        if e.get("precision") == "int8" and e.get("weight_sparsity", 0) > 0:
-            ckpt = ((stages.get(e["stage"]) or {}).get("metrics") or {}).get("checkpoint")
-            owner = next((n for n, s in stages.items() if ckpt and ckpt in (s.get("outputs") or {}).values() and n in models), None)
-            if owner:
-                int8_exports[owner] = e
-    rows = []
-    for name, m in models.items():
-        if not m["params"] or m["nonzero_params"] >= 0.95 * m["params"]:
-            continue
-        delta = f"{pts(m['test_acc'] - best['test_acc'])} " if best and best is not m else ""
-        compared = (delta + versus) if best and best is not m else ""
-        if name in int8_exports:
-            e = int8_exports[name]
-            deployed = f"; DeepSparse {pct(e['deepsparse']['acc'])}{on_images(e.get('images'))}" if "acc" in e.get("deepsparse", {}) else ""
-            rows.append(
-                (
-                    f"{100 * e['weight_sparsity']:.0f} % sparse + INT8 `{name}` ({m['nonzero_params']:,} non-zero parameters)",
-                    f"{pct(m['test_acc'])} (PyTorch){deployed}",
-                    compared,
-                )
-            )
-        else:
-            rows.append(
-                (f"Pruned to {m['nonzero_params']:,} non-zero parameters `{name}` (of {m['params']:,})", pct(m["test_acc"]), compared)
-            )
-    return rows
-
-
-def speed_rows(results: dict, batch: int = 32) -> list[Row]:
-    speed = results.get("speed") or {}
-    rows = [r for r in speed.get("rows") or [] if r.get("batch") == batch]
-    fast = next((r for r in rows if r["runtime"] == "deepsparse" and "dense" not in r["model"]), None)
-    pytorch = [r for r in rows if r["runtime"].startswith("pytorch")]
-    if not fast or not pytorch:
-        return []
-    compared = "; ".join(
-        f"{fast['images_per_s'] / r['images_per_s']:.2f}x PyTorch {r['model']} at {r['images_per_s']:,.0f} images/s"
-        for r in sorted(pytorch, key=lambda r: -r["images_per_s"])
-    )
-    cpu = (results.get("machine") or {}).get("cpu") or {}
-    where = f", {cpu['cores_used']} cores" if cpu.get("cores_used") else ""
-    return [(f"DeepSparse, {fast['model']}, batch {batch}{where}", f"{fast['images_per_s']:,.0f} images/s", compared)]
-
-
-def headline_rows(results: dict) -> list[Row]:
-    return (
-        teacher_rows(results)
-        + distillation_rows(results)
-        + ptq_rows(results)
-        + mixed_precision_rows(results)
-        + qat_rows(results)
-        + sparse_rows(results)
-        + speed_rows(results)
-    )
+def headline_rows(results: Results | dict) -> list[Row]:
+    """Every kind's headline rows (:meth:`~lit_kd.study.kinds.base.Kind.headline_rows`), in the order of their
+    positions: teacher, students, PTQ, mixed precision, QAT, pruned models, speed."""
+    typed = results if isinstance(results, Results) else Results.from_dict(results)
+    rows = [row for kind in KINDS.values() for row in kind.headline_rows(typed)]
+    return [row for _, row in sorted(rows, key=lambda r: r[0])]
 
 
 # ------------------------------------------------------------------------------------------------ rendering
@@ -285,19 +51,20 @@ def report_link(results_path: Path, relative_to: Path) -> str:
     return Path(os.path.relpath(target.resolve(), relative_to.resolve())).as_posix()
 
 
-def render(results: dict, link: str, source: str = "results.json", command: str | None = None) -> str:
+def render(results: Results | dict, link: str, source: str = "results.json", command: str | None = None) -> str:
     """The headline as Markdown: a table and a line that names its source and links the full report."""
+    results = results if isinstance(results, Results) else Results.from_dict(results)
     rows = headline_rows(results)
     if not rows:
         raise HeadlineError(f"{source} has none of the results the headline shows (models, distillation, ptq, qat, speed)")
-    cpu = (results.get("machine") or {}).get("cpu") or {}
+    cpu = results.machine.get("cpu") or {}
     machine = f" Measured on {cpu['cpu']} ({cpu.get('isa', '?')}, VNNI {'yes' if cpu.get('vnni') else 'no'})." if cpu.get("cpu") else ""
     command = command or f"python -m lit_kd.study.headline {source}"
     lines = [f"<!-- generated by `{command}`; do not edit by hand -->", "", "| what | result | compared with |", "|---|---|---|"]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
     lines += [
         "",
-        f"Study `{results.get('study', '?')}`: test accuracy on the CIFAR-10 test set unless a row says otherwise; "
+        f"Study `{results.study}`: test accuracy on the CIFAR-10 test set unless a row says otherwise; "
         f'"best of N" is the configuration with the smallest drop among the N measured.{machine} '
         f"Every number is read from `{source}`; the full report: [{link}]({link}).",
     ]
@@ -337,7 +104,8 @@ def update_readme(readme: Path, block: str) -> bool:
     return True
 
 
-def load_results(path: Path) -> dict:
+def load_results(path: Path) -> Results:
+    """A study's results.json as typed records; :class:`HeadlineError` says what is wrong with it."""
     try:
         results = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -345,8 +113,11 @@ def load_results(path: Path) -> dict:
     except json.JSONDecodeError as err:
         raise HeadlineError(f"{path} is not valid JSON ({err})") from None
     if not isinstance(results, dict) or "stages" not in results:
-        raise HeadlineError(f"{path} is not a study's results.json (no 'stages'; see lit_kd/study/report.py)")
-    return results
+        raise HeadlineError(f"{path} is not a study's results.json (no 'stages'; see lit_kd/study/results.py)")
+    try:
+        return Results.from_dict(results, str(path))
+    except RecordError as err:
+        raise HeadlineError(f"{path} does not fit docs/results.schema.json: {err}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -161,3 +161,11 @@ def portable_command(command: str, out: Path, data: str | None, data_name: str) 
     """A stage's command free of this machine's paths: ``<out>`` for the study's folder, ``data_name`` for its data."""
     command = command.replace(str(out.resolve()), "<out>")
     return command.replace(data, data_name) if data else command
+
+
+def wall_time(manifest: dict) -> str:
+    """A stage's wall time, all its attempts together: an interrupted and resumed stage says how many there were."""
+    from lit_kd.study.render import minutes
+
+    attempts = manifest.get("attempts") or 1
+    return minutes(manifest.get("wall_s")) + (f" ({attempts} attempts)" if attempts > 1 else "")

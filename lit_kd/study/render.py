@@ -1,5 +1,6 @@
-"""How the study report is rendered: its blocks (sections of text, tables, figures and code), number formats, and the
-two renderings, Markdown (``report.md``, PNGs beside it) and HTML (``report.html``, figures embedded)."""
+"""How the study report is rendered: its blocks (sections of text, tables, figures and code), number formats (of the
+report and of the README headline), and the two renderings, Markdown (``report.md``, PNGs beside it) and HTML
+(``report.html``, figures embedded). Nothing here reads a manifest: the kinds fill the blocks."""
 
 from __future__ import annotations
 
@@ -40,6 +41,26 @@ def pts(x: float | None) -> str:
 
 def minutes(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds / 60:.1f} min"
+
+
+FULL_TEST_SET = 10_000  # CIFAR-10's test split: headline rows measured on fewer images say so
+
+
+def points(x: float) -> str:
+    """A difference of accuracies in the headline's words: ``+1.23 points``."""
+    return f"{100 * x:+.2f} points"
+
+
+def mean_std(mean: float, std: float | None) -> str:
+    return pct(mean) if std is None else f"{100 * mean:.2f} ± {100 * std:.2f} %"
+
+
+def seeds(n: int) -> str:
+    return f"{n} seed{'s' if n != 1 else ''}"
+
+
+def on_images(n: int | None) -> str:
+    return "" if n is None or n >= FULL_TEST_SET else f" (on {n:,} test images)"
 
 
 def to_markdown(title: str, sections: list[Section], out: Path) -> str:

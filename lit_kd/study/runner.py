@@ -22,9 +22,10 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from rich.console import Console
 
 from lit_kd.atomic import write_text
+from lit_kd.study.kinds import KINDS
+from lit_kd.study.kinds.base import RUN_DIR, Context
 from lit_kd.study.manifest import FileHashes, StageClock, environment, input_hash, read_manifest, write_manifest
-from lit_kd.study.spec import OUTPUTS, Stage, Study, StudyError, substitute
-from lit_kd.study.stages import EXECUTORS, RUN_DIR, Context, consumed_files, stage_config
+from lit_kd.study.spec import Stage, Study, StudyError, substitute
 
 
 @dataclass
@@ -64,7 +65,7 @@ def stage_inputs(study: Study, stage: Stage, manifests: dict[str, dict], data: s
     payload = {"kind": stage.kind, "settings": settings, "data": data}
     if stage.kind == "fit":
         payload["config_text"] = (study.here / settings["fit"]).read_text()
-    payload["consumed"] = {path: hashes(path) for path in consumed_files(stage, settings, manifests)}
+    payload["consumed"] = {path: hashes(path) for path in KINDS[stage.kind].consumed_files(stage, settings, manifests)}
     return {"settings": settings, "payload": payload, "hash": input_hash(payload)}
 
 
@@ -135,6 +136,7 @@ def validate_fit_configs(study: Study, out: Path, data: str, steps: list[Step]) 
     """Parse every fit stage that will run with LightningCLI's own parser (nothing instantiated), so a bad override
     or a typo in a config fails before the first stage starts."""
     from lit_kd.lightning_cli import LitKDCLI
+    from lit_kd.study.kinds.fit import stage_config
 
     class ParseOnly(LitKDCLI):
         def _set_seed(self) -> None:
@@ -205,7 +207,7 @@ def clear_stage_dir(stage_dir: Path) -> None:
 def exit_message(err: BaseException) -> str:
     """What a failed stage reports: the exception, or a subcommand's own error line (``SystemExit("lit-kd ptq:
     error: ...")``), or its exit status."""
-    from lit_kd.study.steps import StepError
+    from lit_kd.study.kinds.step import StepError
 
     if isinstance(err, StepError):  # a ptq/export/bench stage's one line, as its command reports it
         return str(err)
@@ -322,9 +324,10 @@ class Runner:
         write_manifest(stage_dir, manifest)
         ctx.resume = step.action == "resume"
         with StageClock(stage_dir, manifest, base_wall) as clock, torch_process_state():
-            outputs, metrics, command = EXECUTORS[stage.kind](ctx, stage, inputs["settings"], label)
-        if OUTPUTS[stage.kind][0] not in outputs:
-            raise RuntimeError(f"stage {stage.name!r} finished without its {OUTPUTS[stage.kind][0]!r} output")
+            outputs, metrics, command = KINDS[stage.kind].run(ctx, stage, inputs["settings"], label)
+        main_output = KINDS[stage.kind].outputs[0]
+        if main_output not in outputs:
+            raise RuntimeError(f"stage {stage.name!r} finished without its {main_output!r} output")
         if stage.kind == "fit":  # the config as it ran: the study's overrides, data source and logger applied
             import yaml
 

@@ -11,8 +11,8 @@
       report:   {report: {}}
 
 Conventions: paths are relative to the study file; ``${here}`` is the study file's folder; ``${stage.output}``
-names an output of an earlier stage (see ``OUTPUTS``); override keys are dotted paths into the stage's config
-(``trainer.callbacks.0.init_args.init_ckpt``; list items by index). A stage with ``seeds`` expands into
+names an output of an earlier stage (each kind's ``outputs``, :mod:`lit_kd.study.kinds`); override keys are dotted
+paths into the stage's config (``trainer.callbacks.0.init_args.init_ckpt``; list items by index). A stage with ``seeds`` expands into
 ``<stage>.seed<N>`` stages (``seed_everything`` set), and ``select`` may name the group.
 """
 
@@ -25,18 +25,6 @@ from typing import Any
 
 import yaml
 
-STEP_KINDS = ("ptq", "export", "bench", "examples", "report")
-KINDS = ("fit", "weights", "select", *STEP_KINDS)
-OUTPUTS = {
-    "fit": ("ckpt", "last", "run_dir", "config", "int8"),
-    "weights": ("ckpt",),
-    "select": ("ckpt", "config"),
-    "ptq": ("json",),
-    "export": ("onnx", "json"),
-    "bench": ("json",),
-    "examples": ("json",),
-    "report": ("html",),
-}
 REFERENCE = re.compile(r"\$\{([A-Za-z0-9_.\-]+)\}")
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]*$")
 
@@ -118,12 +106,7 @@ def load_study(path: str | Path, use: dict[str, str] | None = None, without: lis
     every stage that consumes their outputs (``${stage.output}`` or ``select``); ``examples`` and ``report``, which read
     whatever ran before them, stay."""
     path = Path(path).resolve()
-    if not path.is_file():
-        raise StudyError(f"study file {str(path)!r} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise StudyError(f"study file {path}: not valid YAML ({err})") from err
+    raw = load_yaml(path, f"study file {str(path)!r} does not exist", f"study file {path}: not valid YAML")
     if not isinstance(raw, dict) or not isinstance(raw.get("stages"), dict) or not raw["stages"]:
         raise StudyError(f"study file {path}: expected a mapping with a non-empty 'stages' mapping")
     unknown = set(raw) - {"description", "fit_overrides", "stages"}
@@ -154,7 +137,24 @@ def load_study(path: str | Path, use: dict[str, str] | None = None, without: lis
     return study
 
 
+def load_yaml(path: Path, missing: str, invalid: str) -> Any:
+    """A YAML file's content; a missing file or invalid YAML is a :class:`StudyError` with these messages."""
+    if not path.is_file():
+        raise StudyError(missing)
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise StudyError(f"{invalid} ({err})") from err
+
+
+def _kinds() -> dict:
+    from lit_kd.study.kinds import KINDS  # the kinds import this module for Stage and StudyError
+
+    return KINDS
+
+
 def _parse_stage(path: Path, name: str, body: Any, fit_overrides: dict) -> list[Stage]:
+    KINDS = _kinds()
     if not NAME.match(name):
         raise StudyError(f"stage {name!r}: names start with a letter and use letters, digits, '_' and '-'")
     if not isinstance(body, dict):
@@ -163,37 +163,11 @@ def _parse_stage(path: Path, name: str, body: Any, fit_overrides: dict) -> list[
     if len(kinds) != 1:
         raise StudyError(f"stage {name!r}: needs exactly one of the keys {list(KINDS)}, found {kinds or sorted(body)}")
     kind = kinds[0]
-    allowed = {
-        "fit": {"fit", "overrides", "seeds", "description"},
-        "weights": {"weights", "model", "model_kwargs", "description"},
-        "select": {"select", "description"},
-    }.get(kind, {kind, "description"})
+    allowed = {kind, "description", *KINDS[kind].keys}
     extra = set(body) - allowed
     if extra:
         raise StudyError(f"stage {name!r}: unknown keys {sorted(extra)} for a {kind} stage (allowed: {sorted(allowed)})")
-    spec = dict(body)
-    if kind == "fit":
-        overrides = spec.get("overrides") or {}
-        if not isinstance(overrides, dict):
-            raise StudyError(f"stage {name!r}: overrides must be a mapping of dotted keys to values")
-        spec["overrides"] = {**fit_overrides, **overrides}
-        seeds = spec.pop("seeds", None)
-        if seeds is not None:
-            if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
-                raise StudyError(f"stage {name!r}: seeds must be a non-empty list of integers, got {seeds!r}")
-            return [
-                Stage(f"{name}.seed{s}", kind, {**spec, "overrides": {**spec["overrides"], "seed_everything": s}}, group=name, seed=s)
-                for s in seeds
-            ]
-    elif kind == "weights":
-        if not isinstance(spec.get("model"), str):
-            raise StudyError(f"stage {name!r}: a weights stage names its architecture: model: <name>")
-    elif kind == "select":
-        if not isinstance(spec["select"], list) or len(spec["select"]) < 1:
-            raise StudyError(f"stage {name!r}: select takes a list of stage names, got {spec['select']!r}")
-    elif not isinstance(spec[kind] or {}, dict):
-        raise StudyError(f"stage {name!r}: {kind} takes a mapping of flags, got {spec[kind]!r}")
-    return [Stage(name, kind, spec)]
+    return KINDS[kind].parse(name, dict(body), fit_overrides)
 
 
 def _stand_in(path: Path, stages: dict[str, Stage], name: str, weights: str) -> Stage:
@@ -227,8 +201,7 @@ def _without(stages: dict[str, Stage], groups: dict[str, list[str]], names: list
         changed = False
         for stage in stages.values():
             consumed = {ref for ref, _ in references(list(_settings(stage).values()))}
-            if stage.kind == "select":
-                consumed |= {str(n) for n in stage.spec["select"]}
+            consumed |= set(_kinds()[stage.kind].consumed_stages(stage))
             consumed = {member for n in consumed for member in groups.get(n, [n])}
             if stage.name not in out and consumed & out:
                 out.add(stage.name)
@@ -250,17 +223,9 @@ def _needs(stage: Stage, stages: dict[str, Stage], groups: dict[str, list[str]])
             if member not in needs:
                 needs.append(member)
 
-    if stage.kind == "select":
-        for name in stage.spec["select"]:
-            need(str(name), "select")
-    elif stage.kind == "report":  # the report reads every stage defined before it in the file
-        for name in list(stages)[: list(stages).index(stage.name)]:
-            need(name, "report")
-    elif stage.kind == "examples":  # the models to show: the named ones, or every trained stage before it
-        models = (stage.spec["examples"] or {}).get("models")
-        before = list(stages)[: list(stages).index(stage.name)]
-        for name in models if models is not None else [n for n in before if stages[n].kind in ("fit", "weights")]:
-            need(str(name), "examples.models")
+    kind = _kinds()[stage.kind]
+    for name in kind.implicit_needs(stage, stages):
+        need(name, kind.needs_key or kind.name)
     for key, value in _settings(stage).items():
         for ref_stage, output in references(value):
             if ref_stage in groups:
@@ -269,21 +234,17 @@ def _needs(stage: Stage, stages: dict[str, Stage], groups: dict[str, list[str]])
                     f"({', '.join(groups[ref_stage])}) or select the best with a select stage"
                 )
             need(ref_stage, key)
-            kind = stages[ref_stage].kind
-            if output not in OUTPUTS[kind]:
+            other = _kinds()[stages[ref_stage].kind]
+            if output not in other.outputs:
                 raise StudyError(
-                    f"stage {stage.name!r}, {key}: ${{{ref_stage}.{output}}}: a {kind} stage has outputs {list(OUTPUTS[kind])}"
+                    f"stage {stage.name!r}, {key}: ${{{ref_stage}.{output}}}: a {other.name} stage has outputs {list(other.outputs)}"
                 )
     return needs
 
 
 def _settings(stage: Stage) -> dict[str, Any]:
     """The stage's settings as ``key -> value`` (override keys, or step flags), for references and messages."""
-    if stage.kind == "fit":
-        return {"fit": stage.spec["fit"], **{f"overrides.{k}": v for k, v in stage.spec["overrides"].items()}}
-    if stage.kind in STEP_KINDS:
-        return {f"{stage.kind}.{k}": v for k, v in (stage.spec[stage.kind] or {}).items()}
-    return {}
+    return _kinds()[stage.kind].settings(stage)
 
 
 def _ordered(stages: dict[str, Stage]) -> dict[str, Stage]:
@@ -311,20 +272,7 @@ def _ordered(stages: dict[str, Stage]) -> dict[str, Stage]:
 def _check_files(study: Study) -> None:
     """Configs and shipped weights exist; literal paths to checkpoints named in settings exist."""
     for stage in study.stages.values():
-        if stage.kind == "fit" and not references(stage.spec["fit"]):  # a config chosen at run time is checked then
-            config = study.here / str(stage.spec["fit"])
-            if not config.is_file():
-                raise StudyError(f"stage {stage.name!r}, fit: config {str(config)!r} does not exist")
-            try:
-                parsed = yaml.safe_load(config.read_text())
-            except yaml.YAMLError as err:
-                raise StudyError(f"stage {stage.name!r}, fit: {config} is not valid YAML ({err})") from err
-            for key in stage.spec["overrides"]:
-                check_override_key(parsed or {}, key, f"stage {stage.name!r}, overrides.{key}")
-        if stage.kind == "weights":
-            weights = study.here / str(stage.spec["weights"])
-            if not weights.is_file():
-                raise StudyError(f"stage {stage.name!r}, weights: file {str(weights)!r} does not exist")
+        _kinds()[stage.kind].check_files(study, stage)
         for key, value in _settings(stage).items():
             literal = substitute(value, lambda name: str(study.here) if name == "here" else "${}")
             if isinstance(literal, str) and "${}" not in literal and literal.endswith((".ckpt", ".pt", ".onnx")):

@@ -1,0 +1,123 @@
+"""The ``bench`` kind: ``lit-kd bench`` of ONNX models (and a checkpoint in PyTorch) at batch 1 and 32; its report
+section (the speed table and the ``deepsparse.benchmark`` commands), its key-results note (the fastest model within
+1 point of the dense FP32 one) and its headline row (DeepSparse against PyTorch at batch 32)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lit_kd.study.kinds.base import SPEED, SPEED_ROWS, ReportInput, Row
+from lit_kd.study.kinds.step import StepError, StepKind, float_network, positive, split
+from lit_kd.study.manifest import portable_command
+from lit_kd.study.render import Section, Table, pct
+from lit_kd.study.results import Results, SpeedRecord
+
+
+class Bench(StepKind):
+    name, outputs = "bench", ("json",)
+    out_file, files, uses_data = "bench.json", {"json": "bench.json"}, False
+
+    def call(self, settings: dict) -> dict:
+        from lit_kd import speed
+
+        s = {**speed.BENCH_DEFAULTS, **split("bench", settings, ("out",), ["baseline", "sparse", "ckpt", *speed.BENCH_DEFAULTS])}
+        positive("bench", s, ("cores", "iterations_b1", "iterations_b32"))
+        positive("bench", s, ("warmup",), minimum=0)
+        onnx_files = {label: s[name] for label, name in ((speed.BASELINE, "baseline"), (speed.SPARSE, "sparse")) if s.get(name)}
+        if not onnx_files:
+            raise StepError(
+                "lit-kd bench: error: give at least one ONNX model: --baseline dense.onnx and/or --sparse pruned_quantized.onnx"
+            )
+        for label, path in onnx_files.items():
+            problem = speed.onnx_problem("--baseline" if label == speed.BASELINE else "--sparse", path)
+            if problem:
+                raise StepError(f"lit-kd bench: error: {problem}")
+        torch_model = float_network("bench", s["ckpt"], speed.BENCH_QAT_ADVICE) if s.get("ckpt") else None
+        result = speed.run_bench(onnx_files, torch_model, s["cores"], s["warmup"], s["iterations_b1"], s["iterations_b32"])
+        return speed.report(result, Path(s["out"]))
+
+    def report(self, rep: ReportInput) -> list[tuple[int, Section]]:
+        bench = next(iter(rep.of_kind("bench").values()), None)
+        if not bench:
+            return []
+        table, record = speed_table(bench)
+        rep.results.speed = record
+        data = next((m["inputs"]["data"] for m in rep.manifests.values() if (m.get("inputs") or {}).get("data")), None)
+        commands = "\n".join(portable_command(c, rep.out, data, "<data>") for c in bench["metrics"]["deepsparse_benchmark_commands"])
+        blocks: list[Any] = [
+            table,
+            "; ".join(f"{k}: {v:.2f}x" for k, v in record.ratios.items()) or "",
+            "DeepSparse's own benchmark reproduces its rows:",
+            ("code", commands),
+        ]
+        return [(SPEED, Section("Speed", blocks))]
+
+    def key_notes(self, rep: ReportInput) -> list[str]:
+        from lit_kd.speed import BASELINE
+
+        accuracy = bench_accuracies(rep.manifests, next(iter(rep.of_kind("bench").values()), None))
+        dense = accuracy.get(BASELINE)
+        accurate = set() if dense is None else {m for m, acc in accuracy.items() if acc >= dense - 0.01}
+        rows = rep.results.speed.rows if rep.results.speed else []
+        eligible = [r for r in rows if r.batch == 32 and r.model in accurate]
+        if not eligible:
+            return []
+        fast = max(eligible, key=lambda r: r.images_per_s)
+        return [
+            f"Fastest benchmarked model within 1 point of the dense FP32 model ({pct(dense)}): {fast.model} in "
+            f"{fast.runtime}, {fast.images_per_s:,.0f} images/s at batch 32 ({pct(accuracy[fast.model])}); "
+            "the benchmark's PyTorch INT8 model is calibrated on random images, so its accuracy is not measured."
+        ]
+
+    def headline_rows(self, results: Results) -> list[tuple[int, Row]]:
+        return [(SPEED_ROWS, r) for r in speed_rows(results)]
+
+
+def speed_table(manifest: dict) -> tuple[Table, SpeedRecord]:
+    result = manifest["metrics"]
+    rows = [
+        [r["model"], r["runtime"], str(r["batch"]), f"{r['latency_ms_median']:.2f}", f"{r['images_per_s']:.0f}"] for r in result["rows"]
+    ]
+    models = list(dict.fromkeys(r["model"] for r in result["rows"] if r["runtime"] == "onnxruntime"))
+    rows += [
+        [model, engine, "-", "not installed", "not installed"] for engine in result.get("engines_not_installed", []) for model in models
+    ]
+    m = result["machine"]
+    caption = (
+        f"{m['cpu']} ({m['isa']}, VNNI {'yes' if m['vnni'] else 'no'}), {m['cores_used']} cores, load average "
+        f"{m['load_average_1min']:.2f} at the start; medians after warm-up."
+    )
+    record = SpeedRecord.from_dict({"rows": result["rows"], "ratios": result["ratios"]})
+    return Table(["model", "runtime", "batch", "latency (ms)", "images/s"], rows, caption), record
+
+
+def bench_accuracies(manifests: dict[str, dict], bench: dict | None) -> dict[str, float]:
+    """Accuracy of each model label of the bench stage: the ONNX files' from their export validation (ONNX Runtime),
+    PyTorch FP32 from the checkpoint's stage; PyTorch's dense INT8 (calibrated on random data) is not measured."""
+    if not bench:
+        return {}
+    from lit_kd.speed import BASELINE, SPARSE
+
+    out = {}
+    files = bench["inputs"]["settings"]["bench"]
+    for label, key in ((BASELINE, "baseline"), (SPARSE, "sparse")):
+        export = next((m for m in manifests.values() if m["kind"] == "export" and m["outputs"]["onnx"] == files.get(key)), None)
+        if export:
+            out[label] = export["metrics"]["validation"]["onnxruntime"]["acc"]
+    return out
+
+
+def speed_rows(results: Results, batch: int = 32) -> list[Row]:
+    rows = [r for r in (results.speed.rows if results.speed else []) if r.batch == batch]
+    fast = next((r for r in rows if r.runtime == "deepsparse" and "dense" not in r.model), None)
+    pytorch = [r for r in rows if r.runtime.startswith("pytorch")]
+    if not fast or not pytorch:
+        return []
+    compared = "; ".join(
+        f"{fast.images_per_s / r.images_per_s:.2f}x PyTorch {r.model} at {r.images_per_s:,.0f} images/s"
+        for r in sorted(pytorch, key=lambda r: -r.images_per_s)
+    )
+    cpu = results.machine.get("cpu") or {}
+    where = f", {cpu['cores_used']} cores" if cpu.get("cores_used") else ""
+    return [(f"DeepSparse, {fast.model}, batch {batch}{where}", f"{fast.images_per_s:,.0f} images/s", compared)]

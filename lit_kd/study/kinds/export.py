@@ -1,0 +1,60 @@
+"""The ``export`` kind: ``lit-kd export`` of a checkpoint to ONNX, validated in each runtime on test images; its
+report section (the exports table) and its records (``results.exports``)."""
+
+from __future__ import annotations
+
+import os
+
+from lit_kd.study.kinds.base import EXPORTS, ReportInput
+from lit_kd.study.kinds.step import StepError, StepKind, positive, split
+from lit_kd.study.render import Section, Table, pct
+from lit_kd.study.results import ExportRecord
+
+
+class Export(StepKind):
+    name, outputs = "export", ("onnx", "json")
+    out_file, files = "model.onnx", {"onnx": "model.onnx", "json": "model.validation.json"}
+
+    def call(self, settings: dict) -> dict:
+        from lit_kd.onnx_export import EXPORT_DEFAULTS, MAX_OPSET, MIN_OPSET, ExportError, export_checkpoint
+
+        given = split("export", settings, ("ckpt", "data", "out"), ["config", *EXPORT_DEFAULTS, "cores"])
+        s = {**EXPORT_DEFAULTS, "config": None, "cores": os.cpu_count(), **given}
+        positive("export", s, ("images", "batch_size", "cores"))
+        if not MIN_OPSET <= s["opset"] <= MAX_OPSET:
+            raise StepError(f"lit-kd export: error: --opset must be from {MIN_OPSET} to {MAX_OPSET}, got {s['opset']}")
+        try:
+            return export_checkpoint(s["ckpt"], s["out"], s["config"], s["opset"], s["data"], s["images"], s["batch_size"], s["cores"])
+        except ExportError as err:
+            raise StepError(f"lit-kd export: error: {err}") from None
+
+    def report(self, rep: ReportInput) -> list[tuple[int, Section]]:
+        table, records = export_table(rep.manifests)
+        rep.results.exports = records
+        return [(EXPORTS, Section("ONNX exports", [table]))] if table else []
+
+
+def export_table(manifests: dict[str, dict]) -> tuple[Table | None, list[ExportRecord]]:
+    rows, data = [], []
+    for name, m in manifests.items():
+        if m["kind"] != "export":
+            continue
+        x, v = m["metrics"], m["metrics"]["validation"]
+        data.append(ExportRecord.from_dict({"stage": name, "precision": x["precision"], "weight_sparsity": x["weight_sparsity"], **v}))
+        ds = [pct(v["deepsparse"]["acc"]), pct(v["deepsparse"]["agreement"])] if "acc" in v["deepsparse"] else ["not installed"] * 2
+        rows.append(
+            [
+                name,
+                x["precision"],
+                f"{100 * x['weight_sparsity']:.1f} %",
+                str(v["images"]),
+                pct(v["pytorch"]["acc"]),
+                pct(v["onnxruntime"]["acc"]),
+                pct(v["onnxruntime"]["agreement"]),
+                *ds,
+            ]
+        )
+    if not rows:
+        return None, []
+    header = ["export", "precision", "weight sparsity", "images", "PyTorch", "ONNX Runtime", "agrees with PyTorch"]
+    return Table([*header, "DeepSparse", "agrees with PyTorch"], rows, "ONNX files validated on test images in both runtimes."), data

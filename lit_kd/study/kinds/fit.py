@@ -1,0 +1,107 @@
+"""The ``fit`` kind: a LightningCLI run (an experiments config with the study's overrides) followed by a test of its
+best checkpoint (the last one when a callback reshapes the network as it trains). Its report sections and headline
+rows, shared with the ``weights`` kind, are in :mod:`lit_kd.study.kinds.trained`.
+
+    student: {fit: ../cifar_cpu/student.yaml, seeds: [0, 1], overrides: {trainer.max_epochs: 30}}
+"""
+
+from __future__ import annotations
+
+import sys
+
+import yaml
+
+from lit_kd.atomic import write_text
+from lit_kd.study.kinds import trained
+from lit_kd.study.kinds.base import RUN_DIR, Context, Kind, ReportInput, Row
+from lit_kd.study.render import Section
+from lit_kd.study.results import Results
+from lit_kd.study.spec import Stage, Study, StudyError, check_override_key, load_yaml, references, set_dotted
+
+
+def stage_config(ctx: Context, stage: Stage, settings: dict) -> dict:
+    """The stage's config file with the study's overrides, the data source and the study's logger applied."""
+    config = yaml.safe_load((ctx.study.here / settings["fit"]).read_text()) or {}
+    for key, value in settings["overrides"].items():
+        set_dotted(config, key, value)
+    set_dotted(config, "data.init_args.data_dir", ctx.data)
+    set_dotted(
+        config,
+        "trainer.logger",
+        {
+            "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+            "init_args": {"save_dir": str(ctx.stage_dir(stage.name)), "name": "", "version": RUN_DIR, "default_hp_metric": False},
+        },
+    )
+    return config
+
+
+class Fit(Kind):
+    name, outputs = "fit", ("ckpt", "last", "run_dir", "config", "int8")
+    keys = frozenset({"overrides", "seeds"})
+    trained = True
+
+    def parse(self, name: str, spec: dict, fit_overrides: dict) -> list[Stage]:
+        overrides = spec.get("overrides") or {}
+        if not isinstance(overrides, dict):
+            raise StudyError(f"stage {name!r}: overrides must be a mapping of dotted keys to values")
+        spec["overrides"] = {**fit_overrides, **overrides}
+        seeds = spec.pop("seeds", None)
+        if seeds is None:
+            return [Stage(name, self.name, spec)]
+        if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+            raise StudyError(f"stage {name!r}: seeds must be a non-empty list of integers, got {seeds!r}")
+        return [
+            Stage(f"{name}.seed{s}", self.name, {**spec, "overrides": {**spec["overrides"], "seed_everything": s}}, group=name, seed=s)
+            for s in seeds
+        ]
+
+    def settings(self, stage: Stage) -> dict:
+        return {"fit": stage.spec["fit"], **{f"overrides.{k}": v for k, v in stage.spec["overrides"].items()}}
+
+    def check_files(self, study: Study, stage: Stage) -> None:
+        if references(stage.spec["fit"]):  # a config chosen at run time is checked then
+            return
+        config = study.here / str(stage.spec["fit"])
+        where = f"stage {stage.name!r}, fit:"
+        parsed = load_yaml(config, f"{where} config {str(config)!r} does not exist", f"{where} {config} is not valid YAML")
+        for key in stage.spec["overrides"]:
+            check_override_key(parsed or {}, key, f"stage {stage.name!r}, overrides.{key}")
+
+    def run(self, ctx: Context, stage: Stage, settings: dict, label: str) -> tuple[dict, dict, str]:
+        from lit_kd.artifacts import network_facts
+        from lit_kd.callbacks.study_progress import FitOutcome, StageProgress, reshaping_callbacks
+        from lit_kd.lightning_cli import run
+
+        stage_dir = ctx.stage_dir(stage.name)
+        config_path = stage_dir / "stage_config.yaml"
+        write_text(config_path, yaml.safe_dump(stage_config(ctx, stage, settings), sort_keys=False))
+        ckpt_dir = stage_dir / RUN_DIR / "checkpoints"
+        # Lightning's bars under the study's per-epoch lines in a terminal; in logs, only the study's lines
+        args = ["fit", "--config", str(config_path), "--trainer.enable_progress_bar", str(sys.stdout.isatty()).lower()]
+        if ctx.resume and (ckpt_dir / "last.ckpt").is_file():
+            args += ["--ckpt_path", str(ckpt_dir / "last.ckpt")]
+        outcome = FitOutcome()
+        cli = run(args, extra_callbacks=[StageProgress(label, ctx.progress), outcome])
+        trainer = cli.trainer
+        # a pruning recipe or budget changes the network as it goes: its result is the last epoch, not the best one
+        reshaped = any(isinstance(c, reshaping_callbacks()) for c in trainer.callbacks)
+        best = str(ckpt_dir / "last.ckpt") if reshaped else trainer.checkpoint_callback.best_model_path or str(ckpt_dir / "last.ckpt")
+        tested = trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best, verbose=False)
+        outputs = {"ckpt": best, "last": str(ckpt_dir / "last.ckpt"), "run_dir": str(stage_dir / RUN_DIR), "config": str(config_path)}
+        int8 = ckpt_dir / "int8_model.pt"
+        if int8.is_file():
+            outputs["int8"] = str(int8)
+        metrics = {
+            "test_acc": float(tested[0]["test/acc"]),
+            **outcome.metrics,
+            **network_facts(best, int8 if int8.is_file() else None),
+        }
+        command = f"lit-kd fit --config {config_path} && lit-kd test --config {stage_dir / RUN_DIR / 'config.yaml'} --ckpt_path {best}"
+        return outputs, metrics, command
+
+    def report(self, rep: ReportInput) -> list[tuple[int, Section]]:
+        return trained.report_sections(rep)
+
+    def headline_rows(self, results: Results) -> list[tuple[int, Row]]:
+        return trained.headline_rows(results)

@@ -1,0 +1,205 @@
+"""The report sections and headline rows of trained networks (``fit`` and ``weights`` stages): the models table,
+distillation against the data-only baseline, training curves, QAT, per-layer sparsity; the teacher, student, QAT and
+pruned-model rows of the headline (:mod:`lit_kd.study.kinds.trained_rows`)."""
+
+from __future__ import annotations
+
+import statistics
+
+from lit_kd.study.kinds.base import CURVES, DISTILLATION, MODELS, QAT, QAT_ROWS, SPARSE_ROWS, SPARSITY, STUDENTS, TEACHER, ReportInput, Row
+from lit_kd.study.kinds.trained_rows import distillation_rows, qat_rows, sparse_rows, teacher_rows
+from lit_kd.study.manifest import wall_time
+from lit_kd.study.render import Figure, Section, Table, pct, pts
+from lit_kd.study.results import DistillationRecord, ModelRecord, QatRecord, Results
+
+
+def report_sections(rep: ReportInput) -> list[tuple[int, Section]]:
+    """Every section of trained networks (the ``fit`` kind asks once for both kinds), their records filled in."""
+    from lit_kd.study.figures import accuracy_overview_figure, curves_figure, read_curves
+
+    sections = []
+    models, rep.results.models = models_table(rep.of_kind("fit", "weights"))
+    sections.append((MODELS, Section("Models", [models])))
+    curves = {n: read_curves(m["outputs"]["run_dir"]) for n, m in rep.of_kind("fit").items()}
+    rep.curves = curves = {n: c for n, c in curves.items() if c}
+    dist, rep.results.distillation = distillation_table(rep.settings.get("distillation") or {}, rep.manifests, rep.study.groups, curves)
+    if dist:
+        sections.append((DISTILLATION, Section("Distillation", [dist])))
+    if curves:
+        groups = {n: rep.manifests[n].get("group") for n in curves}
+        overview = accuracy_overview_figure(curves, groups, rep.fig_dir / "accuracy.png")
+        figures = [
+            Figure(overview, "Validation accuracy per epoch of every training stage (seeds of one setup share a colour)."),
+            Figure(
+                curves_figure(curves, rep.fig_dir / "curves.png"),
+                "Loss and accuracy per epoch (train dashed, validation solid), read from TensorBoard events.",
+            ),
+        ]
+        sections.append((CURVES, Section("Training curves", figures)))
+    qat, rep.results.qat = qat_table(rep.manifests)
+    if qat:
+        sections.append((QAT, Section("Quantization-aware training", [qat])))
+    sparse = {
+        n: m["metrics"]["layer_sparsity"]
+        for n, m in rep.of_kind("fit", "weights").items()
+        if m["metrics"].get("layer_sparsity") and 1 - m["metrics"]["nonzero_params"] / m["metrics"]["params"] > 0.05
+    }
+    if sparse:
+        from lit_kd.study.figures import sparsity_figure
+
+        figure = Figure(sparsity_figure(sparse, rep.fig_dir / "sparsity.png"), "Zero weights per conv/linear layer.")
+        sections.append((SPARSITY, Section("Per-layer sparsity", [figure])))
+    return sections
+
+
+def headline_rows(results: Results) -> list[tuple[int, Row]]:
+    return (
+        [(TEACHER, r) for r in teacher_rows(results)]
+        + [(STUDENTS, r) for r in distillation_rows(results)]
+        + [(QAT_ROWS, r) for r in qat_rows(results)]
+        + [(SPARSE_ROWS, r) for r in sparse_rows(results)]
+    )
+
+
+# ------------------------------------------------------------------------------------------------ tables
+def models_table(trained: dict[str, dict]) -> tuple[Table, list[ModelRecord]]:
+    rows, data = [], []
+    for name, m in trained.items():
+        x = m["metrics"]
+        record = ModelRecord(
+            stage=name,
+            architecture=x["architecture"],
+            params=x["params"],
+            nonzero_params=x["nonzero_params"],
+            macs=x["macs"],
+            size_bytes=x["size_bytes"],
+            test_acc=x["test_acc"],
+            epochs=x.get("epochs"),
+            stop_reason=x.get("stop_reason"),
+            wall_s=m.get("wall_s"),
+        )
+        data.append(record)
+        rows.append(
+            [
+                name,
+                str(x["architecture"]),
+                f"{x['params']:,}",
+                f"{x['nonzero_params']:,}",
+                f"{x['macs'] / 1e6:.1f} M",
+                f"{x['size_bytes'] / 1e6:.2f} MB",
+                pct(x["test_acc"]),
+                "-" if x.get("epochs") is None else str(x["epochs"]),
+                str(x.get("stop_reason")),
+                wall_time(m),
+            ]
+        )
+    header = ["stage", "architecture", "parameters", "non-zero", "MACs", "size", "test accuracy", "epochs", "stopped by", "wall time"]
+    caption = (
+        "Test accuracy on the full test set; size: serialized weights (the INT8 model for QAT runs); wall time: every "
+        "attempt of the stage together, on whatever else shared the cores."
+    )
+    return Table(header, rows, caption), data
+
+
+def distillation_table(
+    spec: dict, manifests: dict[str, dict], groups: dict[str, list[str]], curves: dict[str, dict] | None = None
+) -> tuple[Table | None, list[DistillationRecord]]:
+    """Rows of ``spec["rows"]`` (stage or seed-group names) against ``spec["baseline"]``: mean, spread, delta; and,
+    from the training curves, each setup's mean validation accuracy after as many epochs as the baseline's shortest
+    run, since a stopping rule can end setups after different numbers of epochs."""
+    if not spec:
+        return None, []
+    curves = curves or {}
+
+    def members(name: str) -> list[str]:
+        return [m for m in groups.get(name, [name]) if m in manifests]
+
+    def val_at(stage: str, epoch: int) -> float | None:
+        return dict(curves.get(stage, {}).get("val/acc", [])).get(epoch - 1)
+
+    baseline = members(spec["baseline"])
+    base_mean = statistics.mean(manifests[m]["metrics"]["test_acc"] for m in baseline) if baseline else None
+    base_epochs = [manifests[m]["metrics"].get("epochs") for m in baseline]
+    k = min(base_epochs) if base_epochs and all(isinstance(e, int) for e in base_epochs) else None
+    rows, data = [], []
+    for name in [spec["baseline"], *spec.get("rows", [])]:
+        stages = members(name)
+        if not stages:
+            continue
+        values = [manifests[m]["metrics"]["test_acc"] for m in stages]
+        mean = statistics.mean(values)
+        spread = statistics.stdev(values) if len(values) > 1 else None
+        early = [val_at(m, k) for m in stages] if k else []
+        early_mean = statistics.mean(early) if early and None not in early else None
+        record = DistillationRecord(
+            stage=name,
+            seeds=len(values),
+            test_accs=values,
+            epochs=[manifests[m]["metrics"].get("epochs") for m in stages],
+            mean=mean,
+            std=spread,
+            delta_vs_baseline=None if base_mean is None or name == spec["baseline"] else mean - base_mean,
+            equal_epochs=k,
+            val_acc_at_equal_epochs=early_mean,
+        )
+        data.append(record)
+        rows.append(
+            [
+                name + (" (data only)" if name == spec["baseline"] else ""),
+                str(len(values)),
+                ", ".join(pct(v) for v in values),
+                ", ".join(str(e) for e in record.epochs),
+                pct(mean),
+                "-" if spread is None else f"{100 * spread:.2f}",
+                pts(record.delta_vs_baseline),
+                pct(early_mean),
+            ]
+        )
+    header = ["student", "seeds", "test accuracy per seed", "epochs", "mean", "std (points)", "vs data only (points)"]
+    table = Table(
+        [*header, f"validation accuracy after {k} epochs" if k else "validation accuracy at equal epochs"],
+        rows,
+        "Same student architecture, seeds and data; the teacher is frozen. The stopping rule ends setups after different "
+        "numbers of epochs: the last column compares them after as many epochs as the shortest data-only run (mean "
+        "over seeds, from the training curves).",
+    )
+    return table, data
+
+
+def qat_table(manifests: dict[str, dict]) -> tuple[Table | None, list[QatRecord]]:
+    rows, data = [], []
+    for name, m in manifests.items():
+        if m["kind"] != "fit" or "int8" not in m["outputs"]:
+            continue
+        start = started_from(m, manifests)
+        start_acc = manifests[start]["metrics"]["test_acc"] if start else None
+        x = m["metrics"]
+        record = QatRecord(
+            stage=name,
+            started_from=start,
+            fp32_acc=start_acc,
+            fake_quant_val_acc=x.get("best_val_acc"),
+            int8_test_acc=x["test_acc"],
+            drop=None if start_acc is None else start_acc - x["test_acc"],
+        )
+        data.append(record)
+        drop = "-" if record.drop is None else f"{100 * record.drop:.2f}"
+        rows.append([name, start or "-", pct(start_acc), pct(x.get("best_val_acc")), pct(x["test_acc"]), drop])
+    if not rows:
+        return None, []
+    return Table(
+        ["stage", "started from", "FP32 test accuracy", "fake-quant validation (best)", "real INT8 test accuracy", "drop (points)"],
+        rows,
+        "INT8: torch.ao FX, x86 kernels, the best checkpoint converted. A negative drop: the QAT epochs also trained the "
+        "network further, with the loss of the stage it started from.",
+    ), data
+
+
+def started_from(manifest: dict, manifests: dict[str, dict]) -> str | None:
+    """The stage whose checkpoint a fit stage started from (through a select stage when there is one)."""
+    consumed = manifest["inputs"].get("consumed", {})
+    for name in manifest.get("needs", []):
+        other = manifests.get(name)
+        if other and other["outputs"].get("ckpt") in consumed:
+            return other["metrics"].get("chosen", name) if other["kind"] == "select" else name
+    return None
