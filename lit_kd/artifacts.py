@@ -17,7 +17,8 @@ from pathlib import Path
 import torch.nn as nn
 
 KINDS = ("float", "qat", "int8", "onnx", "openvino", "torchscript")
-PREDICT_KINDS = ("float", "int8", "onnx", "openvino", "torchscript")  # what runs for predictions (a QAT checkpoint needs its run's structure)
+# what runs for predictions (a QAT checkpoint needs its run's structure)
+PREDICT_KINDS = ("float", "int8", "onnx", "openvino", "torchscript")
 PREDICT_QAT_ADVICE = (
     "Classify the QAT run's INT8 model instead (int8_model.pt beside its checkpoints; a SparseML run's is its exported "
     ".onnx), or the float checkpoint the run started from."
@@ -103,7 +104,8 @@ def load_model(path: str | Path, kinds: tuple[str, ...] = KINDS, config: str | N
         try:
             return torch.jit.load(str(path), map_location="cpu").eval(), "torchscript"
         except RuntimeError as err:
-            raise ModelFileError(f"{str(path)!r} is not a TorchScript program torch.jit.load can read ({str(err).splitlines()[0]})", sep=" ")
+            detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ModelFileError(f"{str(path)!r} is not a TorchScript program torch.jit.load can read ({detail})", sep=" ") from None
     if "onnx" in kinds and Path(path).suffix.lower() == ".onnx":
         from lit_kd.onnx_export import OnnxRuntimeNetwork
 

@@ -118,7 +118,8 @@ def ir_problem(flag: str, path: str) -> str | None:
     """Why ``path`` is not an OpenVINO IR that reads (``.xml`` with its ``.bin``); None when it is."""
     p = Path(path)
     if not p.with_suffix(".bin").is_file():
-        return f"{flag} {path!r} has no weights file {p.with_suffix('.bin').name!r} beside it; expected an IR written by lit-kd export or ptq"
+        bin_name = p.with_suffix(".bin").name
+        return f"{flag} {path!r} has no weights file {bin_name!r} beside it; expected an IR written by lit-kd export or ptq"
     try:
         convert(p)
     except ImportError:

@@ -34,7 +34,10 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lit-kd classify", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="*", help="image files (PNG, JPEG, ...) and folders of them")
     p.add_argument(
-        "--ckpt", required=True, help="lit-kd checkpoint or weights file (classifier, distilled student, pruned), int8_model.pt, .onnx, OpenVINO .xml or TorchScript .pt"
+        "--ckpt",
+        required=True,
+        help="lit-kd checkpoint or weights file (classifier, distilled student, pruned), int8_model.pt, .onnx, OpenVINO .xml "
+        "or TorchScript .pt",
     )
     p.add_argument("--top-k", type=int, default=1, help="show the K most probable classes per image")
     p.add_argument("--data", metavar="DATA", help="report accuracy on the test split of this CIFAR-10 source instead")

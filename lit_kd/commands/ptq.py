@@ -13,8 +13,8 @@ import argparse
 import os
 from pathlib import Path
 
-from lit_kd.compat.extras import MissingExtra, require
 from lit_kd.commands.arguments import fail, load_float_network, require_data, require_file, require_output
+from lit_kd.compat.extras import MissingExtra, require
 from lit_kd.quant.observers import OBSERVERS
 from lit_kd.quant.ptq import ROUNDINGS
 from lit_kd.quant.sweep import COSTS, ENGINES, FIRST_LAST, GRANULARITIES, NNCF_PRESETS, PtqError, PtqSettings, run_ptq

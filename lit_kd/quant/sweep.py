@@ -213,9 +213,9 @@ def ptq_table(model: nn.Module, ckpt: str, data_source: str, s: PtqSettings) -> 
         held_out = list(data.normalized_batches("val", EVAL_BATCH)) if held_out_images else None
         jobs = [(p, None) for p in s.nncf_preset] + ([(s.nncf_preset[-1], s.nncf_max_drop)] if s.nncf_max_drop is not None else [])
         for preset, budget in jobs:
-            built = {}
+            built: dict = {}
 
-            def build(preset=preset, budget=budget):
+            def build(preset=preset, budget=budget, built=built):
                 network, built["model"] = nncf_network(model, calib, s.threads, preset=preset, max_drop=budget, held_out=held_out)
                 return network
 
@@ -305,7 +305,7 @@ def ptq_search(model: nn.Module, ckpt: str, data_source: str, s: PtqSettings, ou
     test set), then test accuracy of FP32, the chosen allocation and the uniform widths."""
     from lit_kd.quant.bit_search import search_bits
     from lit_kd.quant.cost_model import average_bits, size_bytes
-    from lit_kd.quant.search_report import pareto_plot
+    from lit_kd.quant.search_report import pareto_plot, print_search
 
     torch.set_num_threads(s.threads)
     available = len(load_data(data_source).splits["train"])
@@ -365,31 +365,6 @@ def ptq_search(model: nn.Module, ckpt: str, data_source: str, s: PtqSettings, ou
     print_search(summary, result)
     summary["plot"] = str(pareto_plot(result, out.with_suffix(".png")))
     return summary
-
-
-def print_search(summary: dict, result) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    chosen = result.chosen.weight_bits
-    table = Table(title=f"Chosen allocation within {100 * result.max_drop:.2f} points on {summary['eval_images']} held-out images")
-    for col in ("layer", "params", "bits (W/A)", "sensitivity (loss increase at that width)"):
-        table.add_column(col, justify="left" if col == "layer" else "right")
-    for path, facts in result.layers.items():
-        act = result.layer_act_bits[path]
-        table.add_row(path, f"{facts['params']:,}", f"{chosen[path]}/{act}", f"{result.sensitivity[path][chosen[path]]:+.4f}")
-    console = Console(width=None if sys.stdout.isatty() else 160)
-    console.print(table)
-    t = summary["test_acc"]
-    console.print(
-        f"average weight bits {summary['chosen_average_weight_bits']:.2f}; weights {summary['chosen_weight_bytes'] / 1024:.1f} KiB "
-        f"vs FP32 {summary['fp32_weight_bytes'] / 1024:.1f} KiB and uniform INT8 {summary['uniform_int8_weight_bytes'] / 1024:.1f} KiB"
-    )
-    console.print(
-        "test accuracy: "
-        + ", ".join(f"{k} {100 * v:.2f} %" for k, v in t.items())
-        + f" (search {summary['search_seconds']} s; its measurements {summary['search_measured_seconds']} s over all attempts)"
-    )
 
 
 def run_ptq(model: nn.Module, ckpt: str, data_source: str, settings: PtqSettings, out: str | Path) -> dict:
