@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = cli.parse_args(argv)
     if not args.baseline and not args.sparse and not args.int8:
         cli.error(
-            "give at least one ONNX model (or OpenVINO IR): --baseline dense.onnx, --sparse pruned_quantized.onnx and/or --int8 model.onnx|model.xml"
+            "give at least one ONNX model (or OpenVINO IR): --baseline dense.onnx, --sparse pruned_quantized.onnx and/or "
+            "--int8 model.onnx|model.xml"
         )
     onnx_files, torch_model = inputs_from_args(cli, args)
     return speed.report(run_bench(onnx_files, torch_model, args), args.out)
