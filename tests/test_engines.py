@@ -134,5 +134,5 @@ def test_a_missing_openvino_extra_is_one_line_naming_it(monkeypatch):
 
     monkeypatch.setattr(extras, "installed", lambda package: package not in ("openvino", "nncf"))
     for package in ("openvino", "nncf"):
-        with pytest.raises(extras.MissingExtra, match=r"needs %s: pip install 'lit-kd\[openvino\]'$" % package):
+        with pytest.raises(extras.MissingExtra, match=rf"needs {package}: pip install 'lit-kd\[openvino\]'$"):
             extras.require(package, "NNCF post-training quantization")
