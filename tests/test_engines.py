@@ -8,6 +8,8 @@ test images per class, copied into an image-folder zip so that ``classify --data
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -15,7 +17,6 @@ import pytest
 
 from lit_kd.data import CIFAR10_CLASSES
 from tests.conftest import REPO
-from tests.helpers import run_console_script
 
 TEACHER = REPO / "weights" / "resnet20_teacher.pt"
 pytestmark = pytest.mark.openvino
@@ -37,8 +38,13 @@ def real_subset(real_cifar10, tmp_path_factory) -> Path:
     return path
 
 
-def lit_kd(*args, cwd: Path):
-    proc = run_console_script(*map(str, args), cwd=cwd)
+def run_console_script(*args, cwd: Path) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("lit-kd")
+    return subprocess.run([str(exe), *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=900)
+
+
+def lit_kd(*args, cwd: Path) -> subprocess.CompletedProcess:
+    proc = run_console_script(*args, cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
