@@ -83,9 +83,10 @@ def main(argv: list[str] | None = None) -> dict:
             add(f"onnxruntime QDQ: {name}", OnnxRuntimeNetwork(path, args.threads))
         qmodel = quantize(model, real, 8, 8, "minmax")
         sim = add("ours W8A8 (simulated, PyTorch)", qmodel)
-        qdq = export_qdq(qmodel, Path(tmp) / "ours.onnx")
-        ort = add("ours W8A8 as QDQ in onnxruntime", OnnxRuntimeNetwork(qdq, args.threads))
-        rows[-1]["agree_simulation"] = fraction_equal(ort, sim)
+        for activations in ("uint8", "int8"):
+            qdq = export_qdq(qmodel, Path(tmp) / f"ours_{activations}.onnx", activations=activations)
+            ort = add(f"ours W8A8 as QDQ ({activations} act.) in onnxruntime", OnnxRuntimeNetwork(qdq, args.threads))
+            rows[-1]["agree_simulation"] = fraction_equal(ort, sim)
         if installed("openvino"):
             from lit_kd.openvino_engine import OpenVinoNetwork, convert
 

@@ -7,6 +7,11 @@ weight stored as its int8 codes behind a ``DequantizeLinear``. ReLU, pooling and
 in the simulation, so the file classifies like the simulated model (top-1 agreement >= 99 % on CIFAR-10, tested).
 ONNX Runtime fuses ``DQ -> Conv -> Relu -> Q`` into QLinearConv; OpenVINO reads the pairs as FakeQuantize and runs
 the convolutions in INT8.
+
+Activations are written as int8 by default (S8S8): code ``u - 128`` with zero point ``z - 128`` is the very same grid
+as our uint8 code ``u`` with zero point ``z``, and it keeps ONNX Runtime off its U8S8 kernels, whose 16-bit
+intermediate sums can saturate on x86 CPUs without VNNI (ONNX Runtime's own advice for QDQ models). ``activations=
+"uint8"`` writes the uint8 form.
 """
 
 from __future__ import annotations
@@ -25,12 +30,13 @@ from lit_kd.quant.layers import QuantizedLayer
 from lit_kd.quant.ptq import quantized_layers
 
 QDQ_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear
+ACTIVATION_OFFSET = {"int8": 128, "uint8": 0}
 
 
 class _QdqLayer(nn.Module):
     """A :class:`QuantizedLayer` as torch fake-quantize ops, which the TorchScript ONNX exporter writes as Q/DQ."""
 
-    def __init__(self, layer: QuantizedLayer, path: str):
+    def __init__(self, layer: QuantizedLayer, path: str, activations: str = "int8"):
         super().__init__()
         q = layer.input_quantizer
         if layer.weight_bits != 8 or q.bits != 8 or not layer.weight_symmetric or q.symmetric:
@@ -40,11 +46,12 @@ class _QdqLayer(nn.Module):
             )
         self.layer = layer.layer
         self.input_scale, self.input_zero_point = float(q.scale), int(q.zero_point)
+        self.offset = ACTIVATION_OFFSET[activations]  # int8: the same grid shifted by -128
         self.register_buffer("weight_scale", layer.weight_scale.reshape(-1).float().clone())
         self.per_channel = layer.weight_axis is not None
 
     def forward(self, x: Tensor) -> Tensor:
-        x = torch.fake_quantize_per_tensor_affine(x, self.input_scale, self.input_zero_point, 0, 255)
+        x = torch.fake_quantize_per_tensor_affine(x, self.input_scale, self.input_zero_point - self.offset, -self.offset, 255 - self.offset)
         w = self.layer.weight
         if self.per_channel:
             zero = torch.zeros(len(self.weight_scale), dtype=torch.int32)
@@ -56,7 +63,7 @@ class _QdqLayer(nn.Module):
         return self.layer._conv_forward(x, w, self.layer.bias)
 
 
-def qdq_network(qmodel: nn.Module) -> nn.Module:
+def qdq_network(qmodel: nn.Module, activations: str = "int8") -> nn.Module:
     """A CPU copy of an 8-bit ``quantize()``-d model with each :class:`QuantizedLayer` as fake-quantize ops."""
     layers = quantized_layers(qmodel)
     if not layers:
@@ -64,7 +71,7 @@ def qdq_network(qmodel: nn.Module) -> nn.Module:
     model = copy.deepcopy(qmodel).cpu().eval()
     for path, layer in quantized_layers(model).items():
         parent, _, name = path.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, name, _QdqLayer(layer, path))
+        setattr(model.get_submodule(parent) if parent else model, name, _QdqLayer(layer, path, activations))
     return model
 
 
@@ -102,14 +109,17 @@ def fold_weight_quantization(model) -> int:
     return folded
 
 
-def export_qdq(qmodel: nn.Module, out: str | Path, image_shape: tuple[int, int, int] = (3, 32, 32)) -> Path:
+def export_qdq(qmodel: nn.Module, out: str | Path, image_shape: tuple[int, int, int] = (3, 32, 32), activations: str = "int8") -> Path:
     """Write the 8-bit quantized ``qmodel`` as an ONNX QDQ model taking ``input`` (N x C x H x W, N dynamic) and
-    returning ``logits``; int8 weights are stored as initializers. Returns ``out``."""
+    returning ``logits``; int8 weights are stored as initializers, activations as ``activations`` (``int8`` or
+    ``uint8``, the same grid). Returns ``out``."""
     import onnx
 
+    if activations not in ACTIVATION_OFFSET:
+        raise ValueError(f"activations must be one of {list(ACTIVATION_OFFSET)}, got {activations!r}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    network = qdq_network(qmodel)
+    network = qdq_network(qmodel, activations)
     tmp = out.with_name(out.name + ".tmp")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
