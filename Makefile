@@ -16,8 +16,8 @@ export NM_DISABLE_ANALYTICS := 1
 .DEFAULT_GOAL := help
 
 help:
-	@echo "make install   create $(VENV) with $(PYTHON) and install lit-kd with the sparse and test extras (once; again when setup.cfg, pyproject.toml or constraints/ change)"
-	@echo "make install-core  create $(CORE_VENV) with $(PYTHON_CORE): lit-kd without the sparse extra"
+	@echo "make install   create $(VENV) with $(PYTHON) and install lit-kd with the sparse, openvino and test extras (once; again when setup.cfg, pyproject.toml or constraints/ change)"
+	@echo "make install-core  create $(CORE_VENV) with $(PYTHON_CORE): lit-kd with the openvino and test extras, without the sparse extra"
 	@echo "make lint      install, then ruff check and ruff format --check (configured in pyproject.toml)"
 	@echo "make test      lint, then pytest in both environments: test-full and test-core"
 	@echo "make test-full pytest in $(VENV) (core + sparse extra: every test)"
@@ -37,7 +37,7 @@ $(STAMP): setup.cfg pyproject.toml constraints/full.txt
 	fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip "setuptools>=77.0.3,<81"
-	$(BIN)/python -m pip install --quiet --no-build-isolation -c constraints/full.txt -e ".[sparse,test]"
+	$(BIN)/python -m pip install --quiet --no-build-isolation -c constraints/full.txt -e ".[sparse,openvino,test]"
 	$(BIN)/python -m pip check
 	touch $(STAMP)
 
@@ -46,7 +46,7 @@ install: $(STAMP)
 $(CORE_STAMP): setup.cfg pyproject.toml constraints/core.txt
 	$(PYTHON_CORE) -m venv $(CORE_VENV)
 	$(CORE_VENV)/bin/python -m pip install --quiet --upgrade pip "setuptools>=77.0.3"
-	$(CORE_VENV)/bin/python -m pip install --quiet --no-build-isolation -c constraints/core.txt -e ".[test]"
+	$(CORE_VENV)/bin/python -m pip install --quiet --no-build-isolation -c constraints/core.txt -e ".[openvino,test]"
 	$(CORE_VENV)/bin/python -m pip check
 	@! $(CORE_VENV)/bin/python -c "import sparseml" 2>/dev/null || { echo "error: sparseml is installed in $(CORE_VENV); the core environment must not have it" >&2; exit 1; }
 	touch $(CORE_STAMP)

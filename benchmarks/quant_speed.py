@@ -8,6 +8,10 @@ and calibrate on random normal inputs. Ratios are against PyTorch eager FP32 mea
 benchmarks one lit-kd checkpoint instead, labelled by the architecture it holds (``--models`` may then name only
 that architecture).
 
+Its INT8 models calibrate on random normal inputs (speed does not depend on the values): they are no accuracy
+reference (the teacher's ONNX Runtime QDQ model loses 0.3 points with VNNI, 1.5 without). The deployable INT8 files,
+calibrated on real images, come from ``lit-kd ptq --export-dir`` (docs/results.md, issue 27).
+
     python -m benchmarks.quant_speed --models resnet20 resnet18 --threads 2
     python -m benchmarks.quant_speed --ckpt lightning_logs/resnet20_cpu/version_0/checkpoints/best.ckpt --threads 2
 """

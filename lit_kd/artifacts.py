@@ -4,8 +4,11 @@ Kinds: ``"float"`` (a Lightning checkpoint, a weights file, a pruned checkpoint 
 a pruned network, :mod:`lit_kd.compact_weights`: the float network its hyperparameters name),
 ``"qat"`` (a SparseML pruning + QAT checkpoint, its network given its QAT structure before the
 weights load), ``"int8"`` (``int8_model.pt`` written by QAT: torch's quantized CPU kernels) and ``"onnx"`` (an
-``.onnx`` file run by ONNX Runtime on the CPU, :class:`~lit_kd.onnx_export.OnnxRuntimeNetwork`). Every torch file is
-read through :func:`lit_kd.checkpoints.safe_load` (tensors and plain data only; pickled objects are refused).
+``.onnx`` file run by ONNX Runtime on the CPU, :class:`~lit_kd.onnx_export.OnnxRuntimeNetwork`: FP32 exports and the
+QDQ INT8 models ``lit-kd ptq --export-dir`` writes), ``"openvino"`` (an ``.xml`` OpenVINO IR with its ``.bin``, the
+``openvino`` extra, :class:`~lit_kd.openvino_engine.OpenVinoNetwork`) and ``"torchscript"`` (a TorchScript program,
+e.g. ``pytorch_int8.pt`` from ``lit-kd ptq --export-dir``, read by ``torch.jit.load``). Every other torch file is read
+through :func:`lit_kd.checkpoints.safe_load` (tensors and plain data only; pickled objects are refused).
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from pathlib import Path
 
 import torch.nn as nn
 
-KINDS = ("float", "qat", "int8", "onnx")
-PREDICT_KINDS = ("float", "int8", "onnx")  # what runs for predictions (a QAT checkpoint needs its run's structure)
+KINDS = ("float", "qat", "int8", "onnx", "openvino", "torchscript")
+# what runs for predictions (a QAT checkpoint needs its run's structure)
+PREDICT_KINDS = ("float", "int8", "onnx", "openvino", "torchscript")
 PREDICT_QAT_ADVICE = (
     "Classify the QAT run's INT8 model instead (int8_model.pt beside its checkpoints; a SparseML run's is its exported "
     ".onnx), or the float checkpoint the run started from."
@@ -99,6 +103,16 @@ def load_model(path: str | Path, kinds: tuple[str, ...] = KINDS, config: str | N
     """
     from lit_kd.quant.torch_qat import int8_model_from, is_int8_model, quiet_rebuild
 
+    if "openvino" in kinds and Path(path).suffix.lower() == ".xml":
+        return _openvino_network(path), "openvino"
+    if "torchscript" in kinds and is_torchscript(path):
+        import torch
+
+        try:
+            return torch.jit.load(str(path), map_location="cpu").eval(), "torchscript"
+        except RuntimeError as err:
+            detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ModelFileError(f"{str(path)!r} is not a TorchScript program torch.jit.load can read ({detail})", sep=" ") from None
     if "onnx" in kinds and Path(path).suffix.lower() == ".onnx":
         from lit_kd.onnx_export import OnnxRuntimeNetwork
 
@@ -182,3 +196,30 @@ def network_facts(ckpt: str | Path, int8: Path | None = None) -> dict:
         "size_bytes": size,
         "layer_sparsity": layers,
     }
+
+
+def is_torchscript(path: str | Path) -> bool:
+    """Whether ``path`` is a TorchScript archive (a zip holding ``code/`` modules; torch.save checkpoints hold none)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any("/code/__torch__/" in name for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _openvino_network(path: str | Path) -> nn.Module:
+    from lit_kd.compat.extras import MissingExtra
+
+    try:
+        from lit_kd.openvino_engine import OpenVinoNetwork
+
+        return OpenVinoNetwork(path)
+    except MissingExtra as err:
+        raise ModelFileError(f"{str(path)!r} is an OpenVINO IR: {err}", sep=" ") from None
+    except FileNotFoundError as err:
+        raise ModelFileError(str(err), sep=" ") from None
+    except Exception as err:  # openvino raises RuntimeError subclasses for unreadable IR
+        detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise ModelFileError(f"{str(path)!r} is not an OpenVINO IR that OpenVINO can read ({detail})", sep=" ") from None

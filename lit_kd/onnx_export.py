@@ -192,12 +192,49 @@ def print_table(result: dict) -> None:
     Console(width=None if sys.stdout.isatty() else 160).print(table)
 
 
+def _write_ir(onnx_path: Path, network: nn.Module, batches: list, cores: int, result: dict, strict: bool) -> Path:
+    """``onnx_path`` as an OpenVINO IR beside it, its top-1 agreement with ``network`` in ``result["validation"]``; an
+    FP32 IR agreeing on fewer than MIN_FP32_AGREEMENT of the images is an :class:`ExportError` (and removed)."""
+    from lit_kd.compat.extras import MissingExtra
+    from lit_kd.openvino_engine import OpenVinoNetwork, convert, save_ir
+
+    ir = onnx_path.with_suffix(".xml")
+    try:
+        save_ir(convert(onnx_path), ir)
+    except MissingExtra as err:
+        raise ExportError(f"--openvino: {err}") from None
+    engine, network = OpenVinoNetwork(ir, cores), network.cpu().eval()
+    with torch.no_grad():
+        out = torch.cat([engine(x) for x, _ in batches])
+        reference = torch.cat([network(x) for x, _ in batches])
+    labels = torch.cat([y for _, y in batches])
+    entry = {"acc": fraction_equal(top1(out), labels), "agreement": fraction_equal(top1(out), top1(reference))}
+    entry["max_abs_logit_diff"] = float((out - reference).abs().max())
+    result["validation"]["openvino"] = entry
+    print(f"openvino IR {ir}: test acc {100 * entry['acc']:.2f} %, same top-1 as PyTorch on {100 * entry['agreement']:.2f} %")
+    if strict and entry["agreement"] < MIN_FP32_AGREEMENT:
+        ir.unlink(missing_ok=True)
+        ir.with_suffix(".bin").unlink(missing_ok=True)
+        raise ExportError(f"the FP32 OpenVINO IR agrees with PyTorch on {100 * entry['agreement']:.2f} % of the images; not written")
+    return ir
+
+
 def export_checkpoint(
-    ckpt: str, out: str | Path, config: str | None, opset: int, data: str, images: int, batch_size: int, cores: int
+    ckpt: str,
+    out: str | Path,
+    config: str | None,
+    opset: int,
+    data: str,
+    images: int,
+    batch_size: int,
+    cores: int,
+    openvino: bool = False,
 ) -> dict:
     """Export a checkpoint's network (:func:`lit_kd.artifacts.load_model`, float or SparseML QAT) to ``out``,
     validate it on ``images`` test images of ``data``, print the table and write ``<out>.validation.json``. The model
-    is exported to a temporary file beside ``out`` and renamed only once it passed (see ``lit-kd export``)."""
+    is exported to a temporary file beside ``out`` and renamed only once it passed (see ``lit-kd export``). With
+    ``openvino`` the ONNX file is also converted to an OpenVINO IR (``<out>.xml`` + ``.bin``, the ``openvino`` extra),
+    validated on the same images (``validation["openvino"]``)."""
     from lit_kd.artifacts import ModelFileError, load_model
     from lit_kd.atomic import atomic_path, write_json
     from lit_kd.compat.extras import MissingExtra
@@ -243,6 +280,8 @@ def export_checkpoint(
                 + f" < {100 * MIN_FP32_AGREEMENT} %; "
                 f"{out} not written, validation in {json_path}",
             )
+    if openvino:
+        result["openvino_ir"] = str(_write_ir(out, network, batches, cores, result, strict=not qat))
     write_json(json_path, result)
     print(f"wrote {out} (opset {facts['opset']}, {result['precision']}, input 'input' with dynamic batch, output 'logits') and {json_path}")
     return result

@@ -25,7 +25,12 @@ from lit_kd.compat.extras import installed
 BATCHES = (1, 32)
 BENCH_DEFAULTS = {"cores": 2, "warmup": 10, "iterations_b1": 200, "iterations_b32": 30}  # lit-kd bench and the bench stage
 BENCH_QAT_ADVICE = "Give the dense checkpoint the baseline was exported from (PyTorch INT8 is made from it)."
-BASELINE, SPARSE = "dense fp32", "pruned-quantized"
+BASELINE, SPARSE, INT8 = "dense fp32", "pruned-quantized", "dense int8 file"
+# engines a model file can be timed in; "openvino" is synchronous with INFERENCE_NUM_THREADS = cores, "openvino
+# throughput" the THROUGHPUT hint (its streams and threads chosen by the plugin), both the ``openvino`` extra
+ENGINES = ("deepsparse", "onnxruntime", "openvino", "openvino throughput")
+ENGINE_EXTRA = {"deepsparse": "deepsparse", "openvino": "openvino", "openvino throughput": "openvino"}
+DEFAULT_ENGINES = ("deepsparse", "onnxruntime")  # the study's bench stage until it names its engines
 # what DeepSparse on the pruned-quantized model is compared with: name -> (model, runtime) of a row
 REFERENCES = {
     "onnxruntime dense fp32": (BASELINE, "onnxruntime"),
@@ -177,16 +182,40 @@ def time_runner(
     return rows
 
 
-def measure(onnx_files: dict[str, str], torch_model: nn.Module | None, cores: int, warmup: int, iterations: dict[int, int]) -> list[dict]:
+def available(engines: tuple[str, ...] | None) -> tuple[str, ...]:
+    """``engines`` (default :data:`DEFAULT_ENGINES`) less those whose extra is not installed."""
+    return tuple(e for e in (engines or DEFAULT_ENGINES) if e not in ENGINE_EXTRA or installed(ENGINE_EXTRA[e]))
+
+
+def runner_factory(engine: str) -> Callable[[str, int], Callable[[np.ndarray], object]]:
+    """``factory(path, cores) -> run(x)`` of an engine of :data:`ENGINES`."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; expected one of {ENGINES}")
+    if engine.startswith("openvino"):
+        from lit_kd.openvino_engine import openvino_runner
+
+        return partial(openvino_runner, hint="THROUGHPUT" if engine == "openvino throughput" else None)
+    return deepsparse_runner if engine == "deepsparse" else onnxruntime_runner
+
+
+def measure(
+    onnx_files: dict[str, str],
+    torch_model: nn.Module | None,
+    cores: int,
+    warmup: int,
+    iterations: dict[int, int],
+    engines: tuple[str, ...] | None = None,
+) -> list[dict]:
     """One row per (model, runtime, batch size). One runtime is built, measured and released at a time, so idle
-    threads of another engine do not compete for the cores."""
+    threads of another engine do not compete for the cores. ``onnx_files`` are ``.onnx`` files (every engine) or
+    OpenVINO ``.xml`` IR (OpenVINO engines only); ``engines`` as in :func:`available`."""
     torch.set_num_threads(cores)
     torch.backends.quantized.engine = "x86"
-    engines = (("deepsparse", deepsparse_runner),) if installed("deepsparse") else ()  # the sparse extra
     settings = [
-        (label, runtime, lambda p=path, f=factory: f(p, cores))
+        (label, runtime, lambda p=path, r=runtime: runner_factory(r)(p, cores))
         for label, path in onnx_files.items()
-        for runtime, factory in (*engines, ("onnxruntime", onnxruntime_runner))
+        for runtime in available(engines)
+        if runtime.startswith("openvino") or not str(path).lower().endswith(".xml")
     ]
     if torch_model is not None:
         settings += [
@@ -217,20 +246,30 @@ def ratios(rows: list[dict]) -> dict[str, float]:
 
 def deepsparse_commands(onnx_files: dict[str, str], cores: int) -> list[str]:
     return [
-        f"deepsparse.benchmark {path} --batch_size {b} --num_cores {cores} --scenario sync" for path in onnx_files.values() for b in BATCHES
+        f"deepsparse.benchmark {path} --batch_size {b} --num_cores {cores} --scenario sync"
+        for path in onnx_files.values()
+        if not str(path).lower().endswith(".xml")
+        for b in BATCHES
     ]
 
 
 def run_bench(
-    onnx_files: dict[str, str], torch_model: nn.Module | None, cores: int, warmup: int, iterations_b1: int, iterations_b32: int
+    onnx_files: dict[str, str],
+    torch_model: nn.Module | None,
+    cores: int,
+    warmup: int,
+    iterations_b1: int,
+    iterations_b32: int,
+    engines: tuple[str, ...] | None = None,
 ) -> dict:
-    """Every runtime on every model (see :func:`measure`), the ratios and the machine, as ``lit-kd bench``'s JSON."""
+    """Every engine on every model (see :func:`measure`), the ratios and the machine, as ``lit-kd bench``'s JSON."""
     machine = cpu_info(cores)  # the load average before the run: other work on the cores distorts the timings
-    rows = measure(onnx_files, torch_model, cores, warmup, {1: iterations_b1, 32: iterations_b32})
+    rows = measure(onnx_files, torch_model, cores, warmup, {1: iterations_b1, 32: iterations_b32}, engines)
     return {
         "benchmark": "sparse_speed",
         "machine": machine,
-        "engines_not_installed": [] if installed("deepsparse") else ["deepsparse"],
+        "engines": list(available(engines)),
+        "engines_not_installed": [e for e in (engines or DEFAULT_ENGINES) if e not in available(engines)],
         "onnx": onnx_files,
         "warmup": warmup,
         "rows": rows,
@@ -267,7 +306,8 @@ def print_result(result: dict) -> None:
     for name, value in result["ratios"].items():
         console.print(f"images/s of {name}: {value:.2f}x")
     for engine in result.get("engines_not_installed", []):
-        console.print(f"{engine}: not installed (pip install 'lit-kd[sparse]'), no rows")
+        extra = "sparse" if engine == "deepsparse" else "openvino"
+        console.print(f"{engine}: not installed (pip install 'lit-kd[{extra}]'), no rows")
     console.print("the same with DeepSparse's own benchmark:\n  " + "\n  ".join(result["deepsparse_benchmark_commands"]))
 
 

@@ -109,6 +109,9 @@ def trained_ckpt(tiny_zip, tmp_path_factory) -> Path:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "sparse: needs the sparse extra (sparseml/deepsparse); `make test-core` deselects it")
+    config.addinivalue_line(
+        "markers", "openvino: needs the openvino extra (openvino, nncf); both make environments install it, so it always runs"
+    )
     config.addinivalue_line("markers", "cuda: needs a CUDA device; not collected where torch sees none")
 
 

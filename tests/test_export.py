@@ -235,6 +235,7 @@ def test_bench_cli_on_the_exports(exported, ckpts, tmp_path):
         ("dense fp32", "onnxruntime"),
         ("pruned-quantized", "deepsparse"),
         ("pruned-quantized", "onnxruntime"),
+        *((m, rt) for m in ("dense fp32", "pruned-quantized") for rt in ("openvino", "openvino throughput")),  # the openvino extra
         ("dense fp32", "pytorch fp32 eager"),
         ("dense int8", "pytorch int8 (fx, x86)"),
     }

@@ -41,6 +41,7 @@ def test_ptq_table_and_json(trained_ckpt, tiny_zip, tmp_path):
         "32",
         "--first-last-8bit",
         "both",
+        "--pytorch-fp16",
         "--out",
         out,
         cwd=tmp_path,
@@ -52,6 +53,7 @@ def test_ptq_table_and_json(trained_ckpt, tiny_zip, tmp_path):
     # fp32 + pytorch fp16 + pytorch int8 + 3 widths x 2 observers x 2 first/last choices + W8A8 in integers x 2 observers
     assert len(rows) == 3 + 12 + 2
     assert {r["runtime"] for r in rows} == {"fp32", "pytorch", "ours", "ours int"}
+    assert [r["method"] for r in rows if r["runtime"] == "pytorch"] == ["fp16", "fx x86 histogram"]  # fp16 only on --pytorch-fp16
     assert all(r["agree_simulation"] >= 0.99 for r in rows if r["runtime"] == "ours int")
     expected_fp32 = accuracy(load_network(trained_ckpt), CIFAR10DataModule(str(tiny_zip)).normalized_batches("test", 1000))
     assert result["fp32_acc"] == pytest.approx(expected_fp32) and result["test_images"] == 60

@@ -1,6 +1,11 @@
-"""``lit-kd bench``: inference speed of ONNX models in DeepSparse and ONNX Runtime (and PyTorch) on CPU, in one run.
+"""``lit-kd bench``: inference speed of models in DeepSparse, ONNX Runtime and OpenVINO (and PyTorch) on CPU, in one run.
 
-    lit-kd bench --baseline dense.onnx --sparse pruned_quantized.onnx [--ckpt dense.ckpt] [--cores 2]
+    lit-kd bench --baseline dense.onnx --sparse pruned_quantized.onnx [--int8 ours_w8a8.onnx|nncf_mixed.xml]
+                 [--ckpt dense.ckpt] [--cores 2] [--engines deepsparse onnxruntime openvino "openvino throughput"]
+
+OpenVINO (the ``openvino`` extra) runs each file synchronously with ``INFERENCE_NUM_THREADS = --cores`` and, as
+"openvino throughput", with the THROUGHPUT hint (streams and threads chosen by the plugin, the batch split over its
+infer requests); an ``.xml`` IR (``--int8``) runs in OpenVINO only.
 
 Each ONNX file runs in a DeepSparse engine (compiled for batch 1 and for batch 32, ``num_cores = --cores``) and in
 ONNX Runtime (``intra_op_num_threads = --cores``); with ``--ckpt`` (the dense checkpoint the baseline was exported
@@ -22,14 +27,18 @@ import torch.nn as nn
 
 from lit_kd import speed
 from lit_kd.commands.arguments import fail, load_float_network, require_file, require_output, require_positive
-from lit_kd.speed import BASELINE, BENCH_DEFAULTS, BENCH_QAT_ADVICE, SPARSE
+from lit_kd.speed import BASELINE, BENCH_DEFAULTS, BENCH_QAT_ADVICE, ENGINES, INT8, SPARSE
 
 
 def parser(prog: str = "lit-kd bench", out: str = "results/sparse_speed.json") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--baseline", help="dense FP32 ONNX model (lit-kd export of the dense checkpoint)")
     p.add_argument("--sparse", help="pruned-quantized ONNX model (lit-kd export of the SparseML checkpoint)")
+    p.add_argument("--int8", help="an INT8 model file: QDQ .onnx (lit-kd ptq --export-dir) or OpenVINO .xml IR")
     p.add_argument("--ckpt", help="the dense lit-kd checkpoint: adds PyTorch FP32 eager and PyTorch INT8 rows")
+    p.add_argument(
+        "--engines", nargs="+", choices=ENGINES, default=list(ENGINES), help="engines to time the files in (default: every installed one)"
+    )
     p.add_argument("--cores", type=int, default=BENCH_DEFAULTS["cores"], help="cores for DeepSparse, ONNX Runtime and PyTorch threads")
     p.add_argument("--warmup", type=int, default=BENCH_DEFAULTS["warmup"], help="untimed calls before each measurement")
     p.add_argument("--iterations-b1", type=int, default=BENCH_DEFAULTS["iterations_b1"], help="timed calls at batch 1")
@@ -40,7 +49,8 @@ def parser(prog: str = "lit-kd bench", out: str = "results/sparse_speed.json") -
 
 def run_bench(onnx_files: dict[str, str], torch_model: nn.Module | None, args: argparse.Namespace) -> dict:
     """:func:`lit_kd.speed.run_bench` with this command's arguments."""
-    return speed.run_bench(onnx_files, torch_model, args.cores, args.warmup, args.iterations_b1, args.iterations_b32)
+    engines = tuple(args.engines)
+    return speed.run_bench(onnx_files, torch_model, args.cores, args.warmup, args.iterations_b1, args.iterations_b32, engines)
 
 
 def check_onnx(prog: str, flag: str, path: str) -> None:
@@ -51,19 +61,37 @@ def check_onnx(prog: str, flag: str, path: str) -> None:
         fail(prog, problem)
 
 
+def check_ir(prog: str, path: str) -> None:
+    """``path`` is an OpenVINO IR that reads (the openvino extra); one line and exit status 1 otherwise."""
+    from lit_kd.compat.extras import MissingExtra
+
+    try:
+        from lit_kd.openvino_engine import ir_problem
+
+        problem = ir_problem("--int8", path)
+    except MissingExtra as err:
+        problem = f"--int8 {path!r}: {err}"
+    if problem:
+        fail(prog, problem)
+
+
 def inputs_from_args(cli: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[dict[str, str], nn.Module | None]:
     """The ONNX files by label and the dense PyTorch model (None without ``--ckpt``); usage errors through ``cli``
     (exit status 2), unusable files as one line with exit status 1."""
-    for name in ("baseline", "sparse", "ckpt"):
+    for name in ("baseline", "sparse", "int8", "ckpt"):
         value = getattr(args, name)
         if value:
-            require_file(cli, f"--{name}", value, "checkpoint" if name == "ckpt" else "ONNX model")
+            require_file(cli, f"--{name}", value, {"ckpt": "checkpoint", "int8": "model"}.get(name, "ONNX model"))
     require_positive(cli, args, "cores", "iterations_b1", "iterations_b32")
     require_positive(cli, args, "warmup", minimum=0)
     require_output(cli, args.out)
-    onnx_files = {label: path for label, path in ((BASELINE, args.baseline), (SPARSE, args.sparse)) if path}
+    flags = {BASELINE: "--baseline", SPARSE: "--sparse", INT8: "--int8"}
+    onnx_files = {label: path for label, path in ((BASELINE, args.baseline), (SPARSE, args.sparse), (INT8, args.int8)) if path}
     for label, path in onnx_files.items():
-        check_onnx(cli.prog, "--baseline" if label == BASELINE else "--sparse", path)
+        if label == INT8 and path.lower().endswith(".xml"):
+            check_ir(cli.prog, path)
+        else:
+            check_onnx(cli.prog, flags[label], path)
     torch_model = None
     if args.ckpt:
         torch_model = load_float_network(cli.prog, args.ckpt, BENCH_QAT_ADVICE)
@@ -73,7 +101,10 @@ def inputs_from_args(cli: argparse.ArgumentParser, args: argparse.Namespace) -> 
 def main(argv: list[str] | None = None) -> dict:
     cli = parser()
     args = cli.parse_args(argv)
-    if not args.baseline and not args.sparse:
-        cli.error("give at least one ONNX model: --baseline dense.onnx and/or --sparse pruned_quantized.onnx")
+    if not args.baseline and not args.sparse and not args.int8:
+        cli.error(
+            "give at least one ONNX model (or OpenVINO IR): --baseline dense.onnx, --sparse pruned_quantized.onnx and/or "
+            "--int8 model.onnx|model.xml"
+        )
     onnx_files, torch_model = inputs_from_args(cli, args)
     return speed.report(run_bench(onnx_files, torch_model, args), args.out)

@@ -4,8 +4,10 @@
     lit-kd classify --ckpt best.ckpt --data data/cifar10-png.zip
 
 Any lit-kd checkpoint or weights file works (dense, distilled, pruned), and so do the INT8 model a QAT run writes
-(``int8_model.pt``, torch's quantized CPU kernels) and an ``.onnx`` file (ONNX Runtime); the last two run on the CPU. Folders are
-searched recursively for image files (by suffix); when every image sits in a folder named after its class
+(``int8_model.pt``, torch's quantized CPU kernels), an ``.onnx`` file (ONNX Runtime, FP32 or QDQ INT8), an OpenVINO
+IR ``.xml`` (the ``openvino`` extra), a TorchScript program (``pytorch_int8.pt`` from ``lit-kd ptq --export-dir``) and
+compact ``.npz`` weights of a pruned network; INT8, ONNX and OpenVINO models run on the CPU. Folders are searched
+recursively for image files (by suffix); when every image sits in a folder named after its class
 (``test/cat/0001.png``) the accuracy over them is printed too. An image that is not 32x32 is centre-cropped to a square and
 resized to 32x32 (noted in the table); every image is converted to RGB and normalised like the training data
 (``CIFAR10DataModule.normalize``).
@@ -33,7 +35,10 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lit-kd classify", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="*", help="image files (PNG, JPEG, ...) and folders of them")
     p.add_argument(
-        "--ckpt", required=True, help="lit-kd checkpoint or weights file (classifier, distilled student, pruned), int8_model.pt or .onnx"
+        "--ckpt",
+        required=True,
+        help="lit-kd checkpoint or weights file (classifier, distilled student, pruned), int8_model.pt, .onnx, OpenVINO .xml "
+        "or TorchScript .pt",
     )
     p.add_argument("--top-k", type=int, default=1, help="show the K most probable classes per image")
     p.add_argument("--data", metavar="DATA", help="report accuracy on the test split of this CIFAR-10 source instead")
@@ -145,7 +150,8 @@ def run(cli: argparse.ArgumentParser, args: argparse.Namespace, model_file: str,
         cli.error(str(err))
     network, kind = load_trained_model(cli.prog, model_file, QAT_ADVICE, flag=flag)
     if kind != "float" and device.type != "cpu":
-        cli.error(f"--device {args.device}: an {'INT8' if kind == 'int8' else 'ONNX'} model runs on the CPU only; use --device cpu")
+        what = {"int8": "an INT8", "onnx": "an ONNX", "openvino": "an OpenVINO", "torchscript": "a TorchScript INT8"}[kind]
+        cli.error(f"--device {args.device}: {what} model runs on the CPU only; use --device cpu")
     if args.device is None and kind == "float" and torch.cuda.is_available():
         device = torch.device("cuda")
     network = network.to(device)

@@ -16,7 +16,9 @@ agreement of each runtime with PyTorch and each one's accuracy go to a table and
 (``model.onnx`` -> ``model.validation.json``). The model is exported to a temporary file beside ``--out`` and
 renamed to ``--out`` only after it passed. An FP32 export agreeing on fewer than 99.5 % of the images is an
 error (exit status 1; the validation JSON is written, ``--out`` is not); an INT8 export is compared with its
-fake-quantized PyTorch model and only reported. Bad arguments exit with status 2, unreadable or unsuitable files
+fake-quantized PyTorch model and only reported. ``--openvino`` also converts the written ONNX file to an OpenVINO IR
+(``model.xml`` + ``model.bin`` beside it; the ``openvino`` extra), validated on the same images against PyTorch.
+Bad arguments exit with status 2, unreadable or unsuitable files
 with status 1, each with one line on stderr.
 """
 
@@ -41,6 +43,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=EXPORT_DEFAULTS["images"], help="test images to validate on")
     p.add_argument(
         "--batch-size", type=int, default=EXPORT_DEFAULTS["batch_size"], help="validation batch size (DeepSparse compiles for it)"
+    )
+    p.add_argument(
+        "--openvino", action="store_true", help="also write an OpenVINO IR beside --out (model.xml + model.bin), validated likewise"
     )
     p.add_argument("--cores", type=int, default=os.cpu_count(), help="cores for DeepSparse and ONNX Runtime threads")
     return p
@@ -76,7 +81,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.config:
         read_config(cli.prog, args.config)
     try:
-        return export_checkpoint(args.ckpt, out, args.config, args.opset, args.data, args.images, args.batch_size, args.cores)
+        sizes = (args.images, args.batch_size, args.cores)
+        return export_checkpoint(args.ckpt, out, args.config, args.opset, args.data, *sizes, openvino=args.openvino)
     except ExportUsageError as err:
         cli.error(str(err))
     except ExportError as err:

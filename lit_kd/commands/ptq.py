@@ -1,19 +1,23 @@
 """``lit-kd ptq``: quantize a trained checkpoint at several bit widths and methods, print a table, write JSON.
 
 Every configuration is evaluated on the test set: our simulated PTQ (per bit width, observer, rounding, weight
-granularity, with and without the first and last layers kept at 8 bits) and PyTorch's own fp16 and INT8 (FX,
-x86) models calibrated on the same batches. Accuracy drops are against the FP32 model on the same images.
+granularity, with and without the first and last layers kept at 8 bits), PyTorch's own INT8 (FX, x86; fp16 with
+--pytorch-fp16, slow on CPU) and, with --engine nncf, NNCF's INT8 PTQ in OpenVINO, all calibrated on the same
+images. Accuracy drops are against the FP32 model on the same images. --export-dir DIR writes the INT8 models as
+deployable files (ours_w8a8.onnx QDQ and ours_w8a8.xml, nncf_*.xml, pytorch_int8.pt), each checked on the test set.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 from lit_kd.commands.arguments import fail, load_float_network, require_data, require_file, require_output
+from lit_kd.compat.extras import MissingExtra, require
 from lit_kd.quant.observers import OBSERVERS
 from lit_kd.quant.ptq import ROUNDINGS
-from lit_kd.quant.sweep import COSTS, FIRST_LAST, GRANULARITIES, PtqError, PtqSettings, run_ptq
+from lit_kd.quant.sweep import COSTS, ENGINES, FIRST_LAST, GRANULARITIES, NNCF_PRESETS, PtqError, PtqSettings, run_ptq
 from lit_kd.quant.sweep import PTQ_QAT_ADVICE as QAT_ADVICE
 
 PROG = "lit-kd ptq"
@@ -43,7 +47,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=128, help="calibration batch size")
     p.add_argument("--adaround-iterations", type=int, default=1000)
     p.add_argument("--test-images", type=int, default=None, help="evaluate on the first N test images (default all)")
-    p.add_argument("--no-pytorch", action="store_true", help="skip PyTorch's fp16 / INT8 rows")
+    p.add_argument("--no-pytorch", action="store_true", help="skip PyTorch's INT8 (and fp16) rows")
+    p.add_argument("--pytorch-fp16", action="store_true", help="also PyTorch's fp16 row (over 20 minutes for the test set on 2 cores)")
+    p.add_argument(
+        "--engine", nargs="+", default=["ours"], choices=ENGINES, help="whose PTQ makes rows: ours, nncf (OpenVINO; the openvino extra)"
+    )
+    p.add_argument("--nncf-preset", nargs="+", default=["performance", "mixed"], choices=NNCF_PRESETS, help="NNCF presets (rows)")
+    p.add_argument(
+        "--nncf-max-drop",
+        type=float,
+        help="also NNCF's quantize_with_accuracy_control within this many points on --eval-images held-out training images",
+    )
+    p.add_argument("--export-dir", metavar="DIR", help="write the INT8 models as deployable files here, each checked on the test set")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     search = p.add_argument_group("mixed precision (with --max-drop: search per-layer weight widths instead of the table)")
     search.add_argument("--max-drop", type=float, help="accuracy budget in points on held-out training images, e.g. 1.0")
@@ -73,6 +88,14 @@ def main(argv: list[str] | None = None) -> dict:
     require_file(cli, "--ckpt", args.ckpt)
     require_data(cli, args.data)
     out = require_output(cli, args.out)
+    if args.export_dir and Path(args.export_dir).exists() and not Path(args.export_dir).is_dir():
+        cli.error(f"--export-dir {args.export_dir!r} is a file; expected a directory (created when missing)")
+    if "nncf" in args.engine:
+        try:
+            require("nncf", "--engine nncf")
+            require("openvino", "--engine nncf")
+        except MissingExtra as err:
+            fail(PROG, str(err))
     model = load_float_network(PROG, args.ckpt, QAT_ADVICE)
     try:
         return run_ptq(model, args.ckpt, args.data, settings, out)

@@ -1,14 +1,17 @@
 """Which optional extras are installed, and the one-line error when a feature needs a missing one.
 
 The archived sparse stack (sparseml, sparsezoo, deepsparse) is the extra ``sparse``: ``pip install 'lit-kd[sparse]'``
-(Python 3.11, numpy < 2). Everything else in lit-kd runs without it.
+(Python 3.11, numpy < 2). OpenVINO and NNCF are the extra ``openvino``: ``pip install 'lit-kd[openvino]'`` (OpenVINO
+IR export, the OpenVINO engine in bench and classify, NNCF PTQ in ``lit-kd ptq --engine nncf``). Everything else in
+lit-kd runs without them.
 """
 
 from __future__ import annotations
 
 from importlib.util import find_spec
 
-EXTRA_OF = {"sparseml": "sparse", "sparsezoo": "sparse", "deepsparse": "sparse"}
+EXTRA_OF = {"sparseml": "sparse", "sparsezoo": "sparse", "deepsparse": "sparse", "openvino": "openvino", "nncf": "openvino"}
+EXTRA_NOTE = {"sparse": " (Python 3.11, numpy < 2)", "openvino": ""}
 
 
 class MissingExtra(ImportError):
@@ -30,4 +33,4 @@ def require(package: str, feature: str) -> None:
     """
     if not installed(package):
         extra = EXTRA_OF.get(package, package)
-        raise MissingExtra(f"{feature} needs {package}: pip install 'lit-kd[{extra}]' (Python 3.11, numpy < 2)")
+        raise MissingExtra(f"{feature} needs {package}: pip install 'lit-kd[{extra}]'{EXTRA_NOTE.get(extra, '')}")

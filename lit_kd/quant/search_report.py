@@ -1,9 +1,11 @@
 """How a mixed-precision search is shown: the activation-width label (:func:`act_label`, in the uniform points'
-labels, the plot's title and the README headline) and the Pareto plot of a :class:`~lit_kd.quant.bit_search.SearchResult`.
+labels, the plot's title and the README headline), the Pareto plot of a :class:`~lit_kd.quant.bit_search.SearchResult`
+and the printed table of ``lit-kd ptq --max-drop`` (:func:`print_search`).
 """
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -70,3 +72,28 @@ def pareto_plot(result: SearchResult, path: Path, test_acc: dict[str, float] | N
     ax.legend(fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def print_search(summary: dict, result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    chosen = result.chosen.weight_bits
+    table = Table(title=f"Chosen allocation within {100 * result.max_drop:.2f} points on {summary['eval_images']} held-out images")
+    for col in ("layer", "params", "bits (W/A)", "sensitivity (loss increase at that width)"):
+        table.add_column(col, justify="left" if col == "layer" else "right")
+    for path, facts in result.layers.items():
+        act = result.layer_act_bits[path]
+        table.add_row(path, f"{facts['params']:,}", f"{chosen[path]}/{act}", f"{result.sensitivity[path][chosen[path]]:+.4f}")
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    console.print(table)
+    t = summary["test_acc"]
+    console.print(
+        f"average weight bits {summary['chosen_average_weight_bits']:.2f}; weights {summary['chosen_weight_bytes'] / 1024:.1f} KiB "
+        f"vs FP32 {summary['fp32_weight_bytes'] / 1024:.1f} KiB and uniform INT8 {summary['uniform_int8_weight_bytes'] / 1024:.1f} KiB"
+    )
+    console.print(
+        "test accuracy: "
+        + ", ".join(f"{k} {100 * v:.2f} %" for k, v in t.items())
+        + f" (search {summary['search_seconds']} s; its measurements {summary['search_measured_seconds']} s over all attempts)"
+    )

@@ -3,8 +3,11 @@ at several bit widths and methods, each configuration evaluated on the test set,
 mixed-precision search of per-layer weight widths.
 
 Every configuration is evaluated on the test set: our simulated PTQ (per bit width, observer, rounding, weight
-granularity, with and without the first and last layers kept at 8 bits) and PyTorch's own fp16 and INT8 (FX,
-x86) models calibrated on the same batches. Accuracy drops are against the FP32 model on the same images.
+granularity, with and without the first and last layers kept at 8 bits), PyTorch's own INT8 (FX, x86; fp16 with
+``pytorch_fp16``) and, with ``engine`` naming ``nncf``, NNCF's INT8 PTQ in OpenVINO (presets, and accuracy control
+within ``nncf_max_drop`` points on held-out training images), all calibrated on the same images. Accuracy drops are
+against the FP32 model on the same images. With ``export_dir`` the INT8 models are also written as files a user
+deploys and checked on the test set after writing (:mod:`lit_kd.quant.deployables`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch.nn as nn
 
 from lit_kd.evaluation import accuracy, fraction_equal, labels, predictions
 from lit_kd.quant.affine import check_bits
+from lit_kd.quant.deployables import write_nncf, write_ours, write_pytorch_int8
 from lit_kd.quant.integer_model import to_int8_model
 from lit_kd.quant.observers import OBSERVERS
 from lit_kd.quant.ptq import ROUNDINGS, quantize
@@ -31,6 +35,8 @@ EVAL_BATCH = 250  # images per evaluation batch: on 2 CPU cores ResNet-20 runs a
 GRANULARITIES = ("per_channel", "per_tensor")
 FIRST_LAST = {"no": [False], "yes": [True], "both": [False, True]}
 COSTS = ("bits", "bops")
+ENGINES = ("ours", "nncf")
+NNCF_PRESETS = ("performance", "mixed")
 PTQ_QAT_ADVICE = (
     "Give the float checkpoint the QAT run started from (its init_ckpt); the QAT run's own INT8 model is its "
     "int8_model.pt (lit_kd.quant.torch_qat.load_int8_model)."
@@ -58,6 +64,11 @@ class PtqSettings:
     adaround_iterations: int = 1000
     test_images: int | None = None
     no_pytorch: bool = False
+    pytorch_fp16: bool = False
+    engine: list[str] = field(default_factory=lambda: ["ours"])
+    nncf_preset: list[str] = field(default_factory=lambda: ["performance", "mixed"])
+    nncf_max_drop: float | None = None
+    export_dir: str | None = None
     threads: int | None = field(default_factory=os.cpu_count)
     max_drop: float | None = None
     candidates: list[int] = field(default_factory=lambda: [2, 4, 8])
@@ -82,13 +93,20 @@ class PtqSettings:
         choices += [("--granularity", g, GRANULARITIES) for g in self.granularity] + [("--cost", self.cost, COSTS)]
         choices += [("--first-last-8bit", self.first_last_8bit, tuple(FIRST_LAST))]
         choices += [("--weight-observer", self.weight_observer, OBSERVERS)] if self.weight_observer is not None else []
+        choices += [("--engine", e, ENGINES) for e in self.engine] + [("--nncf-preset", p, NNCF_PRESETS) for p in self.nncf_preset]
         for flag, value, allowed in choices:
             if value not in allowed:
                 return f"argument {flag}: invalid choice: {value!r} (choose from {', '.join(map(repr, allowed))})"
         if self.search and self.max_drop < 0:
             return f"--max-drop is an accuracy budget in points, >= 0; got {self.max_drop}"
+        if self.nncf_max_drop is not None and self.nncf_max_drop < 0:
+            return f"--nncf-max-drop is an accuracy budget in points, >= 0; got {self.nncf_max_drop}"
+        if self.search and ("nncf" in self.engine or self.export_dir):
+            return "--engine nncf and --export-dir make table rows and files; run them without --max-drop (NNCF's budget: --nncf-max-drop)"
+        if self.nncf_max_drop is not None and "nncf" not in self.engine:
+            return "--nncf-max-drop applies to NNCF's accuracy control: add --engine nncf"
         names = ["calib_batches", "batch_size", "threads", "test_images", "adaround_iterations"]
-        for name in names + (["eval_images", "evaluations"] if self.search else []):
+        for name in names + (["eval_images", "evaluations"] if self.search or self.nncf_max_drop is not None else []):
             value = getattr(self, name)
             if value is not None and value < 1:
                 return f"--{name.replace('_', '-')} must be >= 1, got {value}"
@@ -140,9 +158,12 @@ def load_data(source: str, val_split: int = 0):
 def ptq_table(model: nn.Module, ckpt: str, data_source: str, s: PtqSettings) -> dict:
     """Every configuration of ``s`` on the test set: one row each, printed as it is measured."""
     torch.set_num_threads(s.threads)
-    data = load_data(data_source)
+    held_out_images = s.eval_images if s.nncf_max_drop is not None else 0  # NNCF's accuracy control validates on them
+    data = load_data(data_source, val_split=held_out_images)
     calib = list(data.normalized_batches("train", s.batch_size, s.calib_batches * s.batch_size, shuffle=True))
     test = list(data.normalized_batches("test", EVAL_BATCH, s.test_images))
+    out_dir = Path(s.export_dir) if s.export_dir else None
+    deployables = []
     truth = labels(test)
     fp32_pred = predictions(model, test)
     fp32 = fraction_equal(fp32_pred, truth)
@@ -181,13 +202,31 @@ def ptq_table(model: nn.Module, ckpt: str, data_source: str, s: PtqSettings) -> 
         return qmodel, pred
 
     if not s.no_pytorch:
-        add("pytorch", 16, 16, "fp16", "-", False, lambda: to_fp16(model))
-        add("pytorch", 8, 8, "fx x86 histogram", "per_channel", False, lambda: quantize_int8(model, calib))
+        if s.pytorch_fp16:
+            add("pytorch", 16, 16, "fp16", "-", False, lambda: to_fp16(model))
+        int8, pred = add("pytorch", 8, 8, "fx x86 histogram", "per_channel", False, lambda: quantize_int8(model, calib))
+        if out_dir:
+            deployables += write_pytorch_int8(int8, out_dir, rows[-1], pred, test, truth)
+    if "nncf" in s.engine:
+        from lit_kd.quant.nncf_ptq import method_name, nncf_network
+
+        held_out = list(data.normalized_batches("val", EVAL_BATCH)) if held_out_images else None
+        jobs = [(p, None) for p in s.nncf_preset] + ([(s.nncf_preset[-1], s.nncf_max_drop)] if s.nncf_max_drop is not None else [])
+        for preset, budget in jobs:
+            built: dict = {}
+
+            def build(preset=preset, budget=budget, built=built):
+                network, built["model"] = nncf_network(model, calib, s.threads, preset=preset, max_drop=budget, held_out=held_out)
+                return network
+
+            _, pred = add("openvino", 8, 8, method_name(preset, budget), "per_channel", False, build)
+            if out_dir:
+                name = f"nncf_{preset}" + ("_accuracy_control" if budget is not None else "")
+                deployables += write_nncf(built["model"], name, out_dir, rows[-1], pred, test, truth)
     widths = [(b, b) for b in s.bits] + [(b, 8) for b in s.weight_only_bits]
     corrections = [False, True] if s.bias_correction else [False]
-    for (wb, ab), observer, rounding, gran, fl, bc in itertools.product(
-        widths, s.observer, s.rounding, s.granularity, FIRST_LAST[s.first_last_8bit], corrections
-    ):
+    ours = itertools.product(widths, s.observer, s.rounding, s.granularity, FIRST_LAST[s.first_last_8bit], corrections)
+    for (wb, ab), observer, rounding, gran, fl, bc in ours if "ours" in s.engine else ():
         weights = f" (weights {s.weight_observer})" if s.weight_observer and s.weight_observer != observer else ""
         method = observer + weights + ("" if rounding == "nearest" else f" + {rounding}") + (" + bias corr." if bc else "")
         qmodel, pred = add(
@@ -213,6 +252,8 @@ def ptq_table(model: nn.Module, ckpt: str, data_source: str, s: PtqSettings) -> 
             ),
         )
         if (wb, ab, rounding, fl, bc) == (8, 8, "nearest", False, False):  # the same model in integer arithmetic
+            if out_dir and not any(d["file"].endswith("ours_w8a8.onnx") for d in deployables):
+                deployables += write_ours(qmodel, out_dir, rows[-1], pred, test, truth)
             _, int_pred = add("ours int", 8, 8, method + " (int8 x int8 -> int32)", gran, fl, partial(to_int8_model, qmodel))
             rows[-1]["agree_simulation"] = fraction_equal(int_pred, pred)
     return {
@@ -221,7 +262,10 @@ def ptq_table(model: nn.Module, ckpt: str, data_source: str, s: PtqSettings) -> 
         "test_images": len(truth),
         "calib_images": sum(len(x) for x, _ in calib),
         "threads": s.threads,
+        "engines": list(s.engine),
         "rows": rows,
+        **({"held_out_images": held_out_images} if held_out_images else {}),
+        **({"export_dir": str(out_dir), "deployables": deployables} if out_dir else {}),
     }
 
 
@@ -261,7 +305,7 @@ def ptq_search(model: nn.Module, ckpt: str, data_source: str, s: PtqSettings, ou
     test set), then test accuracy of FP32, the chosen allocation and the uniform widths."""
     from lit_kd.quant.bit_search import search_bits
     from lit_kd.quant.cost_model import average_bits, size_bytes
-    from lit_kd.quant.search_report import pareto_plot
+    from lit_kd.quant.search_report import pareto_plot, print_search
 
     torch.set_num_threads(s.threads)
     available = len(load_data(data_source).splits["train"])
@@ -321,31 +365,6 @@ def ptq_search(model: nn.Module, ckpt: str, data_source: str, s: PtqSettings, ou
     print_search(summary, result)
     summary["plot"] = str(pareto_plot(result, out.with_suffix(".png")))
     return summary
-
-
-def print_search(summary: dict, result) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    chosen = result.chosen.weight_bits
-    table = Table(title=f"Chosen allocation within {100 * result.max_drop:.2f} points on {summary['eval_images']} held-out images")
-    for col in ("layer", "params", "bits (W/A)", "sensitivity (loss increase at that width)"):
-        table.add_column(col, justify="left" if col == "layer" else "right")
-    for path, facts in result.layers.items():
-        act = result.layer_act_bits[path]
-        table.add_row(path, f"{facts['params']:,}", f"{chosen[path]}/{act}", f"{result.sensitivity[path][chosen[path]]:+.4f}")
-    console = Console(width=None if sys.stdout.isatty() else 160)
-    console.print(table)
-    t = summary["test_acc"]
-    console.print(
-        f"average weight bits {summary['chosen_average_weight_bits']:.2f}; weights {summary['chosen_weight_bytes'] / 1024:.1f} KiB "
-        f"vs FP32 {summary['fp32_weight_bytes'] / 1024:.1f} KiB and uniform INT8 {summary['uniform_int8_weight_bytes'] / 1024:.1f} KiB"
-    )
-    console.print(
-        "test accuracy: "
-        + ", ".join(f"{k} {100 * v:.2f} %" for k, v in t.items())
-        + f" (search {summary['search_seconds']} s; its measurements {summary['search_measured_seconds']} s over all attempts)"
-    )
 
 
 def run_ptq(model: nn.Module, ckpt: str, data_source: str, settings: PtqSettings, out: str | Path) -> dict:
