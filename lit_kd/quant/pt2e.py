@@ -26,17 +26,17 @@ import torch.nn as nn
 
 from lit_kd.quant.ptq import calibration_batches, check_supported
 
-BACKENDS = ("pt2e", "fx")
+FLOWS = ("pt2e", "fx")
 PROGRAM_SUFFIX = ".pt2"
 INT8_PROGRAM_FILE = "int8_model.pt2"
 MAX_BATCH = 1 << 16
 
 
-def check_backend(backend: str) -> str:
-    """``backend`` when it is one of :data:`BACKENDS`; a one-line ValueError otherwise."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown quantization backend {backend!r}; expected one of {', '.join(BACKENDS)}")
-    return backend
+def check_flow(flow: str) -> str:
+    """``flow`` when it is one of :data:`FLOWS` (PyTorch's quantization flows); a one-line ValueError otherwise."""
+    if flow not in FLOWS:
+        raise ValueError(f"unknown quantization flow {flow!r}; expected one of: {', '.join(FLOWS)}")
+    return flow
 
 
 def _torchao():
