@@ -97,10 +97,12 @@ class CompiledInt8(nn.Module):
     def __init__(self, program: nn.Module):
         super().__init__()
         self.program = program
-        self.compiled = torch.compile(program, options={"freezing": True})
+        self.compiled = torch.compile(program)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
+        import torch._inductor.config
+
+        with torch.no_grad(), torch._inductor.config.patch(freezing=True):
             return self.compiled(x)
 
 
@@ -110,16 +112,29 @@ def compile_int8(program: nn.Module) -> nn.Module:
 
 def prepare_qat(network: nn.Module, input_shape, reduce_range: bool = False) -> torch.fx.GraphModule:
     """``network`` exported in train mode and prepared for QAT (``prepare_qat_pt2e``): conv + BatchNorm fused into a
-    trainable pattern, fake-quantize modules on weights and activations. Its ``train()`` / ``eval()`` switch
-    BatchNorm and dropout as a module's would. The parameter names are the network's, the fake-quantize modules are
-    ``activation_post_process_<i>``, the same for every call, so a checkpoint's state dict loads into a new one."""
+    trainable pattern, fake-quantize modules on weights and activations. Its ``training`` flag (``train()``,
+    ``eval()``) switches BatchNorm and dropout at the next call (:func:`follow_training_flag`; a deep copy loses
+    that hook: :func:`convert_qat` switches by itself). Parameter names are the network's, the fake-quantize modules
+    are ``activation_post_process_<i>``, the same for every call, so a checkpoint's state dict loads into a new one.
+    BatchNorm's ``num_batches_tracked`` counts eval-mode calls too (its increment is a separate graph op; unused with
+    a ``momentum``)."""
     quantize_pt2e, _ = _torchao()
-    from torchao.quantization.pt2e import allow_exported_model_train_eval
-
     device = next(network.parameters()).device
     captured = export(network.train(), example_input(input_shape, device))
     prepared = quantize_pt2e.prepare_qat_pt2e(captured, x86_quantizer(qat=True, reduce_range=reduce_range))
-    return allow_exported_model_train_eval(prepared)
+    for name in ("train", "eval"):  # prepare_qat_pt2e replaces them by methods that raise
+        prepared.__dict__.pop(name, None)
+    prepared.register_forward_pre_hook(follow_training_flag)
+    return prepared.train()
+
+
+def follow_training_flag(program: nn.Module, args=None) -> None:
+    """Put the BatchNorm and dropout ops of an exported QAT program in the form its ``training`` flag says (a forward
+    pre-hook: Lightning switches modes by ``eval()`` and restores them by setting ``training`` directly, and torchao's
+    ``allow_exported_model_train_eval`` follows neither the flag nor the restore)."""
+    from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
+
+    (move_exported_model_to_train if program.training else move_exported_model_to_eval)(program)
 
 
 def fake_quantizers(prepared: nn.Module) -> list[nn.Module]:
@@ -166,20 +181,23 @@ def convert_qat(prepared: nn.Module) -> torch.fx.GraphModule:
     """The converted INT8 program of a PT2E QAT program (a copy, on the CPU, BatchNorm in eval form)."""
     quantize_pt2e, _ = _torchao()
     network = copy.deepcopy(prepared).cpu()
-    network.eval()
+    network.training = False
+    follow_training_flag(network)
     return quantize_pt2e.convert_pt2e(network)
 
 
 def save_program(program: nn.Module, path: str | Path, input_shape=(1, 3, 32, 32)) -> Path:
     """Write a converted program (:func:`quantize_pt2e_ptq`, :func:`convert_qat`) with ``torch.export.save``,
     atomically; the batch dimension stays dynamic."""
-    from lit_kd.atomic import atomic_path
+    import io
+
+    from lit_kd.atomic import write_bytes
 
     program = program.program if isinstance(program, CompiledInt8) else program
     exported = torch.export.export(program, (example_input(input_shape),), dynamic_shapes=batch_dim())
-    with atomic_path(path) as tmp:
-        torch.export.save(exported, tmp)
-    return Path(path)
+    buffer = io.BytesIO()
+    torch.export.save(exported, buffer)
+    return write_bytes(path, buffer.getvalue())
 
 
 _PLAIN = {"archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id"}
