@@ -120,8 +120,9 @@ def prepare_qat(network: nn.Module, input_shape, reduce_range: bool = False) -> 
     a ``momentum``)."""
     quantize_pt2e, _ = _torchao()
     device = next(network.parameters()).device
-    captured = export(network.train(), example_input(input_shape, device))
-    prepared = quantize_pt2e.prepare_qat_pt2e(captured, x86_quantizer(qat=True, reduce_range=reduce_range))
+    with torch.random.fork_rng(devices=[]):  # torchao draws random example inputs to match patterns
+        captured = export(network.train(), example_input(input_shape, device))
+        prepared = quantize_pt2e.prepare_qat_pt2e(captured, x86_quantizer(qat=True, reduce_range=reduce_range))
     for name in ("train", "eval"):  # prepare_qat_pt2e replaces them by methods that raise
         prepared.__dict__.pop(name, None)
     prepared.register_forward_pre_hook(follow_training_flag)
@@ -131,10 +132,15 @@ def prepare_qat(network: nn.Module, input_shape, reduce_range: bool = False) -> 
 def follow_training_flag(program: nn.Module, args=None) -> None:
     """Put the BatchNorm and dropout ops of an exported QAT program in the form its ``training`` flag says (a forward
     pre-hook: Lightning switches modes by ``eval()`` and restores them by setting ``training`` directly, and torchao's
-    ``allow_exported_model_train_eval`` follows neither the flag nor the restore)."""
+    ``allow_exported_model_train_eval`` follows neither the flag nor the restore). The global random state is kept
+    (torchao draws random example inputs to match the patterns), so a resumed run draws what an uninterrupted one
+    does."""
     from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
+    from torchao.quantization.pt2e.export_utils import _EXPORTED_TRAINING_ATTR
 
-    (move_exported_model_to_train if program.training else move_exported_model_to_eval)(program)
+    if getattr(program, _EXPORTED_TRAINING_ATTR, True) != program.training:
+        with torch.random.fork_rng(devices=[]):
+            (move_exported_model_to_train if program.training else move_exported_model_to_eval)(program)
 
 
 def fake_quantizers(prepared: nn.Module) -> list[nn.Module]:
