@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--ckpt", default="weights/resnet20_teacher.pt")
     parser.add_argument("--data", default=os.environ.get("LIT_KD_CIFAR10", "data/cifar10"))
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=256, help="calibration batch size")
+    parser.add_argument("--batch-size", type=int, default=128, help="calibration batch size (as lit-kd ptq)")
     parser.add_argument("--calib-batches", type=int, default=8)
     parser.add_argument("--test-images", type=int, default=None, help="default: the whole test set")
     parser.add_argument("--repeats", type=int, default=7)

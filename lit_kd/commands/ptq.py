@@ -12,6 +12,7 @@ import os
 
 from lit_kd.commands.arguments import fail, load_float_network, require_data, require_file, require_output
 from lit_kd.quant.observers import OBSERVERS
+from lit_kd.quant.pt2e import FLOWS
 from lit_kd.quant.ptq import ROUNDINGS
 from lit_kd.quant.sweep import COSTS, FIRST_LAST, GRANULARITIES, PtqError, PtqSettings, run_ptq
 from lit_kd.quant.sweep import PTQ_QAT_ADVICE as QAT_ADVICE
@@ -44,6 +45,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--adaround-iterations", type=int, default=1000)
     p.add_argument("--test-images", type=int, default=None, help="evaluate on the first N test images (default all)")
     p.add_argument("--no-pytorch", action="store_true", help="skip PyTorch's fp16 / INT8 rows")
+    p.add_argument("--torch-flow", choices=FLOWS, default="fx", help="PyTorch INT8: torch.ao FX or PT2E (torch.export, torch.compile)")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     search = p.add_argument_group("mixed precision (with --max-drop: search per-layer weight widths instead of the table)")
     search.add_argument("--max-drop", type=float, help="accuracy budget in points on held-out training images, e.g. 1.0")

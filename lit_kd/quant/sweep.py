@@ -24,6 +24,7 @@ from lit_kd.evaluation import accuracy, fraction_equal, labels, predictions
 from lit_kd.quant.affine import check_bits
 from lit_kd.quant.integer_model import to_int8_model
 from lit_kd.quant.observers import OBSERVERS
+from lit_kd.quant.pt2e import FLOWS
 from lit_kd.quant.ptq import ROUNDINGS, quantize
 from lit_kd.quant.torch_ptq import quantize_int8, to_fp16
 
@@ -58,6 +59,7 @@ class PtqSettings:
     adaround_iterations: int = 1000
     test_images: int | None = None
     no_pytorch: bool = False
+    torch_flow: str = "fx"
     threads: int | None = field(default_factory=os.cpu_count)
     max_drop: float | None = None
     candidates: list[int] = field(default_factory=lambda: [2, 4, 8])
@@ -80,7 +82,7 @@ class PtqSettings:
         ``layer_act_bits`` (``["conv1=8"]`` -> ``{"conv1": 8}``) on the way."""
         choices = [("--observer", o, OBSERVERS) for o in self.observer] + [("--rounding", r, ROUNDINGS) for r in self.rounding]
         choices += [("--granularity", g, GRANULARITIES) for g in self.granularity] + [("--cost", self.cost, COSTS)]
-        choices += [("--first-last-8bit", self.first_last_8bit, tuple(FIRST_LAST))]
+        choices += [("--first-last-8bit", self.first_last_8bit, tuple(FIRST_LAST)), ("--torch-flow", self.torch_flow, FLOWS)]
         choices += [("--weight-observer", self.weight_observer, OBSERVERS)] if self.weight_observer is not None else []
         for flag, value, allowed in choices:
             if value not in allowed:
@@ -182,7 +184,7 @@ def ptq_table(model: nn.Module, ckpt: str, data_source: str, s: PtqSettings) -> 
 
     if not s.no_pytorch:
         add("pytorch", 16, 16, "fp16", "-", False, lambda: to_fp16(model))
-        add("pytorch", 8, 8, "fx x86 histogram", "per_channel", False, lambda: quantize_int8(model, calib))
+        add("pytorch", 8, 8, f"{s.torch_flow} x86 histogram", "per_channel", False, lambda: quantize_int8(model, calib, flow=s.torch_flow))
     widths = [(b, b) for b in s.bits] + [(b, 8) for b in s.weight_only_bits]
     corrections = [False, True] if s.bias_correction else [False]
     for (wb, ab), observer, rounding, gran, fl, bc in itertools.product(
