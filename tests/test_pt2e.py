@@ -85,20 +85,19 @@ def qat_config(path: Path, data_dir: Path, epochs: int) -> Path:
     write_config(path, data_dir, model="resnet8", epochs=epochs)
     config = yaml.safe_load(path.read_text())
     config["trainer"]["callbacks"] = [{"class_path": "lit_kd.callbacks.QuantizationAwareTraining", "init_args": {"flow": "pt2e"}}]
-    config["trainer"]["limit_train_batches"] = 3
     path.write_text(yaml.safe_dump(config))
     return path
 
 
 def test_pt2e_qat_trains_resumes_and_converts(in_tmp, tiny_zip):
-    """Two QAT epochs of 3 steps through the CLI; the same run interrupted after epoch 1 and resumed from last.ckpt
+    """Two QAT epochs (8 steps each) through the CLI; the same run interrupted after epoch 1 and resumed from last.ckpt
     ends with the same weights and ranges; the saved INT8 program loads and predicts as the checkpoint's converted
     network, and ``lit-kd test`` evaluates that conversion."""
     config = qat_config(in_tmp / "qat.yaml", tiny_zip, epochs=2)
     full = run_cli("fit", "--config", config)
     ckpt_dir = Path(full.trainer.checkpoint_callback.dirpath)
     state = load_state(ckpt_dir / "last.ckpt")
-    assert any(k.startswith("model.activation_post_process_") and k.endswith(".scale") for k in state)
+    assert any(k.startswith("model.program.activation_post_process_") and k.endswith(".scale") for k in state)
 
     short = run_cli("fit", "--config", config, "--trainer.max_epochs", "1")
     resumed = run_cli("fit", "--config", config, "--ckpt_path", Path(short.trainer.checkpoint_callback.dirpath) / "last.ckpt")

@@ -92,7 +92,8 @@ class QuantizationAwareTraining(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         network = getattr(pl_module, self.attribute)
-        if isinstance(network, torch.fx.GraphModule) and any("activation_post_process" in n for n, _ in network.named_modules()):
+        prepared = isinstance(network, (torch.fx.GraphModule, pt2e.QatProgram))
+        if prepared and any("activation_post_process" in n for n, _ in network.named_modules()):
             return  # already prepared (a second trainer call on the same module)
         if stage == "fit" and self.init_ckpt:
             load_weights(network, self.init_ckpt)

@@ -110,37 +110,47 @@ def compile_int8(program: nn.Module) -> nn.Module:
     return CompiledInt8(program)
 
 
-def prepare_qat(network: nn.Module, input_shape, reduce_range: bool = False) -> torch.fx.GraphModule:
+class QatProgram(nn.Module):
+    """A PT2E QAT program (``program``) whose BatchNorm and dropout ops take the form its ``training`` flag says at
+    each call. Lightning switches modes by ``eval()`` and restores them by setting ``training`` directly; torchao's
+    ``allow_exported_model_train_eval`` follows neither the flag nor the restore, and a forward pre-hook would act one
+    call late (the module's ``forward`` is bound before hooks run)."""
+
+    def __init__(self, program: torch.fx.GraphModule):
+        super().__init__()
+        for name in ("train", "eval"):  # prepare_qat_pt2e replaces them by methods that raise
+            program.__dict__.pop(name, None)
+        self.program = program
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        set_form(self.program, self.training)
+        return self.program(x)
+
+
+def set_form(program: torch.fx.GraphModule, training: bool) -> None:
+    """Rewrite an exported program's BatchNorm and dropout ops into their train or eval form (nothing when already
+    so), keeping the global random state (torchao draws random example inputs to match the patterns), so that a
+    resumed run draws what an uninterrupted one does."""
+    from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
+    from torchao.quantization.pt2e.export_utils import _EXPORTED_TRAINING_ATTR
+
+    if getattr(program, _EXPORTED_TRAINING_ATTR, True) != training:
+        with torch.random.fork_rng(devices=[]):
+            (move_exported_model_to_train if training else move_exported_model_to_eval)(program)
+
+
+def prepare_qat(network: nn.Module, input_shape, reduce_range: bool = False) -> QatProgram:
     """``network`` exported in train mode and prepared for QAT (``prepare_qat_pt2e``): conv + BatchNorm fused into a
-    trainable pattern, fake-quantize modules on weights and activations. Its ``training`` flag (``train()``,
-    ``eval()``) switches BatchNorm and dropout at the next call (:func:`follow_training_flag`; a deep copy loses
-    that hook: :func:`convert_qat` switches by itself). Parameter names are the network's, the fake-quantize modules
-    are ``activation_post_process_<i>``, the same for every call, so a checkpoint's state dict loads into a new one.
-    BatchNorm's ``num_batches_tracked`` counts eval-mode calls too (its increment is a separate graph op; unused with
-    a ``momentum``)."""
+    trainable pattern, fake-quantize modules on weights and activations, in a :class:`QatProgram`. Parameter names
+    are the network's under ``program.``, the fake-quantize modules ``program.activation_post_process_<i>``, the same
+    for every call, so a checkpoint's state dict loads into a new one. BatchNorm's ``num_batches_tracked`` counts
+    eval-mode calls too (its increment is a separate graph op; unused with a ``momentum``)."""
     quantize_pt2e, _ = _torchao()
     device = next(network.parameters()).device
     with torch.random.fork_rng(devices=[]):  # torchao draws random example inputs to match patterns
         captured = export(network.train(), example_input(input_shape, device))
         prepared = quantize_pt2e.prepare_qat_pt2e(captured, x86_quantizer(qat=True, reduce_range=reduce_range))
-    for name in ("train", "eval"):  # prepare_qat_pt2e replaces them by methods that raise
-        prepared.__dict__.pop(name, None)
-    prepared.register_forward_pre_hook(follow_training_flag)
-    return prepared.train()
-
-
-def follow_training_flag(program: nn.Module, args=None) -> None:
-    """Put the BatchNorm and dropout ops of an exported QAT program in the form its ``training`` flag says (a forward
-    pre-hook: Lightning switches modes by ``eval()`` and restores them by setting ``training`` directly, and torchao's
-    ``allow_exported_model_train_eval`` follows neither the flag nor the restore). The global random state is kept
-    (torchao draws random example inputs to match the patterns), so a resumed run draws what an uninterrupted one
-    does."""
-    from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
-    from torchao.quantization.pt2e.export_utils import _EXPORTED_TRAINING_ATTR
-
-    if getattr(program, _EXPORTED_TRAINING_ATTR, True) != program.training:
-        with torch.random.fork_rng(devices=[]):
-            (move_exported_model_to_train if program.training else move_exported_model_to_eval)(program)
+    return QatProgram(prepared).train()
 
 
 def fake_quantizers(prepared: nn.Module) -> list[nn.Module]:
@@ -186,9 +196,8 @@ def calibrate(prepared: nn.Module, batches: Iterable[torch.Tensor]) -> int:
 def convert_qat(prepared: nn.Module) -> torch.fx.GraphModule:
     """The converted INT8 program of a PT2E QAT program (a copy, on the CPU, BatchNorm in eval form)."""
     quantize_pt2e, _ = _torchao()
-    network = copy.deepcopy(prepared).cpu()
-    network.training = False
-    follow_training_flag(network)
+    network = copy.deepcopy(prepared.program if isinstance(prepared, QatProgram) else prepared).cpu()
+    set_form(network, training=False)
     return quantize_pt2e.convert_pt2e(network)
 
 
