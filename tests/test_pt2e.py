@@ -85,12 +85,13 @@ def qat_config(path: Path, data_dir: Path, epochs: int) -> Path:
     write_config(path, data_dir, model="resnet8", epochs=epochs)
     config = yaml.safe_load(path.read_text())
     config["trainer"]["callbacks"] = [{"class_path": "lit_kd.callbacks.QuantizationAwareTraining", "init_args": {"flow": "pt2e"}}]
+    config["trainer"]["limit_train_batches"] = 3
     path.write_text(yaml.safe_dump(config))
     return path
 
 
 def test_pt2e_qat_trains_resumes_and_converts(in_tmp, tiny_zip):
-    """Two QAT epochs (8 steps each) through the CLI; the same run interrupted after epoch 1 and resumed from last.ckpt
+    """Two QAT epochs of 3 steps through the CLI; the same run interrupted after epoch 1 and resumed from last.ckpt
     ends with the same weights and ranges; the saved INT8 program loads and predicts as the checkpoint's converted
     network, and ``lit-kd test`` evaluates that conversion."""
     config = qat_config(in_tmp / "qat.yaml", tiny_zip, epochs=2)
