@@ -14,7 +14,7 @@ import yaml
 from lit_kd.artifacts import load_model
 from lit_kd.callbacks import QuantizationAwareTraining
 from lit_kd.data import CIFAR10DataModule
-from lit_kd.evaluation import fraction_equal, predictions
+from lit_kd.evaluation import fraction_equal, predictions, top1
 from lit_kd.models import build_model
 from lit_kd.quant import pt2e
 from lit_kd.quant.torch_ptq import quantize_int8
@@ -37,8 +37,8 @@ def teacher_int8(real_cifar10):
 
 def test_pt2e_int8_agrees_with_fp32_on_real_cifar10(teacher_int8):
     """The converted program (quantize/dequantize reference, uncompiled) predicts as the FP32 teacher on 300 real test
-    images (measured 0.993; the same program with ranges never calibrated: see the next check), and the compiled
-    program (INT8 kernels) predicts as the reference on a batch of 32 (measured 32 of 32)."""
+    images (measured 0.993; a broken calibration: 0.05, see the next test), and the compiled program (INT8 kernels)
+    predicts as the reference on a batch of 32 (measured 32 of 32, and as FP32 on all 32)."""
     model, program, test = teacher_int8
     with torch.no_grad():
         fp32, int8 = predictions(model, test), predictions(program, test)
@@ -47,12 +47,12 @@ def test_pt2e_int8_agrees_with_fp32_on_real_cifar10(teacher_int8):
     x = test[0][0][:32]
     compiled = pt2e.compile_int8(program)
     with torch.no_grad():
-        assert fraction_equal(compiled(x), program(x)) >= 30 / 32
+        assert fraction_equal(top1(compiled(x)), top1(program(x))) >= 30 / 32
 
 
 def test_uncalibrated_pt2e_int8_is_far_from_fp32(teacher_int8):
     """What the agreement bound above guards against: observers calibrated on one blank image give a broken program
-    (measured agreement 0.10)."""
+    (measured agreement 0.05 on these 100 images)."""
     model, _, test = teacher_int8
     broken = pt2e.quantize_pt2e_ptq(model, [torch.zeros(2, 3, 32, 32)])
     with torch.no_grad():
