@@ -80,13 +80,23 @@ def quantize_pt2e_ptq(
     quantize_pt2e, _ = _torchao()
     check_supported(model)
     batches = [x.cpu() for x in calibration_batches(calib_data, calib_batches)]
-    captured = export(copy.deepcopy(model).cpu().eval(), batches[0][:2])
+    first = batches[0]
+    example = first[:2] if len(first) >= 2 else first.expand(2, *first.shape[1:])  # a batch of 1 would fix the size
+    captured = export(copy.deepcopy(model).cpu().eval(), example)
     prepared = quantize_pt2e.prepare_pt2e(captured, x86_quantizer(reduce_range=reduce_range))
     with torch.no_grad():
         for x in batches:
             prepared(x)
-    converted = quantize_pt2e.convert_pt2e(prepared)
+    converted = allow_mode_calls(quantize_pt2e.convert_pt2e(prepared))
     return compile_int8(converted) if compile else converted
+
+
+def allow_mode_calls(program: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """``program`` with ``train()`` / ``eval()`` setting the flag only (torchao replaces them by methods that raise;
+    a converted program computes the same in either mode)."""
+    for name in ("train", "eval"):
+        program.__dict__.pop(name, None)
+    return program
 
 
 class CompiledInt8(nn.Module):
@@ -118,9 +128,7 @@ class QatProgram(nn.Module):
 
     def __init__(self, program: torch.fx.GraphModule):
         super().__init__()
-        for name in ("train", "eval"):  # prepare_qat_pt2e replaces them by methods that raise
-            program.__dict__.pop(name, None)
-        self.program = program
+        self.program = allow_mode_calls(program)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         set_form(self.program, self.training)
@@ -198,7 +206,7 @@ def convert_qat(prepared: nn.Module) -> torch.fx.GraphModule:
     quantize_pt2e, _ = _torchao()
     network = copy.deepcopy(prepared.program if isinstance(prepared, QatProgram) else prepared).cpu()
     set_form(network, training=False)
-    return quantize_pt2e.convert_pt2e(network)
+    return allow_mode_calls(quantize_pt2e.convert_pt2e(network))
 
 
 def save_program(program: nn.Module, path: str | Path, input_shape=(1, 3, 32, 32)) -> Path:
@@ -267,4 +275,4 @@ def load_program(path: str | Path) -> nn.Module:
     unsafe = unsafe_entries(path)
     if unsafe:
         raise ValueError(f"{str(path)!r} has entries that are unknown or would be unpickled ({', '.join(unsafe[:3])})); not loaded")
-    return torch.export.load(path).module()
+    return allow_mode_calls(torch.export.load(path).module())
