@@ -18,6 +18,13 @@
   backend, input shape, the checkpoint it came from); :func:`load_int8_model` loads it.
   If no QAT step observed data (``trainer.max_epochs`` 0: post-training quantization through the same path), the
   ranges are first calibrated on ``calibration_batches`` training batches, and the log says so.
+- ``flow="pt2e"`` does the same through PT2E (:mod:`lit_kd.quant.pt2e`): the network is captured with
+  ``torch.export`` in train mode and prepared by ``prepare_qat_pt2e`` with ``X86InductorQuantizer``'s QAT config
+  (activations on all 256 codes); its checkpoints hold the same kind of state (float weights, BatchNorm statistics,
+  fake-quantize ranges under fixed names), so resume works the same way; at fit end ``convert_pt2e`` gives the
+  INT8 program, saved with ``torch.export.save`` as ``int8_model.pt2`` (:func:`lit_kd.quant.pt2e.load_program`;
+  run it through :func:`lit_kd.quant.pt2e.compile_int8` for INT8 kernels). ``test`` runs the converted program
+  uncompiled. ``freeze_bn_epoch`` is FX-only (BatchNorm is a graph op there, not a module).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import torch.nn as nn
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_kd.checkpoints import load_weights, network_key
+from lit_kd.quant import pt2e
 from lit_kd.quant.torch_qat import INT8_FILE, OnCpu, activation_ranges_observed, calibrate, convert_int8, prepare_qat, save_int8_model
 
 
@@ -49,6 +57,8 @@ class QuantizationAwareTraining(L.Callback):
         init_ckpt: a lit-kd checkpoint (or state-dict file) whose float network weights QAT starts from when
             fitting (the best student of an earlier stage); a resumed run then restores its own QAT state over it.
         calibration_batches: training batches that set the quantization ranges at fit end when no QAT step did.
+        flow: ``fx`` (torch.ao FX graph mode, the default) or ``pt2e`` (torch.export + torchao's X86InductorQuantizer;
+            ``backend`` must then be ``x86``).
     """
 
     def __init__(
@@ -61,8 +71,14 @@ class QuantizationAwareTraining(L.Callback):
         test_int8: bool = True,
         init_ckpt: str | None = None,
         calibration_batches: int = 8,
+        flow: str = "fx",
     ):
         super().__init__()
+        self.flow = pt2e.check_flow(flow)
+        if flow == "pt2e" and backend != "x86":
+            raise ValueError(f"flow 'pt2e' quantizes for x86 (X86InductorQuantizer); backend {backend!r} is FX-only")
+        if flow == "pt2e" and freeze_bn_epoch is not None:
+            raise ValueError("freeze_bn_epoch is supported by flow 'fx' only (PT2E BatchNorm is a graph op, not a module)")
         if freeze_observers_epoch is not None and freeze_observers_epoch < 1:
             raise ValueError(
                 f"freeze_observers_epoch must be >= 1 or None, got {freeze_observers_epoch}: ranges frozen from epoch 0 never see data"
@@ -76,36 +92,46 @@ class QuantizationAwareTraining(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         network = getattr(pl_module, self.attribute)
-        if isinstance(network, torch.fx.GraphModule) and any("activation_post_process" in n for n, _ in network.named_modules()):
+        prepared = isinstance(network, (torch.fx.GraphModule, pt2e.QatProgram))
+        if prepared and any("activation_post_process" in n for n, _ in network.named_modules()):
             return  # already prepared (a second trainer call on the same module)
         if stage == "fit" and self.init_ckpt:
             load_weights(network, self.init_ckpt)
-        setattr(pl_module, self.attribute, prepare_qat(network, self.backend, self.input_shape))
+        if self.flow == "pt2e":
+            setattr(pl_module, self.attribute, pt2e.prepare_qat(network, self.input_shape))
+        else:
+            setattr(pl_module, self.attribute, prepare_qat(network, self.backend, self.input_shape))
+
+    def _set_observers(self, network: nn.Module, enabled: bool) -> None:
+        from torch.ao.quantization import disable_observer, enable_observer
+
+        if self.flow == "pt2e":
+            pt2e.set_observers(network, enabled)
+        else:
+            network.apply(enable_observer if enabled else disable_observer)
+
+    def _convert(self, prepared: nn.Module) -> nn.Module:
+        return pt2e.convert_qat(prepared) if self.flow == "pt2e" else convert_int8(prepared)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from torch.ao.nn.intrinsic.qat import freeze_bn_stats
-        from torch.ao.quantization import disable_observer
 
         network = getattr(pl_module, self.attribute)
         epoch = trainer.current_epoch
         if self.freeze_observers_epoch is not None and epoch >= self.freeze_observers_epoch:
-            network.apply(disable_observer)
+            self._set_observers(network, False)
         if self.freeze_bn_epoch is not None and epoch >= self.freeze_bn_epoch:
             network.apply(freeze_bn_stats)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Validation never moves the quantization ranges (torch's fake-quantize modules observe in eval mode too):
         ranges come from training data only, and the sanity check of a resumed run changes nothing."""
-        from torch.ao.quantization import disable_observer
-
-        getattr(pl_module, self.attribute).apply(disable_observer)
+        self._set_observers(getattr(pl_module, self.attribute), False)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from torch.ao.quantization import enable_observer
-
         frozen = self.freeze_observers_epoch is not None and trainer.current_epoch >= self.freeze_observers_epoch
         if trainer.state.fn == "fit" and not frozen:
-            getattr(pl_module, self.attribute).apply(enable_observer)
+            self._set_observers(getattr(pl_module, self.attribute), True)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -115,14 +141,17 @@ class QuantizationAwareTraining(L.Callback):
         best = Path(path) if path and Path(path).is_file() else None
         if best:
             network = self._network_of(best, network)
-        elif not activation_ranges_observed(network):
+        elif not (pt2e.activation_ranges_observed if self.flow == "pt2e" else activation_ranges_observed)(network):
             self._calibrate(trainer, network)
-        int8 = convert_int8(network)
+        int8 = self._convert(network)
         ckpt_dir = Path(trainer.checkpoint_callback.dirpath) if trainer.checkpoint_callback else Path(trainer.default_root_dir)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        self.int8_path = ckpt_dir / INT8_FILE
         source = best.name if best else "the final training state"
-        save_int8_model(int8, self._recipe(pl_module) | {"converted_from": source}, self.int8_path)
+        if self.flow == "pt2e":
+            self.int8_path = pt2e.save_program(int8, ckpt_dir / pt2e.INT8_PROGRAM_FILE, self.input_shape)
+        else:
+            self.int8_path = ckpt_dir / INT8_FILE
+            save_int8_model(int8, self._recipe(pl_module) | {"converted_from": source}, self.int8_path)
         rank_zero_info(f"QAT: {source} converted to INT8 and saved to {self.int8_path}")
 
     def _network_of(self, ckpt: Path, prepared: nn.Module) -> nn.Module:
@@ -140,7 +169,8 @@ class QuantizationAwareTraining(L.Callback):
         hooks, as the training step sees them) rather than convert never-observed ranges (scale 1.0, zero point 0)."""
         loader = trainer.train_dataloader if trainer.train_dataloader is not None else ()
         batches = (trainer.strategy.batch_to_device(batch) for batch in islice(loader, self.calibration_batches))
-        count = calibrate(network, (b[0] if isinstance(b, (tuple, list)) else b for b in batches))
+        inputs = (b[0] if isinstance(b, (tuple, list)) else b for b in batches)
+        count = (pt2e.calibrate if self.flow == "pt2e" else calibrate)(network, inputs)
         if not count:
             raise ValueError(
                 "QAT: no training step observed the quantization ranges and there are no training batches to calibrate them on "
@@ -167,7 +197,7 @@ class QuantizationAwareTraining(L.Callback):
         if not self.test_int8:
             return
         self._prepared = getattr(pl_module, self.attribute)
-        int8 = convert_int8(self._prepared)  # quantized kernels run on the CPU: batches on an accelerator go there and back
+        int8 = self._convert(self._prepared)  # quantized kernels run on the CPU: batches on an accelerator go there and back
         setattr(pl_module, self.attribute, int8 if pl_module.device.type == "cpu" else OnCpu(int8))
         # quantized CPU kernels are not flagged deterministic (they are: fixed-point arithmetic on one thread
         # order); with deterministic=True torch would refuse them, so only warn while the INT8 model runs

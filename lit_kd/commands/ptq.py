@@ -16,6 +16,7 @@ from pathlib import Path
 from lit_kd.commands.arguments import fail, load_float_network, require_data, require_file, require_output
 from lit_kd.compat.extras import MissingExtra, require
 from lit_kd.quant.observers import OBSERVERS
+from lit_kd.quant.pt2e import FLOWS
 from lit_kd.quant.ptq import ROUNDINGS
 from lit_kd.quant.sweep import COSTS, ENGINES, FIRST_LAST, GRANULARITIES, NNCF_PRESETS, PtqError, PtqSettings, run_ptq
 from lit_kd.quant.sweep import PTQ_QAT_ADVICE as QAT_ADVICE
@@ -59,6 +60,7 @@ def parser() -> argparse.ArgumentParser:
         help="also NNCF's quantize_with_accuracy_control within this many points on --eval-images held-out training images",
     )
     p.add_argument("--export-dir", metavar="DIR", help="write the INT8 models as deployable files here, each checked on the test set")
+    p.add_argument("--torch-flow", choices=FLOWS, default="fx", help="PyTorch INT8: torch.ao FX or PT2E (torch.export, torch.compile)")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     search = p.add_argument_group("mixed precision (with --max-drop: search per-layer weight widths instead of the table)")
     search.add_argument("--max-drop", type=float, help="accuracy budget in points on held-out training images, e.g. 1.0")

@@ -28,6 +28,7 @@ from lit_kd.quant.affine import check_bits
 from lit_kd.quant.deployables import write_nncf, write_ours, write_pytorch_int8
 from lit_kd.quant.integer_model import to_int8_model
 from lit_kd.quant.observers import OBSERVERS
+from lit_kd.quant.pt2e import FLOWS
 from lit_kd.quant.ptq import ROUNDINGS, quantize
 from lit_kd.quant.torch_ptq import quantize_int8, to_fp16
 
@@ -69,6 +70,7 @@ class PtqSettings:
     nncf_preset: list[str] = field(default_factory=lambda: ["performance", "mixed"])
     nncf_max_drop: float | None = None
     export_dir: str | None = None
+    torch_flow: str = "fx"
     threads: int | None = field(default_factory=os.cpu_count)
     max_drop: float | None = None
     candidates: list[int] = field(default_factory=lambda: [2, 4, 8])
@@ -91,7 +93,7 @@ class PtqSettings:
         ``layer_act_bits`` (``["conv1=8"]`` -> ``{"conv1": 8}``) on the way."""
         choices = [("--observer", o, OBSERVERS) for o in self.observer] + [("--rounding", r, ROUNDINGS) for r in self.rounding]
         choices += [("--granularity", g, GRANULARITIES) for g in self.granularity] + [("--cost", self.cost, COSTS)]
-        choices += [("--first-last-8bit", self.first_last_8bit, tuple(FIRST_LAST))]
+        choices += [("--first-last-8bit", self.first_last_8bit, tuple(FIRST_LAST)), ("--torch-flow", self.torch_flow, FLOWS)]
         choices += [("--weight-observer", self.weight_observer, OBSERVERS)] if self.weight_observer is not None else []
         choices += [("--engine", e, ENGINES) for e in self.engine] + [("--nncf-preset", p, NNCF_PRESETS) for p in self.nncf_preset]
         for flag, value, allowed in choices:
@@ -204,8 +206,10 @@ def ptq_table(model: nn.Module, ckpt: str, data_source: str, s: PtqSettings) -> 
     if not s.no_pytorch:
         if s.pytorch_fp16:
             add("pytorch", 16, 16, "fp16", "-", False, lambda: to_fp16(model))
-        int8, pred = add("pytorch", 8, 8, "fx x86 histogram", "per_channel", False, lambda: quantize_int8(model, calib))
-        if out_dir:
+        int8, pred = add(
+            "pytorch", 8, 8, f"{s.torch_flow} x86 histogram", "per_channel", False, lambda: quantize_int8(model, calib, flow=s.torch_flow)
+        )
+        if out_dir and s.torch_flow == "fx":  # a PT2E program is saved by torch.export, not TorchScript
             deployables += write_pytorch_int8(int8, out_dir, rows[-1], pred, test, truth)
     if "nncf" in s.engine:
         from lit_kd.quant.nncf_ptq import method_name, nncf_network
