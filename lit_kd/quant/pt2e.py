@@ -183,22 +183,9 @@ def calibrate(prepared: nn.Module, batches: Iterable[torch.Tensor]) -> int:
     """Set every range of a PT2E QAT program from ``batches`` in eval mode (BatchNorm untouched), each the mean of the
     per-batch ranges; restores the mode and the observer switches. Returns the number of batches used."""
     fake_quants = [m for m in fake_quantizers(prepared) if hasattr(m.activation_post_process, "averaging_constant")]
-    saved = [(m.activation_post_process.averaging_constant, m.observer_enabled.clone()) for m in fake_quants]
-    training = prepared.training
-    prepared.eval()
-    for m in fake_quants:
-        m.observer_enabled.fill_(1)
-    count = 0
-    with torch.no_grad():
-        for count, x in enumerate(batches, 1):
-            for m in fake_quants:
-                m.activation_post_process.averaging_constant = 1.0 / count
-            prepared(x)
-    for m, (constant, enabled) in zip(fake_quants, saved):
-        m.activation_post_process.averaging_constant = constant
-        m.observer_enabled.copy_(enabled)
-    prepared.train(training)
-    return count
+    from lit_kd.quant.torch_qat import calibrate_fake_quants
+
+    return calibrate_fake_quants(prepared, fake_quants, batches)
 
 
 def convert_qat(prepared: nn.Module) -> torch.fx.GraphModule:

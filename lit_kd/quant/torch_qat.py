@@ -88,6 +88,12 @@ def calibrate(prepared: nn.Module, batches: Iterable[torch.Tensor]) -> int:
     fake_quants = [
         m for m in prepared.modules() if isinstance(m, FakeQuantizeBase) and hasattr(m.activation_post_process, "averaging_constant")
     ]
+    return calibrate_fake_quants(prepared, fake_quants, batches)
+
+
+def calibrate_fake_quants(prepared: nn.Module, fake_quants: list, batches: Iterable[torch.Tensor]) -> int:
+    """Each range of ``fake_quants`` (in ``prepared``) the mean of the per-batch ranges over ``batches``, in eval mode;
+    modes and observer switches restored. Returns the number of batches used."""
     saved = [(m.activation_post_process.averaging_constant, m.observer_enabled.clone()) for m in fake_quants]
     training = prepared.training
     prepared.eval()
