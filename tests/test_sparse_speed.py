@@ -1,5 +1,5 @@
 """benchmarks/sparse_speed.py end to end with tiny settings: it makes a dense and a pruned-quantized resnet8, times
-them in DeepSparse, ONNX Runtime and PyTorch, and writes the JSON it promises (no speed is asserted)."""
+them in DeepSparse, ONNX Runtime, OpenVINO and PyTorch, and writes the JSON it promises (no speed is asserted)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from benchmarks import sparse_speed
+from lit_kd import speed
 
 
 @pytest.mark.sparse
@@ -39,11 +40,10 @@ def test_sparse_speed_json(tmp_path):
     )
     assert torch.get_num_threads() == 1
     result = json.loads(out.read_text())
-    runtimes = {
-        ("dense fp32", "deepsparse"),
-        ("dense fp32", "onnxruntime"),
-        ("pruned-quantized", "deepsparse"),
-        ("pruned-quantized", "onnxruntime"),
+    # every installed engine by default: the full environment has the sparse and openvino extras
+    engines = ("deepsparse", "onnxruntime", "openvino", "openvino throughput")
+    assert speed.available(speed.ENGINES) == engines
+    runtimes = {(model, engine) for model in ("dense fp32", "pruned-quantized") for engine in engines} | {
         ("dense fp32", "pytorch fp32 eager"),
         ("dense int8", "pytorch int8 (fx, x86)"),
     }
