@@ -103,16 +103,26 @@ def input_hash(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def environment() -> dict:
-    """Machine and library versions, recorded in every manifest."""
+VERSIONS = ("lit-kd", "torch", "torchvision", "lightning", "torchmetrics", "onnx", "onnxruntime", "numpy")
+OPTIONAL_VERSIONS = ("sparseml", "deepsparse", "openvino", "nncf", "torchao")  # recorded when installed
+
+
+def package_versions() -> dict[str, str | None]:
+    """The installed versions of :data:`VERSIONS` (None when missing) and of those :data:`OPTIONAL_VERSIONS` installed."""
     from importlib.metadata import PackageNotFoundError, version
 
     versions = {}
-    for package in ("lit-kd", "torch", "torchvision", "lightning", "onnx", "onnxruntime", "sparseml", "deepsparse"):
+    for package in VERSIONS + OPTIONAL_VERSIONS:
         try:
             versions[package] = version(package)
         except PackageNotFoundError:
-            versions[package] = None
+            if package in VERSIONS:
+                versions[package] = None
+    return versions
+
+
+def environment() -> dict:
+    """Machine, code and library versions, recorded in every manifest."""
     from lit_kd.speed import cpu_info
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -122,7 +132,7 @@ def environment() -> dict:
         "cpu": cpu_info(cores),
         "accelerator": accelerator(),
         "code": code_version(),
-        "versions": versions,
+        "versions": package_versions(),
     }
 
 
@@ -136,25 +146,36 @@ def accelerator() -> str | None:
     return f"{torch.cuda.get_device_name(0)}" + (f" x{count}" if count > 1 else "")
 
 
-def code_version() -> str:
-    """The lit-kd source the stage ran: ``git describe`` of its checkout (``-dirty`` with uncommitted changes), else
-    the installed package version, else "unknown" (a copy of the tree without .git)."""
+def code_version() -> dict:
+    """The lit-kd source the stage ran: ``{"commit": <git rev-parse HEAD>, "dirty": <tracked files changed>}`` when it
+    runs from a git checkout, else ``{"version": <installed package version>}``, else ``{}`` (a copy without .git)."""
     import subprocess
     from importlib.metadata import PackageNotFoundError, version
 
     root = Path(__file__).resolve().parents[2]
+    if (root / ".git").exists():  # a checkout (a worktree's .git is a file), not a package inside someone's repository
+
+        def git(*args: str) -> str:
+            return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+
+        try:
+            return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+        except (OSError, subprocess.SubprocessError):
+            pass
     try:
-        described = subprocess.run(
-            ["git", "-C", str(root), "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        if described:
-            return f"git {described}"
-    except (OSError, subprocess.SubprocessError):
-        pass
-    try:
-        return f"lit-kd {version('lit-kd')}"
+        return {"version": version("lit-kd")}
     except PackageNotFoundError:
-        return "unknown"
+        return {}
+
+
+def describe_code(code: dict | str | None) -> str:
+    """A manifest's ``code`` in words: ``lit-kd git <commit> (dirty)``, ``lit-kd <version>`` or ``lit-kd (unknown
+    version)``; older manifests recorded a ``git describe`` string, shown after ``lit-kd``."""
+    if isinstance(code, str):
+        return f"lit-kd {code}"
+    if code and code.get("commit"):
+        return f"lit-kd git {code['commit'][:12]}" + (" (dirty)" if code.get("dirty") else "")
+    return f"lit-kd {code['version']}" if code and code.get("version") else "lit-kd (unknown version)"
 
 
 def portable_command(command: str, out: Path, data: str | None, data_name: str) -> str:

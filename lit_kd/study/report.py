@@ -15,7 +15,7 @@ from lit_kd.atomic import write_json, write_text
 from lit_kd.study.headline import headline_rows
 from lit_kd.study.kinds import KINDS
 from lit_kd.study.kinds.base import ReportInput
-from lit_kd.study.manifest import portable_command, wall_time
+from lit_kd.study.manifest import describe_code, portable_command, wall_time
 from lit_kd.study.render import Section, Table, minutes, to_html, to_markdown
 from lit_kd.study.results import Finding, Results, StageRecord
 from lit_kd.study.spec import Study
@@ -51,7 +51,8 @@ def _intro(study: Study, out: Path, manifests: dict[str, dict], data: str | None
             f"{cpu.get('cores_used', '?')} cores used"
             + (f"; accelerator {env['accelerator']}" if env.get("accelerator") else "")
             + f"; torch {env.get('versions', {}).get('torch')}, "
-            f"lit-kd {env.get('code') or env.get('versions', {}).get('lit-kd')}. Wall time of all stages: {minutes(total)}. "
+            f"{describe_code(env.get('code') or {'version': env.get('versions', {}).get('lit-kd')})}. "
+            f"Wall time of all stages: {minutes(total)}. "
             f"The commands below write `<out>` for the study's folder, `{out.resolve()}`"
             + (f", and `<data>` for the data set, `{data}`." if data else "."),
             validation_note(manifests),
