@@ -288,6 +288,20 @@ class LitKDCLI(LightningCLI):
         return TensorBoardLogger(root, name=experiment_name(subconfig.get("config") or []), default_hp_metric=False)
 
 
+class ParseOnlyCLI(LitKDCLI):
+    """The CLI's parse of its arguments and nothing more: no seed drawn, no class instantiated, no subcommand run
+    (``ParseOnlyCLI(args=[...]).config``); an argument the parser refuses exits as ``lit-kd`` would (SystemExit)."""
+
+    def _set_seed(self) -> None:
+        pass
+
+    def instantiate_classes(self) -> None:
+        pass
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        pass
+
+
 def run(args: list[str] | None = None, extra_callbacks: list | None = None) -> LitKDCLI:
     """Run the CLI on ``args`` (default ``sys.argv[1:]``) and return the LightningCLI object; ``extra_callbacks``
     join the trainer's callbacks (the study runner's progress line) without entering the saved config."""

@@ -71,10 +71,9 @@ def render(results: Results | dict, link: str, source: str = "results.json", com
     return "\n".join(lines)
 
 
-def replace_between_markers(text: str, block: str, name: str = "README", start_marker: str = START, end_marker: str = END) -> str:
-    """``text`` with every line between the start and end marker lines replaced by ``block``; the marker lines and
-    everything outside them are kept byte for byte. A marker counts only alone on its line (a mention of it inside
-    a sentence, as in the docs, is not one)."""
+def marker_lines(text: str, name: str = "README", start_marker: str = START, end_marker: str = END) -> tuple[list[str], int, int]:
+    """``text``'s lines (ends kept) and the indices of its start and end marker lines. A marker counts only alone on
+    its line (a mention of it inside a sentence, as in the docs, is not one)."""
     lines = text.splitlines(keepends=True)
     starts = [i for i, line in enumerate(lines) if line.strip() == start_marker]
     ends = [i for i, line in enumerate(lines) if line.strip() == end_marker]
@@ -86,6 +85,19 @@ def replace_between_markers(text: str, block: str, name: str = "README", start_m
     start, end = starts[0], ends[0]
     if end < start:
         raise HeadlineError(f"{name}: {end_marker} comes before {start_marker}; put the end marker after the start marker")
+    return lines, start, end
+
+
+def between_markers(text: str, name: str = "README") -> str:
+    """The headline block of ``text``: the lines between its markers."""
+    lines, start, end = marker_lines(text, name)
+    return "".join(lines[start + 1 : end])
+
+
+def replace_between_markers(text: str, block: str, name: str = "README", start_marker: str = START, end_marker: str = END) -> str:
+    """``text`` with every line between the start and end marker lines replaced by ``block``; the marker lines and
+    everything outside them are kept byte for byte."""
+    lines, start, end = marker_lines(text, name, start_marker, end_marker)
     newline = "\r\n" if lines[start].endswith("\r\n") else "\n"
     body = "".join(line + newline for line in block.splitlines())
     return "".join(lines[: start + 1]) + body + "".join(lines[end:])

@@ -135,15 +135,8 @@ def plan(
 def validate_fit_configs(study: Study, out: Path, data: str, steps: list[Step]) -> None:
     """Parse every fit stage that will run with LightningCLI's own parser (nothing instantiated), so a bad override
     or a typo in a config fails before the first stage starts."""
-    from lit_kd.lightning_cli import LitKDCLI
+    from lit_kd.lightning_cli import ParseOnlyCLI
     from lit_kd.study.kinds.fit import stage_config
-
-    class ParseOnly(LitKDCLI):
-        def _set_seed(self) -> None:
-            pass
-
-        def instantiate_classes(self) -> None:
-            pass
 
     manifests = {s.stage.name: read_manifest(out / s.stage.name) for s in steps}
     for step in steps:
@@ -157,7 +150,7 @@ def validate_fit_configs(study: Study, out: Path, data: str, steps: list[Step]) 
         stderr = io.StringIO()
         try:
             with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
-                ParseOnly(args=["--config", _yaml_arg(config)], run=False)
+                ParseOnlyCLI(args=["--config", _yaml_arg(config)], run=False)
         except SystemExit:
             detail = [line for line in stderr.getvalue().strip().splitlines() if line.strip()]
             raise StudyError(

@@ -108,6 +108,11 @@ class Kind:
         """Files the stage names that must exist before the study starts."""
 
     # ---------------------------------------------------------------- running
+    def command(self, ctx: Context, stage: Stage, settings: dict) -> str | None:
+        """The command line a run of the stage records in its manifest (``lit-kd ...``), or None for a kind whose
+        record is a description, not a command; ``tests/test_recorded_commands.py`` replays its parsing."""
+        return None
+
     def run(self, ctx: Context, stage: Stage, settings: dict, label: str) -> tuple[dict, dict, str]:
         """Run the stage under ``ctx.stage_dir(stage.name)``: ``(outputs, metrics, command)`` for its manifest."""
         raise NotImplementedError

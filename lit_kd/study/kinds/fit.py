@@ -8,6 +8,7 @@ rows, shared with the ``weights`` kind, are in :mod:`lit_kd.study.kinds.trained`
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -34,6 +35,12 @@ def stage_config(ctx: Context, stage: Stage, settings: dict) -> dict:
         },
     )
     return config
+
+
+def fit_command(stage_dir: Path, ckpt: str | Path) -> str:
+    """The fit stage's record: its LightningCLI run, then the test of ``ckpt`` (best.ckpt, or last.ckpt)."""
+    run_config = stage_dir / RUN_DIR / "config.yaml"
+    return f"lit-kd fit --config {stage_dir / 'stage_config.yaml'} && lit-kd test --config {run_config} --ckpt_path {ckpt}"
 
 
 class Fit(Kind):
@@ -68,6 +75,9 @@ class Fit(Kind):
         for key in stage.spec["overrides"]:
             check_override_key(parsed or {}, key, f"stage {stage.name!r}, overrides.{key}")
 
+    def command(self, ctx: Context, stage: Stage, settings: dict) -> str:  # a stage that reshapes its network tests last.ckpt
+        return fit_command(ctx.stage_dir(stage.name), ctx.stage_dir(stage.name) / RUN_DIR / "checkpoints" / "best.ckpt")
+
     def run(self, ctx: Context, stage: Stage, settings: dict, label: str) -> tuple[dict, dict, str]:
         from lit_kd.artifacts import network_facts
         from lit_kd.callbacks.study_progress import FitOutcome, StageProgress, reshaping_callbacks
@@ -97,8 +107,7 @@ class Fit(Kind):
             **outcome.metrics,
             **network_facts(best, int8 if int8.is_file() else None),
         }
-        command = f"lit-kd fit --config {config_path} && lit-kd test --config {stage_dir / RUN_DIR / 'config.yaml'} --ckpt_path {best}"
-        return outputs, metrics, command
+        return outputs, metrics, fit_command(stage_dir, best)
 
     def report(self, rep: ReportInput) -> list[tuple[int, Section]]:
         return trained.report_sections(rep)

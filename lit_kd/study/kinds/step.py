@@ -78,13 +78,21 @@ class StepKind(Kind):
         """The library function behind ``lit-kd <kind>``: its result is the stage's metrics."""
         raise NotImplementedError
 
-    def run(self, ctx: Context, stage: Stage, settings: dict, label: str) -> tuple[dict, dict, str]:
-        stage_dir = ctx.stage_dir(stage.name)
+    def step_settings(self, ctx: Context, stage: Stage, settings: dict) -> dict:
+        """The command's flags: the stage's settings, the study's data unless they name their own, the output file."""
         step_settings = dict(settings[self.name] or {})
         if self.uses_data and "data" not in step_settings:
             step_settings["data"] = ctx.data
-        step_settings["out"] = str(stage_dir / self.out_file)
-        command = f"lit-kd {self.name} " + shlex.join(flags(step_settings))
+        step_settings["out"] = str(ctx.stage_dir(stage.name) / self.out_file)
+        return step_settings
+
+    def command(self, ctx: Context, stage: Stage, settings: dict) -> str:
+        return f"lit-kd {self.name} " + shlex.join(flags(self.step_settings(ctx, stage, settings)))
+
+    def run(self, ctx: Context, stage: Stage, settings: dict, label: str) -> tuple[dict, dict, str]:
+        stage_dir = ctx.stage_dir(stage.name)
+        step_settings = self.step_settings(ctx, stage, settings)
+        command = self.command(ctx, stage, settings)
         ctx.progress(f"{label}: {command}")
         result = self.call(step_settings)
         json.dumps(result, default=str)  # fail here, not in the manifest, if a result cannot be recorded

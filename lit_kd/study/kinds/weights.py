@@ -29,6 +29,9 @@ class Weights(Kind):
         if not weights.is_file():
             raise StudyError(f"stage {stage.name!r}, weights: file {str(weights)!r} does not exist")
 
+    def command(self, ctx: Context, stage: Stage, settings: dict) -> str:
+        return f"lit-kd classify --ckpt {ctx.stage_dir(stage.name) / 'model.ckpt'} --data {ctx.data}"
+
     def run(self, ctx: Context, stage: Stage, settings: dict, label: str) -> tuple[dict, dict, str]:
         from lit_kd.artifacts import network_facts
         from lit_kd.checkpoints import instantiate_network, load_weights, read_checkpoint, write_weights_file
@@ -41,4 +44,4 @@ class Weights(Kind):
         ctx.progress(f"{label}: testing shipped weights {source.name}")
         correct, total = test_set_accuracy(network.eval(), ctx.data, 250, "cpu")
         metrics = {"test_acc": correct / total, "epochs": None, "stop_reason": f"shipped weights ({source.name})", **network_facts(ckpt)}
-        return {"ckpt": str(ckpt)}, metrics, f"lit-kd classify --ckpt {ckpt} --data {ctx.data}"
+        return {"ckpt": str(ckpt)}, metrics, self.command(ctx, stage, settings)
