@@ -11,7 +11,7 @@ from lit_kd.study.kinds.base import SPEED, SPEED_ROWS, ReportInput, Row
 from lit_kd.study.kinds.step import StepError, StepKind, float_network, positive, split
 from lit_kd.study.manifest import portable_command
 from lit_kd.study.render import Section, Table, pct
-from lit_kd.study.results import Results, SpeedRecord
+from lit_kd.study.results import Results, SpeedRecord, SpeedRow
 
 
 class Bench(StepKind):
@@ -74,11 +74,14 @@ class Bench(StepKind):
         return [(SPEED_ROWS, r) for r in speed_rows(results)]
 
 
+def speed_row(r: SpeedRow) -> list[str]:
+    return [r.model, r.runtime, str(r.batch), f"{r.latency_ms_median:.2f}", f"{r.images_per_s:.0f}"]
+
+
 def speed_table(manifest: dict) -> tuple[Table, SpeedRecord]:
     result = manifest["metrics"]
-    rows = [
-        [r["model"], r["runtime"], str(r["batch"]), f"{r['latency_ms_median']:.2f}", f"{r['images_per_s']:.0f}"] for r in result["rows"]
-    ]
+    record = SpeedRecord.from_dict({"rows": result["rows"], "ratios": result["ratios"]})
+    rows = [speed_row(r) for r in record.rows]
     models = list(dict.fromkeys(r["model"] for r in result["rows"] if r["runtime"] == "onnxruntime"))
     rows += [
         [model, engine, "-", "not installed", "not installed"] for engine in result.get("engines_not_installed", []) for model in models
@@ -88,7 +91,6 @@ def speed_table(manifest: dict) -> tuple[Table, SpeedRecord]:
         f"{m['cpu']} ({m['isa']}, VNNI {'yes' if m['vnni'] else 'no'}), {m['cores_used']} cores, load average "
         f"{m['load_average_1min']:.2f} at the start; medians after warm-up."
     )
-    record = SpeedRecord.from_dict({"rows": result["rows"], "ratios": result["ratios"]})
     return Table(["model", "runtime", "batch", "latency (ms)", "images/s"], rows, caption), record
 
 

@@ -34,26 +34,31 @@ class Export(StepKind):
         return [(EXPORTS, Section("ONNX exports", [table]))] if table else []
 
 
+def export_row(r: ExportRecord) -> list[str]:
+    ds = [pct(r.deepsparse["acc"]), pct(r.deepsparse["agreement"])] if "acc" in r.deepsparse else ["not installed"] * 2
+    ort = r.onnxruntime
+    return [
+        r.stage,
+        r.precision,
+        f"{100 * r.weight_sparsity:.1f} %",
+        str(r.images),
+        pct(r.pytorch["acc"]),
+        pct(ort["acc"]),
+        pct(ort["agreement"]),
+        *ds,
+    ]
+
+
 def export_table(manifests: dict[str, dict]) -> tuple[Table | None, list[ExportRecord]]:
     rows, data = [], []
     for name, m in manifests.items():
         if m["kind"] != "export":
             continue
-        x, v = m["metrics"], m["metrics"]["validation"]
-        data.append(ExportRecord.from_dict({"stage": name, "precision": x["precision"], "weight_sparsity": x["weight_sparsity"], **v}))
-        ds = [pct(v["deepsparse"]["acc"]), pct(v["deepsparse"]["agreement"])] if "acc" in v["deepsparse"] else ["not installed"] * 2
-        rows.append(
-            [
-                name,
-                x["precision"],
-                f"{100 * x['weight_sparsity']:.1f} %",
-                str(v["images"]),
-                pct(v["pytorch"]["acc"]),
-                pct(v["onnxruntime"]["acc"]),
-                pct(v["onnxruntime"]["agreement"]),
-                *ds,
-            ]
+        x = m["metrics"]
+        data.append(
+            ExportRecord.from_dict({"stage": name, "precision": x["precision"], "weight_sparsity": x["weight_sparsity"], **x["validation"]})
         )
+        rows.append(export_row(data[-1]))
     if not rows:
         return None, []
     header = ["export", "precision", "weight sparsity", "images", "PyTorch", "ONNX Runtime", "agrees with PyTorch"]

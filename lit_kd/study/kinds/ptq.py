@@ -56,25 +56,26 @@ def ptq_table(manifest: dict) -> tuple[Table, list[PtqRow]]:
     fp32 = result["fp32_acc"]
     rows, data = [], []
     for r in result["rows"]:
-        drop = fp32 - r["acc"]
-        data.append(PtqRow.from_dict({**r, "drop": drop}))
-        rows.append(
-            [
-                r["runtime"],
-                f"W{r['weight_bits']}A{r['act_bits']}",
-                r["method"],
-                r["granularity"],
-                "yes" if r["first_last_8bit"] else "no",
-                pct(r["acc"]),
-                f"{100 * drop:.2f}",
-                pct(r["agree_fp32"]),
-            ]
-        )
+        data.append(PtqRow.from_dict({**r, "drop": fp32 - r["acc"]}))
+        rows.append(ptq_row(data[-1]))
     return Table(
         ["runtime", "bits", "method", "granularity", "first/last 8-bit", "test accuracy", "drop (points)", "same top-1 as FP32"],
         rows,
         f"{result['test_images']} test images, {result['calib_images']} calibration images from the training set.",
     ), data
+
+
+def ptq_row(r: PtqRow) -> list[str]:
+    return [
+        r.runtime,
+        f"W{r.weight_bits}A{r.act_bits}",
+        r.method,
+        r.granularity,
+        "yes" if r.first_last_8bit else "no",
+        pct(r.acc),
+        f"{100 * r.drop:.2f}",
+        pct(r.agree_fp32),
+    ]
 
 
 def mixed_precision_section(name: str, result: dict, fig_dir: Path) -> Section:

@@ -79,26 +79,29 @@ def models_table(trained: dict[str, dict]) -> tuple[Table, list[ModelRecord]]:
             wall_s=m.get("wall_s"),
         )
         data.append(record)
-        rows.append(
-            [
-                name,
-                str(x["architecture"]),
-                f"{x['params']:,}",
-                f"{x['nonzero_params']:,}",
-                f"{x['macs'] / 1e6:.1f} M",
-                f"{x['size_bytes'] / 1e6:.2f} MB",
-                pct(x["test_acc"]),
-                "-" if x.get("epochs") is None else str(x["epochs"]),
-                str(x.get("stop_reason")),
-                wall_time(m),
-            ]
-        )
+        rows.append(model_row(record, wall_time(m)))
     header = ["stage", "architecture", "parameters", "non-zero", "MACs", "size", "test accuracy", "epochs", "stopped by", "wall time"]
     caption = (
         "Test accuracy on the full test set; size: serialized weights (the INT8 model for QAT runs); wall time: every "
         "attempt of the stage together, on whatever else shared the cores."
     )
     return Table(header, rows, caption), data
+
+
+def model_row(r: ModelRecord, wall: str) -> list[str]:
+    """A row of the models table (``wall``: the stage's wall time in words, attempts included)."""
+    return [
+        r.stage,
+        str(r.architecture),
+        f"{r.params:,}",
+        f"{r.nonzero_params:,}",
+        f"{r.macs / 1e6:.1f} M",
+        f"{r.size_bytes / 1e6:.2f} MB",
+        pct(r.test_acc),
+        "-" if r.epochs is None else str(r.epochs),
+        str(r.stop_reason),
+        wall,
+    ]
 
 
 def distillation_table(
@@ -143,18 +146,7 @@ def distillation_table(
             val_acc_at_equal_epochs=early_mean,
         )
         data.append(record)
-        rows.append(
-            [
-                name + (" (data only)" if name == spec["baseline"] else ""),
-                str(len(values)),
-                ", ".join(pct(v) for v in values),
-                ", ".join(str(e) for e in record.epochs),
-                pct(mean),
-                "-" if spread is None else f"{100 * spread:.2f}",
-                pts(record.delta_vs_baseline),
-                pct(early_mean),
-            ]
-        )
+        rows.append(distillation_row(record, name == spec["baseline"]))
     header = ["student", "seeds", "test accuracy per seed", "epochs", "mean", "std (points)", "vs data only (points)"]
     table = Table(
         [*header, f"validation accuracy after {k} epochs" if k else "validation accuracy at equal epochs"],
@@ -164,6 +156,19 @@ def distillation_table(
         "over seeds, from the training curves).",
     )
     return table, data
+
+
+def distillation_row(r: DistillationRecord, baseline: bool) -> list[str]:
+    return [
+        r.stage + (" (data only)" if baseline else ""),
+        str(r.seeds),
+        ", ".join(pct(v) for v in r.test_accs),
+        ", ".join(str(e) for e in r.epochs),
+        pct(r.mean),
+        "-" if r.std is None else f"{100 * r.std:.2f}",
+        pts(r.delta_vs_baseline),
+        pct(r.val_acc_at_equal_epochs),
+    ]
 
 
 def qat_table(manifests: dict[str, dict]) -> tuple[Table | None, list[QatRecord]]:
@@ -183,8 +188,7 @@ def qat_table(manifests: dict[str, dict]) -> tuple[Table | None, list[QatRecord]
             drop=None if start_acc is None else start_acc - x["test_acc"],
         )
         data.append(record)
-        drop = "-" if record.drop is None else f"{100 * record.drop:.2f}"
-        rows.append([name, start or "-", pct(start_acc), pct(x.get("best_val_acc")), pct(x["test_acc"]), drop])
+        rows.append(qat_row(record))
     if not rows:
         return None, []
     return Table(
@@ -193,6 +197,11 @@ def qat_table(manifests: dict[str, dict]) -> tuple[Table | None, list[QatRecord]
         "INT8: torch.ao FX, x86 kernels, the best checkpoint converted. A negative drop: the QAT epochs also trained the "
         "network further, with the loss of the stage it started from.",
     ), data
+
+
+def qat_row(r: QatRecord) -> list[str]:
+    drop = "-" if r.drop is None else f"{100 * r.drop:.2f}"
+    return [r.stage, r.started_from or "-", pct(r.fp32_acc), pct(r.fake_quant_val_acc), pct(r.int8_test_acc), drop]
 
 
 def started_from(manifest: dict, manifests: dict[str, dict]) -> str | None:
