@@ -6,6 +6,7 @@ from lit_kd.callbacks.plateau_stopping import AccuracyPlateauStopping
 from lit_kd.callbacks.quantization_aware_training import QuantizationAwareTraining
 from lit_kd.callbacks.sample_predictions import SamplePredictions
 from lit_kd.callbacks.sparseml_recipe import SparseMLRecipe
+from lit_kd.callbacks.warm_start import WarmStart
 from lit_kd.quant.torch_qat import load_int8_model
 
 __all__ = [
@@ -15,5 +16,6 @@ __all__ = [
     "QuantizationAwareTraining",
     "SamplePredictions",
     "SparseMLRecipe",
+    "WarmStart",
     "load_int8_model",
 ]
