@@ -99,6 +99,28 @@ def cpu_features(flags: set[str] | None = None) -> dict:
     return {"isa": isa, "vnni": bool(flags & {"avx512_vnni", "avx_vnni"}), "amx": "amx_tile" in flags}
 
 
+ISA_NAMES = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_vnni": "VNNI", "avx_vnni": "AVX-VNNI", "amx": "AMX"}
+
+
+def isa_flags(flags: set[str] | None = None) -> dict[str, bool]:
+    """The instruction-set flags that decide which engine is fastest: AVX2, AVX-512, VNNI (AVX-512 or AVX) and AMX."""
+    flags = cpu_flags() if flags is None else flags
+    return {name: (name if name != "amx" else "amx_tile") in flags for name in ISA_NAMES}
+
+
+def isa_text(machine: dict) -> str:
+    """``AVX2 yes, AVX-512 yes, VNNI no, AMX no`` of a machine record (records without ``isa_flags``: from its ISA)."""
+    f = machine.get("isa_flags") or {"avx2": machine["isa"] in ("avx2", "avx512"), "avx512f": machine["isa"] == "avx512"}
+    shown = {"AVX2": f["avx2"], "AVX-512": f["avx512f"], "VNNI": machine["vnni"], "AMX": machine.get("amx", False)}
+    return ", ".join(f"{name} {'yes' if on else 'no'}" for name, on in shown.items())
+
+
+def overloaded(load: float, logical_cpus: int, cores: int, own: int = 0) -> bool:
+    """Whether a 1-minute load average shows other work on the cores: above the free CPUs (``logical_cpus - cores``)
+    plus ``own`` (the benchmark's own threads, counted in a load read just after it ran) plus 0.5."""
+    return load > logical_cpus - cores + own + 0.5
+
+
 def physical_cores() -> int:
     """Physical cores: distinct (physical id, core id) pairs of /proc/cpuinfo, else the logical CPU count."""
     cores, physical = set(), "0"
@@ -120,6 +142,7 @@ def cpu_info(cores: int) -> dict:
         "isa": features["isa"],
         "vnni": features["vnni"],
         "amx": features["amx"],
+        "isa_flags": isa_flags(),
         "physical_cores": physical_cores(),
         "logical_cpus": os.cpu_count(),
         "cores_used": cores,
@@ -137,27 +160,35 @@ def deepsparse_runner(path: str, cores: int) -> Callable[[np.ndarray], object]:
     return lambda x: engines[len(x)].run([x], val_inp=False)
 
 
-def onnxruntime_session(path: str | Path, threads: int | None):
-    """An ONNX Runtime CPU session with ``threads`` intra-op threads (one inter-op thread); default threads without."""
+def onnxruntime_session(path: str | Path, threads: int | None, spin: bool = True):
+    """An ONNX Runtime CPU session with ``threads`` intra-op threads (one inter-op thread); default threads without.
+    ``spin=False`` turns off the thread pools' busy-waiting, so an idle session beside other engines leaves the cores."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    if not spin:
+        for pool in ("intra", "inter"):
+            options.add_session_config_entry(f"session.{pool}_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def onnxruntime_runner(path: str, cores: int) -> Callable[[np.ndarray], object]:
-    session = onnxruntime_session(path, cores)
+def onnxruntime_runner(path: str, cores: int, spin: bool = True) -> Callable[[np.ndarray], object]:
+    session = onnxruntime_session(path, cores, spin)
     return lambda x: session.run(None, {"input": x})
+
+
+def module_runner(model: nn.Module) -> Callable[[np.ndarray], object]:
+    """``run(x)`` of a PyTorch network (or compiled program) on a numpy batch."""
+    return lambda x: model(torch.from_numpy(x))
 
 
 def torch_runner(model: nn.Module, int8: bool) -> Callable[[np.ndarray], object]:
     """PyTorch FP32 eager, or INT8 (torch.ao FX, x86) calibrated on random inputs, of the dense model."""
     from lit_kd.quant.torch_ptq import quantize_int8
 
-    model = quantize_int8(model.eval(), [torch.randn(32, 3, 32, 32) for _ in range(2)]) if int8 else model.eval()
-    return lambda x: model(torch.from_numpy(x))
+    return module_runner(quantize_int8(model.eval(), [torch.randn(32, 3, 32, 32) for _ in range(2)]) if int8 else model.eval())
 
 
 def time_runner(
@@ -228,6 +259,16 @@ def measure(
 
 
 # ---------------------------------------------------------------------------------------------- the comparison
+def fastest(rows: list[dict], group: str = "model", name: str = "runtime") -> list[dict]:
+    """Per value of ``group`` and batch size, the row with the most images/s: ``{group, "batch", name, "images_per_s"}``."""
+    best: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r[group], r["batch"])
+        if key not in best or r["images_per_s"] > best[key]["images_per_s"]:
+            best[key] = r
+    return [{group: g, "batch": b, name: r[name], "images_per_s": r["images_per_s"]} for (g, b), r in best.items()]
+
+
 def ratios(rows: list[dict]) -> dict[str, float]:
     """Images per second of DeepSparse pruned-quantized over each reference, per batch size (same run)."""
 
@@ -273,6 +314,8 @@ def run_bench(
         "onnx": onnx_files,
         "warmup": warmup,
         "rows": rows,
+        "fastest": fastest(rows),
+        "load_average_1min_after": os.getloadavg()[0],
         "ratios": ratios(rows),
         "deepsparse_benchmark_commands": deepsparse_commands(onnx_files, cores),
     }
@@ -283,7 +326,7 @@ def print_result(result: dict) -> None:
     from rich.table import Table
 
     m = result["machine"]
-    table = Table(title=f"Inference on {m['cpu']} ({m['isa']}, VNNI {'yes' if m['vnni'] else 'no'}), {m['cores_used']} cores")
+    table = Table(title=f"Inference on {m['cpu']} ({isa_text(m)}), {m['cores_used']} cores")
     for col in ("model", "runtime", "batch", "latency median (ms)", "latency p90 (ms)", "images/s"):
         table.add_column(col, justify="left" if col in ("model", "runtime") else "right")
     for r in result["rows"]:
@@ -297,7 +340,9 @@ def print_result(result: dict) -> None:
         )
     console = Console(width=None if sys.stdout.isatty() else 160)
     console.print(table)
-    if m["load_average_1min"] > m["logical_cpus"] - m["cores_used"] + 0.5:
+    for f in result.get("fastest", []):
+        console.print(f"fastest for {f['model']} at batch {f['batch']}: {f['runtime']} ({f['images_per_s']:,.0f} images/s)")
+    if overloaded(m["load_average_1min"], m["logical_cpus"], m["cores_used"]):
         console.print(
             f"[bold red]warning:[/] load average {m['load_average_1min']:.1f} on {m['logical_cpus']} CPUs when the run "
             f"started: other processes shared the {m['cores_used']} cores, so these timings are not representative "
@@ -335,3 +380,17 @@ def onnx_problem(flag: str, path: str) -> str | None:
     if "input" not in inputs:
         return f"{flag} {path!r} takes inputs {inputs}; expected one named 'input' (N x 3 x 32 x 32), as lit-kd export writes"
     return None
+
+
+def model_problem(flag: str, path: str) -> str | None:
+    """:func:`onnx_problem`, or for an ``.xml`` file why it is not an OpenVINO IR that reads (the openvino extra)."""
+    if not str(path).lower().endswith(".xml"):
+        return onnx_problem(flag, path)
+    from lit_kd.compat.extras import MissingExtra
+
+    try:
+        from lit_kd.openvino_engine import ir_problem
+
+        return ir_problem(flag, path)
+    except MissingExtra as err:
+        return f"{flag} {path!r}: {err}"

@@ -89,6 +89,22 @@ def real_cifar10() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def real_subset(real_cifar10, tmp_path_factory) -> Path:
+    """The first 60 training and 40 test PNGs of each class of the real CIFAR-10, as a zip in the same layout."""
+    path = tmp_path_factory.mktemp("real") / "cifar10-subset.zip"
+    per_split = {"train": 60, "test": 40}
+    with zipfile.ZipFile(real_cifar10) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as dst:
+        names = sorted(n for n in src.namelist() if n.lower().endswith(".png"))
+        for split, count in per_split.items():
+            for cls in CIFAR10_CLASSES:
+                chosen = [n for n in names if f"{split}/{cls}/" in n][:count]
+                assert len(chosen) == count, f"{real_cifar10} lacks {split}/{cls} images"
+                for name in chosen:
+                    dst.writestr(f"{split}/{cls}/{Path(name).name}", src.read(name))
+    return path
+
+
 @pytest.fixture()
 def in_tmp(tmp_path, monkeypatch) -> Path:
     """Run in a temporary directory (Lightning writes lightning_logs/ into the working directory)."""

@@ -109,6 +109,7 @@ def bad(tiny_zip, tmp_path_factory) -> dict[str, Path]:
         "recipe.txt": b"modifiers: []\n",
         "broken.yaml": b"model:\n  init_args: [unclosed\n",
         "list.yaml": b"- a\n- b\n",
+        "nobin.xml": b"<net/>\n",
     }.items():
         (root / name).write_bytes(content)
         f[Path(name).stem if Path(name).stem not in f else name] = root / name
@@ -257,6 +258,8 @@ CASES = [
     Case("bench ONNX without 'input'", ["bench", "--baseline", "{onnx_x}"], 1, ["--baseline", "takes inputs ['x']", "named 'input'"]),
     Case("bench missing ONNX", ["bench", "--baseline", "nope.onnx"], 2, ["--baseline: ONNX model 'nope.onnx' does not exist"]),
     Case("bench no model", ["bench"], 2, ["give at least one ONNX model"]),
+    Case("bench an IR without its .bin", ["bench", "--int8", "{nobin}"], 1, ["--int8", "has no weights file 'nobin.bin' beside it"]),
+    Case("bench --int8 not ONNX", ["bench", "--int8", "{notonnx}"], 1, ["--int8", "notonnx.onnx' is not a valid ONNX model"]),
     Case("bench cores 0", [*BENCH, "--cores", "0"], 2, ["--cores must be >= 1, got 0"]),
     Case("bench warmup negative", [*BENCH, "--warmup", "-1"], 2, ["--warmup must be >= 0, got -1"]),
     Case("bench QAT ckpt", [*BENCH, "--ckpt", "{qat}"], 1, ["--ckpt", QAT_PTQ, "Give the dense checkpoint"]),

@@ -1,8 +1,8 @@
 """OpenVINO and NNCF beside our own PTQ (the ``openvino`` extra, installed in both make environments): the deployable
 files ``lit-kd ptq --export-dir`` writes, NNCF's rows, ``lit-kd export --openvino``, ``classify`` and ``bench`` on them.
 
-Everything runs the shipped ResNet-20 teacher on a subset of the real CIFAR-10 ($LIT_KD_CIFAR10): 60 training and 40
-test images per class, copied into an image-folder zip so that ``classify --data`` sees the very test images ptq did.
+Everything runs the shipped ResNet-20 teacher on a subset of the real CIFAR-10 (conftest's ``real_subset``: 60 training
+and 40 test images per class) so that ``classify --data`` sees the very test images ptq did.
 """
 
 from __future__ import annotations
@@ -10,32 +10,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
 
-from lit_kd.data import CIFAR10_CLASSES
 from tests.conftest import REPO
 
 TEACHER = REPO / "weights" / "resnet20_teacher.pt"
 pytestmark = pytest.mark.openvino
-
-
-@pytest.fixture(scope="module")
-def real_subset(real_cifar10, tmp_path_factory) -> Path:
-    """The first 60 training and 40 test PNGs of each class of the real CIFAR-10, as a zip in the same layout."""
-    path = tmp_path_factory.mktemp("real") / "cifar10-subset.zip"
-    per_split = {"train": 60, "test": 40}
-    with zipfile.ZipFile(real_cifar10) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as dst:
-        names = sorted(n for n in src.namelist() if n.lower().endswith(".png"))
-        for split, count in per_split.items():
-            for cls in CIFAR10_CLASSES:
-                chosen = [n for n in names if f"{split}/{cls}/" in n][:count]
-                assert len(chosen) == count, f"{real_cifar10} lacks {split}/{cls} images"
-                for name in chosen:
-                    dst.writestr(f"{split}/{cls}/{Path(name).name}", src.read(name))
-    return path
 
 
 def run_console_script(*args, cwd: Path) -> subprocess.CompletedProcess:

@@ -31,7 +31,8 @@ def test_cpu_features_from_flags(flags, expected):
 
 def test_cpu_info_names_the_instruction_set_and_imports_no_deepsparse():
     info = speed.cpu_info(2)
-    assert set(info) == {"cpu", "isa", "vnni", "amx", "physical_cores", "logical_cpus", "cores_used", "load_average_1min", "torch"}
+    keys = {"cpu", "isa", "vnni", "amx", "isa_flags", "physical_cores", "logical_cpus", "cores_used", "load_average_1min", "torch"}
+    assert set(info) == keys and set(info["isa_flags"]) == {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx"}
     assert info["cores_used"] == 2 and 1 <= info["physical_cores"] <= info["logical_cpus"]
     source = open(speed.__file__).read().split("def cpu_info")[1].split("\ndef ")[0]
     assert "deepsparse" not in source

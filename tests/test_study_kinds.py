@@ -100,6 +100,7 @@ def test_step_flags_are_the_commands_flags():
         ("export", {"ckpt": "c", "data": "d", "out": "o", "images": 0}, "lit-kd export: error: --images must be >= 1, got 0"),
         ("bench", {"out": "o"}, "lit-kd bench: error: give at least one ONNX model"),
         ("bench", {"out": "o", "baseline": "m.onnx", "warmup": -1}, "lit-kd bench: error: --warmup must be >= 0"),
+        ("bench", {"out": "o", "baseline": "m.onnx", "engines": ["tensorrt"]}, "lit-kd bench: error: argument --engines: expected a list"),
     ],
 )
 def test_steps_refuse_what_their_command_refuses(kind, settings, message):
@@ -154,6 +155,44 @@ def test_export_and_bench_tables_say_what_is_not_installed():
         ["dense fp32", "deepsparse", "-", "not installed", "not installed"],
     ]
     assert record.rows[0].images_per_s == 3200.0
+
+
+@pytest.mark.openvino
+def test_bench_stage_times_its_engines_and_its_section_names_the_fastest(tmp_path):
+    """A bench stage with ``engines`` and an ``int8`` file: exactly those engines' rows (the default would add DeepSparse),
+    and its section names the fastest engine of each model at batch 1 and 32, the CPU's instruction set and the load."""
+    import torch
+
+    from lit_kd import speed
+    from lit_kd.models import build_model
+    from lit_kd.onnx_export import export_onnx_model
+    from lit_kd.quant.ptq import quantize
+    from lit_kd.quant.qdq_export import export_qdq
+    from lit_kd.study.kinds.base import ReportInput
+    from lit_kd.study.render import to_markdown
+
+    torch.manual_seed(0)
+    net = build_model("resnet8").eval()
+    dense = export_onnx_model(net, tmp_path / "dense.onnx")
+    int8 = export_qdq(quantize(net, [torch.randn(8, 3, 32, 32)], 8, 8), tmp_path / "int8.onnx")
+    settings = {"baseline": str(dense), "int8": str(int8), "engines": ["onnxruntime", "openvino"], "cores": 1, "warmup": 0}
+    result = KINDS["bench"].call({**settings, "iterations_b1": 2, "iterations_b32": 1, "out": str(tmp_path / "bench.json")})
+    pairs = {(r["model"], r["runtime"], r["batch"]) for r in result["rows"]}
+    assert pairs == {(m, e, b) for m in ("dense fp32", "dense int8 file") for e in ("onnxruntime", "openvino") for b in (1, 32)}
+    manifests = {"bench": {"kind": "bench", "metrics": result, "inputs": {}}}
+    rep = ReportInput(study=None, out=tmp_path, manifests=manifests, settings={}, results=Results(study="s.yaml", description=""))
+    [(_, section)] = KINDS["bench"].report(rep)
+    text = to_markdown("report", [section], tmp_path)
+    prefix = "Fastest engine per model: "
+    line = next(b for b in section.blocks if isinstance(b, str) and b.startswith(prefix))
+    named = dict(part.split(": ", 1) for part in line.removeprefix(prefix).removesuffix(".").split("; "))
+    assert set(named) == {"dense fp32", "dense int8 file"}
+    for model, engines in named.items():
+        for batch in (1, 32):
+            best = max((r for r in result["rows"] if (r["model"], r["batch"]) == (model, batch)), key=lambda r: r["images_per_s"])
+            assert f"{best['runtime']} at batch {batch} ({best['images_per_s']:,.0f} images/s)" in engines
+    load = f"load average {result['machine']['load_average_1min']:.2f} at the start, {result['load_average_1min_after']:.2f} at the end"
+    assert line in text and speed.isa_text(result["machine"]) in text and load in text
 
 
 def test_examples_and_report_need_the_stages_before_them(tmp_path):

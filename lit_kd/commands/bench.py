@@ -53,24 +53,10 @@ def run_bench(onnx_files: dict[str, str], torch_model: nn.Module | None, args: a
     return speed.run_bench(onnx_files, torch_model, args.cores, args.warmup, args.iterations_b1, args.iterations_b32, engines)
 
 
-def check_onnx(prog: str, flag: str, path: str) -> None:
-    """``path`` is an ONNX model that passes ``onnx.checker`` and takes ``input`` (as ``lit-kd export`` writes them);
-    one line and exit status 1 otherwise."""
-    problem = speed.onnx_problem(flag, path)
-    if problem:
-        fail(prog, problem)
-
-
-def check_ir(prog: str, path: str) -> None:
-    """``path`` is an OpenVINO IR that reads (the openvino extra); one line and exit status 1 otherwise."""
-    from lit_kd.compat.extras import MissingExtra
-
-    try:
-        from lit_kd.openvino_engine import ir_problem
-
-        problem = ir_problem("--int8", path)
-    except MissingExtra as err:
-        problem = f"--int8 {path!r}: {err}"
+def check_model(prog: str, flag: str, path: str) -> None:
+    """``path`` is an ONNX model that passes ``onnx.checker`` and takes ``input`` (as ``lit-kd export`` writes them), or
+    for ``--int8`` an OpenVINO IR that reads; one line and exit status 1 otherwise."""
+    problem = speed.model_problem(flag, path) if flag == "--int8" else speed.onnx_problem(flag, path)
     if problem:
         fail(prog, problem)
 
@@ -88,10 +74,7 @@ def inputs_from_args(cli: argparse.ArgumentParser, args: argparse.Namespace) -> 
     flags = {BASELINE: "--baseline", SPARSE: "--sparse", INT8: "--int8"}
     onnx_files = {label: path for label, path in ((BASELINE, args.baseline), (SPARSE, args.sparse), (INT8, args.int8)) if path}
     for label, path in onnx_files.items():
-        if label == INT8 and path.lower().endswith(".xml"):
-            check_ir(cli.prog, path)
-        else:
-            check_onnx(cli.prog, flags[label], path)
+        check_model(cli.prog, flags[label], path)
     torch_model = None
     if args.ckpt:
         torch_model = load_float_network(cli.prog, args.ckpt, BENCH_QAT_ADVICE)

@@ -1,6 +1,8 @@
-"""The ``bench`` kind: ``lit-kd bench`` of ONNX models (and a checkpoint in PyTorch) at batch 1 and 32; its report
-section (the speed table and the ``deepsparse.benchmark`` commands), its key-results note (the fastest model within
-1 point of the dense FP32 one) and its headline row (DeepSparse against PyTorch at batch 32)."""
+"""The ``bench`` kind: ``lit-kd bench`` of ONNX models (an INT8 ``.onnx`` or OpenVINO ``.xml`` as ``int8``, and a
+checkpoint in PyTorch) at batch 1 and 32 in its ``engines`` (default :data:`lit_kd.speed.DEFAULT_ENGINES`); its report
+section (the speed table with the CPU's instruction set and load, the fastest engine for each model, the
+``deepsparse.benchmark`` commands), its key-results note (the fastest model within 1 point of the dense FP32 one) and
+its headline row (DeepSparse against PyTorch at batch 32)."""
 
 from __future__ import annotations
 
@@ -21,20 +23,28 @@ class Bench(StepKind):
     def call(self, settings: dict) -> dict:
         from lit_kd import speed
 
-        s = {**speed.BENCH_DEFAULTS, **split("bench", settings, ("out",), ["baseline", "sparse", "ckpt", *speed.BENCH_DEFAULTS])}
+        allowed = ["baseline", "sparse", "int8", "ckpt", "engines", *speed.BENCH_DEFAULTS]
+        s = {**speed.BENCH_DEFAULTS, **split("bench", settings, ("out",), allowed)}
         positive("bench", s, ("cores", "iterations_b1", "iterations_b32"))
         positive("bench", s, ("warmup",), minimum=0)
-        onnx_files = {label: s[name] for label, name in ((speed.BASELINE, "baseline"), (speed.SPARSE, "sparse")) if s.get(name)}
+        engines = s.get("engines")
+        if engines is not None and (not isinstance(engines, list) or not engines or not set(engines) <= set(speed.ENGINES)):
+            choices = ", ".join(map(repr, speed.ENGINES))
+            raise StepError(f"lit-kd bench: error: argument --engines: expected a list from {choices}, got {engines!r}")
+        files = {speed.BASELINE: "baseline", speed.SPARSE: "sparse", speed.INT8: "int8"}
+        onnx_files = {label: s[name] for label, name in files.items() if s.get(name)}
         if not onnx_files:
             raise StepError(
-                "lit-kd bench: error: give at least one ONNX model: --baseline dense.onnx and/or --sparse pruned_quantized.onnx"
+                "lit-kd bench: error: give at least one ONNX model: --baseline dense.onnx, --sparse pruned_quantized.onnx "
+                "and/or --int8 model.onnx|model.xml"
             )
         for label, path in onnx_files.items():
-            problem = speed.onnx_problem("--baseline" if label == speed.BASELINE else "--sparse", path)
+            problem = speed.model_problem(f"--{files[label]}", path)
             if problem:
                 raise StepError(f"lit-kd bench: error: {problem}")
         torch_model = float_network("bench", s["ckpt"], speed.BENCH_QAT_ADVICE) if s.get("ckpt") else None
-        result = speed.run_bench(onnx_files, torch_model, s["cores"], s["warmup"], s["iterations_b1"], s["iterations_b32"])
+        cores, warmup, b1, b32 = s["cores"], s["warmup"], s["iterations_b1"], s["iterations_b32"]
+        result = speed.run_bench(onnx_files, torch_model, cores, warmup, b1, b32, tuple(engines) if engines else None)
         return speed.report(result, Path(s["out"]))
 
     def report(self, rep: ReportInput) -> list[tuple[int, Section]]:
@@ -47,6 +57,7 @@ class Bench(StepKind):
         commands = "\n".join(portable_command(c, rep.out, data, "<data>") for c in bench["metrics"]["deepsparse_benchmark_commands"])
         blocks: list[Any] = [
             table,
+            fastest_line(bench["metrics"]["rows"]),
             "; ".join(f"{k}: {v:.2f}x" for k, v in record.ratios.items()) or "",
             "DeepSparse's own benchmark reproduces its rows:",
             ("code", commands),
@@ -86,12 +97,25 @@ def speed_table(manifest: dict) -> tuple[Table, SpeedRecord]:
     rows += [
         [model, engine, "-", "not installed", "not installed"] for engine in result.get("engines_not_installed", []) for model in models
     ]
+    from lit_kd.speed import isa_text
+
     m = result["machine"]
+    after = f", {result['load_average_1min_after']:.2f} at the end" if "load_average_1min_after" in result else ""
     caption = (
-        f"{m['cpu']} ({m['isa']}, VNNI {'yes' if m['vnni'] else 'no'}), {m['cores_used']} cores, load average "
-        f"{m['load_average_1min']:.2f} at the start; medians after warm-up."
+        f"{m['cpu']} ({isa_text(m)}), {m['cores_used']} cores, load average {m['load_average_1min']:.2f} at the start{after}; "
+        "medians after warm-up."
     )
     return Table(["model", "runtime", "batch", "latency (ms)", "images/s"], rows, caption), record
+
+
+def fastest_line(rows: list[dict]) -> str:
+    """``Fastest engine per model: dense fp32: openvino at batch 1 (1,250 images/s), ...`` from the speed rows."""
+    from lit_kd.speed import fastest
+
+    by_model: dict[str, list[str]] = {}
+    for f in fastest(rows):
+        by_model.setdefault(f["model"], []).append(f"{f['runtime']} at batch {f['batch']} ({f['images_per_s']:,.0f} images/s)")
+    return "Fastest engine per model: " + "; ".join(f"{m}: {', '.join(v)}" for m, v in by_model.items()) + "." if by_model else ""
 
 
 def bench_accuracies(manifests: dict[str, dict], bench: dict | None) -> dict[str, float]:
