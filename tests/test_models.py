@@ -44,6 +44,23 @@ def test_imagenet_stem_is_kept_on_request():
         build_model("resnet18", stem="tiny")
 
 
+def test_resnet20_with_its_last_stage_cut_to_one_block_is_under_half_the_teacher():
+    student, teacher = build_model("resnet20_trunc3"), build_model("resnet20")
+    assert [len(s) for s in (student.layer1, student.layer2, student.layer3)] == [3, 3, 1]
+    # the stage cut is the one that holds most parameters; two identical 64 -> 64 blocks go
+    stage = {n: sum(p.numel() for p in getattr(teacher, n).parameters()) for n in ("layer1", "layer2", "layer3")}
+    assert max(stage, key=stage.get) == "layer3"
+    per_block = 2 * (64 * 64 * 9 + 2 * 64)
+    total = sum(p.numel() for p in teacher.parameters())
+    assert sum(p.numel() for p in student.parameters()) == total - 2 * per_block == 121_754 < total / 2
+    taps = {}
+    for tag, m in (("s", student), ("t", teacher)):
+        for layer in ("layer1", "layer2", "layer3"):
+            getattr(m, layer).register_forward_hook(lambda mod, i, o, key=(tag, layer): taps.__setitem__(key, o.shape))
+        m(torch.randn(2, 3, 32, 32))
+    assert all(taps["s", layer] == taps["t", layer] for layer in ("layer1", "layer2", "layer3"))  # feature pairs still match
+
+
 def test_truncated_resnet101_student():
     student, teacher = build_model("resnet101_trunc"), build_model("resnet101")
     assert len(student.layer3) == 1 and len(teacher.layer3) == 23

@@ -6,7 +6,17 @@ from collections.abc import Callable
 
 import torch.nn as nn
 
-from lit_kd.models.cifar_resnet import CifarResNet, resnet8, resnet20, resnet20_trunc, resnet32, resnet44, resnet56, resnet110
+from lit_kd.models.cifar_resnet import (
+    CifarResNet,
+    resnet8,
+    resnet20,
+    resnet20_trunc,
+    resnet20_trunc3,
+    resnet32,
+    resnet44,
+    resnet56,
+    resnet110,
+)
 from lit_kd.models.feature_taps import FeatureTaps
 from lit_kd.models.imagenet_resnet import resnet18, resnet34, resnet50, resnet101, resnet101_trunc
 from lit_kd.models.summary import model_summary, print_summary, summary_totals
@@ -22,6 +32,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
         resnet8,
         resnet20,
         resnet20_trunc,
+        resnet20_trunc3,
         resnet32,
         resnet44,
         resnet56,

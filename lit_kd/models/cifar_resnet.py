@@ -103,3 +103,10 @@ def resnet20_trunc(num_classes: int = 10, shortcut: str = "A") -> CifarResNet:
     """ResNet-20 with its middle stage cut to its first block (the one that makes the last stage's input channels),
     the way the ResNet-101 study cuts layer3: 3, 1 and 3 blocks; 232,602 parameters instead of 269,722."""
     return CifarResNet((3, 1, 3), num_classes, shortcut)
+
+
+def resnet20_trunc3(num_classes: int = 10, shortcut: str = "A") -> CifarResNet:
+    """ResNet-20 with its last stage, the one that holds most parameters (203,520 of 269,722), cut to its first block
+    (the one that widens to 64 channels), as the ResNet-101 task cuts layer3: 3, 3 and 1 blocks; 121,754 parameters,
+    45 % of ResNet-20. The last stage's output keeps its shape, so feature distillation pairs still match."""
+    return CifarResNet((3, 3, 1), num_classes, shortcut)
