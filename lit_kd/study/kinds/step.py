@@ -1,13 +1,15 @@
 """What the ptq, export and bench kinds share: a stage calls the library function behind ``lit-kd <kind>`` with its
 settings (named as that command's flags, ``bits: [8, 4]`` for ``--bits 8 4``), checked as the command checks its
-arguments, the study's data unless the settings name their own, and its output in the stage folder. A setting the
-command would refuse, or an input that cannot be used, is a :class:`StepError` whose message is the command's own
-error line; the manifest records the equivalent command line."""
+arguments, the study's data unless the settings name their own, and its output in the stage folder (as are output
+folders given as relative paths, e.g. the ptq kind's ``export_dir: models``). A setting the command would refuse, or
+an input that cannot be used, is a :class:`StepError` whose message is the command's own error line; the manifest
+records the equivalent command line."""
 
 from __future__ import annotations
 
 import json
 import shlex
+from pathlib import Path
 from typing import ClassVar
 
 from lit_kd.study.kinds.base import Context, Kind
@@ -72,6 +74,7 @@ class StepKind(Kind):
 
     out_file = ""
     files: ClassVar[dict[str, str]] = {}
+    dirs: ClassVar[tuple[str, ...]] = ()  # settings naming output folders: a relative one lies in the stage folder
     uses_data = True
 
     def call(self, settings: dict) -> dict:
@@ -84,6 +87,9 @@ class StepKind(Kind):
         if self.uses_data and "data" not in step_settings:
             step_settings["data"] = ctx.data
         step_settings["out"] = str(stage_dir / self.out_file)
+        for name in self.dirs:
+            if step_settings.get(name) and not Path(step_settings[name]).is_absolute():
+                step_settings[name] = str(stage_dir / step_settings[name])
         command = f"lit-kd {self.name} " + shlex.join(flags(step_settings))
         ctx.progress(f"{label}: {command}")
         result = self.call(step_settings)
