@@ -119,7 +119,8 @@ def test_ptq_section_and_rows_come_from_the_manifest():
     ]
     manifest = {"metrics": {"fp32_acc": 0.9, "rows": rows, "test_images": 500, "calib_images": 64}}
     table, records = ptq_table(manifest)
-    assert table.rows[1][5:7] == ["89.00 %", "1.00"] and records[1].drop == pytest.approx(0.01)
+    assert table.rows[1][6:8] == ["89.00 %", "1.00"] and records[1].drop == pytest.approx(0.01)
+    assert table.rows[1][:2] == ["ours", "simulated (fake-quant)"] and records[1].kernels == "simulated (fake-quant)"
     results = Results(study="s.yaml", description="", ptq={"ptq": records})
     (what, result, compared) = ptq_rows(results)[0]
     assert what.startswith("Our PTQ W8A8 `ptq`") and result == "89.00 %" and compared == "-1.00 points vs FP32 90.00 %"

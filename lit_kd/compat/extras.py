@@ -23,6 +23,11 @@ def installed(package: str) -> bool:
     return find_spec(package) is not None
 
 
+def missing_extras(names: list[str], packages: dict[str, tuple[str, ...]]) -> dict[str, str]:
+    """``{name: extra to install}`` for each of ``names`` (e.g. engines) whose ``packages[name]`` are not all installed."""
+    return {n: EXTRA_OF.get(packages[n][0], packages[n][0]) for n in names if not all(installed(p) for p in packages.get(n, ()))}
+
+
 def require(package: str, feature: str) -> None:
     """Raise :class:`MissingExtra` naming the extra to install when ``package`` is missing.
 

@@ -5,7 +5,8 @@ mixed-precision search of per-layer weight widths.
 Every configuration is evaluated on the test set: our simulated PTQ (per bit width, observer, rounding, weight
 granularity, with and without the first and last layers kept at 8 bits), PyTorch's own INT8 (FX, x86; fp16 with
 ``pytorch_fp16``) and, with ``engine`` naming ``nncf``, NNCF's INT8 PTQ in OpenVINO (presets, and accuracy control
-within ``nncf_max_drop`` points on held-out training images), all calibrated on the same images. Accuracy drops are
+within ``nncf_max_drop`` points on held-out training images; no rows, and the JSON's ``engines_not_installed`` names
+it, where the ``openvino`` extra is missing), all calibrated on the same images. Accuracy drops are
 against the FP32 model on the same images. With ``export_dir`` the INT8 models are also written as files a user
 deploys and checked on the test set after writing (:mod:`lit_kd.quant.deployables`).
 """
@@ -23,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from lit_kd.compat.extras import missing_extras
 from lit_kd.evaluation import accuracy, fraction_equal, labels, predictions
 from lit_kd.quant.affine import check_bits
 from lit_kd.quant.deployables import write_nncf, write_ours, write_pytorch_int8
@@ -37,6 +39,7 @@ GRANULARITIES = ("per_channel", "per_tensor")
 FIRST_LAST = {"no": [False], "yes": [True], "both": [False, True]}
 COSTS = ("bits", "bops")
 ENGINES = ("ours", "nncf")
+ENGINE_PACKAGES = {"nncf": ("nncf", "openvino")}  # an engine whose packages are missing makes no rows ("not installed")
 NNCF_PRESETS = ("performance", "mixed")
 PTQ_QAT_ADVICE = (
     "Give the float checkpoint the QAT run started from (its init_ckpt); the QAT run's own INT8 model is its "
@@ -165,6 +168,10 @@ def ptq_table(model: nn.Module, ckpt: str, data_source: str, s: PtqSettings) -> 
     calib = list(data.normalized_batches("train", s.batch_size, s.calib_batches * s.batch_size, shuffle=True))
     test = list(data.normalized_batches("test", EVAL_BATCH, s.test_images))
     out_dir = Path(s.export_dir) if s.export_dir else None
+    missing = missing_extras(s.engine, ENGINE_PACKAGES)
+    for engine, extra in missing.items():
+        print(f"{engine}: not installed (pip install 'lit-kd[{extra}]'), no rows", flush=True)
+    engines = [e for e in s.engine if e not in missing]
     deployables = []
     truth = labels(test)
     fp32_pred = predictions(model, test)
@@ -211,7 +218,7 @@ def ptq_table(model: nn.Module, ckpt: str, data_source: str, s: PtqSettings) -> 
         )
         if out_dir and s.torch_flow == "fx":  # a PT2E program is saved by torch.export, not TorchScript
             deployables += write_pytorch_int8(int8, out_dir, rows[-1], pred, test, truth)
-    if "nncf" in s.engine:
+    if "nncf" in engines:
         from lit_kd.quant.nncf_ptq import method_name, nncf_network
 
         held_out = list(data.normalized_batches("val", EVAL_BATCH)) if held_out_images else None
@@ -230,7 +237,7 @@ def ptq_table(model: nn.Module, ckpt: str, data_source: str, s: PtqSettings) -> 
     widths = [(b, b) for b in s.bits] + [(b, 8) for b in s.weight_only_bits]
     corrections = [False, True] if s.bias_correction else [False]
     ours = itertools.product(widths, s.observer, s.rounding, s.granularity, FIRST_LAST[s.first_last_8bit], corrections)
-    for (wb, ab), observer, rounding, gran, fl, bc in ours if "ours" in s.engine else ():
+    for (wb, ab), observer, rounding, gran, fl, bc in ours if "ours" in engines else ():
         weights = f" (weights {s.weight_observer})" if s.weight_observer and s.weight_observer != observer else ""
         method = observer + weights + ("" if rounding == "nearest" else f" + {rounding}") + (" + bias corr." if bc else "")
         qmodel, pred = add(
@@ -255,18 +262,20 @@ def ptq_table(model: nn.Module, ckpt: str, data_source: str, s: PtqSettings) -> 
                 weight_observer=s.weight_observer,
             ),
         )
-        if (wb, ab, rounding, fl, bc) == (8, 8, "nearest", False, False):  # the same model in integer arithmetic
+        if (wb, ab, rounding, bc) == (8, 8, "nearest", False):  # at W8A8, first/last layers kept at 8 bits change nothing
             if out_dir and not any(d["file"].endswith("ours_w8a8.onnx") for d in deployables):
                 deployables += write_ours(qmodel, out_dir, rows[-1], pred, test, truth)
-            _, int_pred = add("ours int", 8, 8, method + " (int8 x int8 -> int32)", gran, fl, partial(to_int8_model, qmodel))
-            rows[-1]["agree_simulation"] = fraction_equal(int_pred, pred)
+            if not fl:  # the same model in integer arithmetic
+                _, int_pred = add("ours int", 8, 8, method + " (int8 x int8 -> int32)", gran, fl, partial(to_int8_model, qmodel))
+                rows[-1]["agree_simulation"] = fraction_equal(int_pred, pred)
     return {
         "checkpoint": str(ckpt),
         "fp32_acc": fp32,
         "test_images": len(truth),
         "calib_images": sum(len(x) for x, _ in calib),
         "threads": s.threads,
-        "engines": list(s.engine),
+        "engines": engines,
+        "engines_not_installed": list(missing),
         "rows": rows,
         **({"held_out_images": held_out_images} if held_out_images else {}),
         **({"export_dir": str(out_dir), "deployables": deployables} if out_dir else {}),

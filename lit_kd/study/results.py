@@ -98,6 +98,22 @@ class PtqRow(Record):
     seconds: float | None = field(default=None, metadata=OPTIONAL)
     agree_simulation: float | None = field(default=None, metadata=OPTIONAL)  # integer-arithmetic row: same top-1 as its simulation
     drop: float
+    engine: str | None = field(default=None, metadata=OPTIONAL)  # whose quantization: ours, PyTorch FX/PT2E, NNCF (OpenVINO)
+    kernels: str | None = field(default=None, metadata=OPTIONAL)  # "simulated (fake-quant)" or "real INT8 kernels", ...
+
+
+@dataclass(kw_only=True)
+class PtqFile(Record):
+    """A deployable file ``lit-kd ptq --export-dir`` wrote, read back and evaluated on the test images of its row."""
+
+    file: str  # relative to the study folder when it lies inside it
+    engine: str
+    kind: str
+    from_row: dict[str, Any]  # runtime, widths, method and granularity of the PTQ row it holds
+    acc: float
+    row_acc: float
+    agree_row: float
+    kernels: str | None = field(default=None, metadata=OPTIONAL)
 
 
 @dataclass(kw_only=True)
@@ -191,6 +207,7 @@ class Results(Record):
     distillation: list[DistillationRecord] = field(default_factory=list, metadata=ABSENT_OK)
     examples: ExamplesRecord | None = field(default=None, metadata=OPTIONAL)
     ptq: dict[str, list[PtqRow]] | None = field(default=None, metadata=OPTIONAL)
+    ptq_files: dict[str, list[PtqFile]] | None = field(default=None, metadata=OPTIONAL)  # deployable files, by ptq stage
     mixed_precision: dict[str, MixedPrecisionRecord] | None = field(default=None, metadata=OPTIONAL)
     qat: list[QatRecord] = field(default_factory=list, metadata=ABSENT_OK)
     exports: list[ExportRecord] = field(default_factory=list, metadata=ABSENT_OK)

@@ -1,9 +1,13 @@
 """The ``ptq`` kind: ``lit-kd ptq`` on a checkpoint (a sweep of widths and methods, or with ``max_drop`` a
 mixed-precision search); its report section (the PTQ table, or the chosen per-layer widths and the Pareto plot)
-and its headline rows (our PTQ at W8A8, W4A4, W2A8 with AdaRound, PyTorch's INT8, the mixed-precision choice)."""
+and its headline rows (our PTQ at W8A8, W4A4, W2A8 with AdaRound, PyTorch's and NNCF's INT8, the mixed-precision choice).
+The PTQ table says how each row computes (our simulated fake-quant rows, the engines' real INT8 kernels) and lists the
+deployable files the stage wrote (``export_dir``, relative to the stage folder); an engine whose extra is missing shows
+as "not installed"."""
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -11,12 +15,12 @@ from lit_kd.atomic import copy_file
 from lit_kd.study.kinds.base import MIXED_ROWS, PTQ, PTQ_ROWS, ReportInput, Row
 from lit_kd.study.kinds.step import StepError, StepKind, float_network, split
 from lit_kd.study.render import Figure, Section, Table, on_images, pct, points
-from lit_kd.study.results import MixedPrecisionRecord, PtqRow, Results
+from lit_kd.study.results import MixedPrecisionRecord, PtqFile, PtqRow, Results
 
 
 class Ptq(StepKind):
     name, outputs = "ptq", ("json",)
-    out_file, files = "ptq.json", {"json": "ptq.json"}
+    out_file, files, dirs = "ptq.json", {"json": "ptq.json"}, ("export_dir",)
 
     def call(self, settings: dict) -> dict:
         from lit_kd.quant.sweep import PTQ_QAT_ADVICE, PtqError, PtqSettings, run_ptq
@@ -42,8 +46,11 @@ class Ptq(StepKind):
                 rep.results.mixed_precision = {**(rep.results.mixed_precision or {}), name: record}
             else:
                 table, rows = ptq_table(m)
-                sections.append((PTQ, Section(f"Post-training quantization ({name})", [table])))
+                files, records = files_table(m, rep.out)
+                sections.append((PTQ, Section(f"Post-training quantization ({name})", [table, *([files] if files else [])])))
                 rep.results.ptq = {**(rep.results.ptq or {}), name: rows}
+                if records:
+                    rep.results.ptq_files = {**(rep.results.ptq_files or {}), name: records}
         return sections
 
     def headline_rows(self, results: Results) -> list[tuple[int, Row]]:
@@ -51,31 +58,78 @@ class Ptq(StepKind):
 
 
 # ------------------------------------------------------------------------------------------------ report
+SIMULATED, REAL_INT8 = "simulated (fake-quant)", "real INT8 kernels"
+# whose quantization a row of ``lit-kd ptq``'s JSON shows, by its runtime (or by the engine named not installed)
+ENGINES = {"fp32": "FP32", "ours int": "ours", "pytorch": "PyTorch", "openvino": "NNCF (OpenVINO)", "nncf": "NNCF (OpenVINO)"}
+FILE_ENGINES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "pytorch int8 (torchscript)": "PyTorch (TorchScript)"}
+NNCF_METHOD = re.compile(r"nncf (\w+)(?: \+ accuracy control \(<= ([\d.]+) pts\))?$")  # as lit_kd.quant.nncf_ptq.method_name writes it
+
+
+def kernels_label(runtime: str, weight_bits: int | None) -> str:
+    """How a row computes: float, our fake-quant simulation, our integer check, or an engine's real INT8 kernels."""
+    if runtime in ("pytorch", "openvino"):
+        return REAL_INT8 if weight_bits == 8 else f"float{weight_bits}"
+    return {"fp32": "float32", "ours": SIMULATED, "ours int": "integer arithmetic (int8 matmul)"}.get(runtime, "-")
+
+
+def method_label(method: str) -> str:
+    """NNCF's method as words (``nncf mixed + accuracy control (<= 1.00 pts)`` -> ``mixed preset + accuracy control,
+    budget 1.00 points``); other methods as they are."""
+    match = NNCF_METHOD.match(method)
+    if not match:
+        return method
+    preset, budget = match.groups()
+    return f"{preset} preset" + (f" + accuracy control, budget {budget} points" if budget else "")
+
+
 def ptq_table(manifest: dict) -> tuple[Table, list[PtqRow]]:
     result = manifest["metrics"]
     fp32 = result["fp32_acc"]
     rows, data = [], []
     for r in result["rows"]:
-        data.append(PtqRow.from_dict({**r, "drop": fp32 - r["acc"]}))
+        engine, kernels = ENGINES.get(r["runtime"], r["runtime"]), kernels_label(r["runtime"], r["weight_bits"])
+        data.append(PtqRow.from_dict({**r, "drop": fp32 - r["acc"], "engine": engine, "kernels": kernels}))
         rows.append(ptq_row(data[-1]))
+    absent = ["-", "-", "not installed", "-", "-", "not installed", "-", "-"]
+    rows += [[ENGINES.get(e, e), *absent] for e in result.get("engines_not_installed", [])]
+    held_out = result.get("held_out_images")
     return Table(
-        ["runtime", "bits", "method", "granularity", "first/last 8-bit", "test accuracy", "drop (points)", "same top-1 as FP32"],
+        ["engine", "kernels", "bits", "method", "granularity", "first/last 8-bit", "test accuracy", "drop (points)", "same top-1 as FP32"],
         rows,
-        f"{result['test_images']} test images, {result['calib_images']} calibration images from the training set.",
+        f"{result['test_images']} test images, {result['calib_images']} calibration images from the training set"
+        + (f"; NNCF's accuracy control validates on {held_out} other training images" if held_out else "")
+        + ". Kernels: simulated (fake-quant) rows compute in float on quantized-dequantized values, real INT8 rows run the "
+        "engine's integer kernels.",
     ), data
 
 
 def ptq_row(r: PtqRow) -> list[str]:
-    return [
-        r.runtime,
-        f"W{r.weight_bits}A{r.act_bits}",
-        r.method,
-        r.granularity,
-        "yes" if r.first_last_8bit else "no",
-        pct(r.acc),
-        f"{100 * r.drop:.2f}",
-        pct(r.agree_fp32),
-    ]
+    """A row of the PTQ table; records written before rows named their engine and kernels keep their old columns
+    (runtime, bits, method ...), as the shipped reports show them."""
+    numbers = [r.granularity, "yes" if r.first_last_8bit else "no", pct(r.acc), f"{100 * r.drop:.2f}", pct(r.agree_fp32)]
+    if r.kernels is None:
+        return [r.runtime, f"W{r.weight_bits}A{r.act_bits}", r.method, *numbers]
+    return [r.engine, r.kernels, f"W{r.weight_bits}A{r.act_bits}", method_label(r.method), *numbers]
+
+
+def files_table(manifest: dict, out: Path) -> tuple[Table | None, list[PtqFile]]:
+    """The deployable files of a ptq stage (``export_dir``), each read back and evaluated on its row's test images;
+    paths relative to the study folder (where the report lies) when they are inside it."""
+    result = manifest["metrics"]
+    rows, data = [], []
+    for d in result.get("deployables", []):
+        path = Path(d["file"]).resolve()
+        shown = path.relative_to(out.resolve()).as_posix() if path.is_relative_to(out.resolve()) else d["file"]
+        data.append(PtqFile.from_dict({**d, "file": shown, "kernels": REAL_INT8}))
+        row = d["from_row"]
+        source = f"{ENGINES.get(row['runtime'], row['runtime'])} W{row['weight_bits']}A{row['act_bits']} {method_label(row['method'])}"
+        engine = FILE_ENGINES.get(d["engine"], d["engine"])
+        rows.append([f"`{shown}`", engine, REAL_INT8, source, pct(d["acc"]), pct(d["row_acc"]), pct(d["agree_row"])])
+    if not rows:
+        return None, []
+    caption = f"Each file read back as `lit-kd classify` reads it, on the same {result['test_images']} test images as its row."
+    header = ["file", "engine", "kernels", "from row", "test accuracy", "row's test accuracy", "same top-1 as its row"]
+    return Table(header, rows, caption), data
 
 
 def mixed_precision_section(name: str, result: dict, fig_dir: Path) -> Section:
@@ -127,9 +181,11 @@ def ptq_rows(results: Results) -> list[Row]:
             return []
         stage, r, fp32, images = min(candidates, key=lambda c: c[1].drop)
         granularity = r.granularity.replace("_", "-") if r.granularity != "-" else ""
-        details = ", ".join(x for x in (r.method, granularity, "first/last layer 8-bit" if r.first_last_8bit else "") if x)
+        details = ", ".join(x for x in (method_label(r.method), granularity, "first/last layer 8-bit" if r.first_last_8bit else "") if x)
         best_of = f"; best of {len(candidates)}" if len(candidates) > 1 else ""
-        return [(f"{label} `{stage}` ({details}{best_of})", pct(r.acc), f"{points(r.acc - fp32)} vs FP32 {pct(fp32)}{on_images(images)}")]
+        kernels = f", {r.kernels}" if r.kernels else ""  # results written before the field existed read as they were published
+        what = f"{label} `{stage}` ({details}{best_of}){kernels}"
+        return [(what, pct(r.acc), f"{points(r.acc - fp32)} vs FP32 {pct(fp32)}{on_images(images)}")]
 
     def ours(wb: int, ab: int, adaround: bool = False) -> list:
         return [
@@ -138,10 +194,12 @@ def ptq_rows(results: Results) -> list[Row]:
             if c[1].runtime == "ours" and (c[1].weight_bits, c[1].act_bits) == (wb, ab) and (not adaround or "adaround" in c[1].method)
         ]
 
-    pytorch_int8 = [c for c in measured if c[1].runtime == "pytorch" and c[1].weight_bits == 8]
+    pytorch_int8 = [c for c in measured if c[1].runtime == "pytorch" and c[1].weight_bits == 8]  # the FX or the PT2E flow
+    nncf_int8 = [c for c in measured if c[1].runtime == "openvino"]
     return (
         row("Our PTQ W8A8", ours(8, 8))
         + row("PyTorch INT8 PTQ", pytorch_int8)
+        + row("NNCF INT8 PTQ", nncf_int8)
         + row("Our PTQ W4A4", ours(4, 4))
         + row("Our PTQ W2A8 with AdaRound", ours(2, 8, adaround=True))
     )

@@ -1,13 +1,15 @@
 """What the ptq, export and bench kinds share: a stage calls the library function behind ``lit-kd <kind>`` with its
 settings (named as that command's flags, ``bits: [8, 4]`` for ``--bits 8 4``), checked as the command checks its
-arguments, the study's data unless the settings name their own, and its output in the stage folder. A setting the
-command would refuse, or an input that cannot be used, is a :class:`StepError` whose message is the command's own
-error line; the manifest records the equivalent command line."""
+arguments, the study's data unless the settings name their own, and its output in the stage folder (as are output
+folders given as relative paths, e.g. the ptq kind's ``export_dir: models``). A setting the command would refuse, or
+an input that cannot be used, is a :class:`StepError` whose message is the command's own error line; the manifest
+records the equivalent command line."""
 
 from __future__ import annotations
 
 import json
 import shlex
+from pathlib import Path
 from typing import ClassVar
 
 from lit_kd.study.kinds.base import Context, Kind
@@ -72,6 +74,7 @@ class StepKind(Kind):
 
     out_file = ""
     files: ClassVar[dict[str, str]] = {}
+    dirs: ClassVar[tuple[str, ...]] = ()  # settings naming output folders: a relative one lies in the stage folder
     uses_data = True
 
     def call(self, settings: dict) -> dict:
@@ -83,7 +86,11 @@ class StepKind(Kind):
         step_settings = dict(settings[self.name] or {})
         if self.uses_data and "data" not in step_settings:
             step_settings["data"] = ctx.data
-        step_settings["out"] = str(ctx.stage_dir(stage.name) / self.out_file)
+        stage_dir = ctx.stage_dir(stage.name)
+        step_settings["out"] = str(stage_dir / self.out_file)
+        for name in self.dirs:  # a relative output folder lies in the stage's folder
+            if step_settings.get(name) and not Path(step_settings[name]).is_absolute():
+                step_settings[name] = str(stage_dir / step_settings[name])
         return step_settings
 
     def command(self, ctx: Context, stage: Stage, settings: dict) -> str:
