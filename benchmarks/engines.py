@@ -37,7 +37,7 @@ import torch
 
 from benchmarks.common import write_json
 from lit_kd import speed
-from lit_kd.compat.extras import installed
+from lit_kd.compat.extras import EXTRA_OF, missing_extras
 from lit_kd.evaluation import fraction_equal, labels, predictions
 from lit_kd.onnx_export import export_onnx_model, padded
 from lit_kd.round_robin import round_robin, spread_rows
@@ -47,6 +47,7 @@ THROUGHPUT = "openvino throughput int8 (nncf performance)"
 SPARSE = "deepsparse pruned-quantized (--sparse)"
 REFERENCE = {"fp32": "pytorch fp32 eager", "int8": NNCF}  # ratios: each setting of a precision vs this one
 ACCURACY_FROM = {THROUGHPUT: NNCF}  # the THROUGHPUT runner returns no logits: the same compiled IR as NNCF's row
+ENGINE_PACKAGES = {"openvino": ("openvino", "nncf"), "deepsparse": ("deepsparse",)}  # engines of an optional extra
 EVAL_BATCH = 32  # DeepSparse engines are compiled for batch 1 and 32 only
 
 
@@ -72,7 +73,7 @@ def build_settings(model: torch.nn.Module, calib: list, folder: Path, cores: int
         "onnxruntime fp32": lambda: Setting("onnxruntime", "fp32", ort(fp32_onnx, cores)),
         "onnxruntime int8 (ours w8a8 qdq)": lambda: Setting("onnxruntime", "int8", ort(qdq, cores)),
     }
-    missing = [e for e, extra in (("openvino", ("openvino", "nncf")), ("deepsparse", ("deepsparse",))) if not all(map(installed, extra))]
+    missing = list(missing_extras(list(ENGINE_PACKAGES), ENGINE_PACKAGES))
     if "openvino" not in missing:
         from lit_kd.openvino_engine import convert, save_ir
         from lit_kd.quant.nncf_ptq import nncf_quantize
@@ -148,7 +149,7 @@ def print_result(result: dict) -> None:
     for name, value in result["ratios"].items():
         console.print(f"images/s of {name}: {value:.2f}x")
     for engine in result["engines_not_installed"]:
-        console.print(f"{engine}: not installed (pip install 'lit-kd[{'sparse' if engine == 'deepsparse' else 'openvino'}]'), no rows")
+        console.print(f"{engine}: not installed (pip install 'lit-kd[{EXTRA_OF[engine]}]'), no rows")
     if result["load_warning"]:
         console.print(f"[bold red]warning:[/] load average {result['load_average_before']} before, {result['load_average_after']} after: "
                       "other processes shared the cores, so these timings are not representative")  # fmt: skip

@@ -136,13 +136,14 @@ def physical_cores() -> int:
 
 def cpu_info(cores: int) -> dict:
     """The machine a benchmark ran on (no runtime is imported to find out)."""
-    features = cpu_features()
+    flags = cpu_flags()
+    features = cpu_features(flags)
     return {
         "cpu": cpu_model(),
         "isa": features["isa"],
         "vnni": features["vnni"],
         "amx": features["amx"],
-        "isa_flags": isa_flags(),
+        "isa_flags": isa_flags(flags),
         "physical_cores": physical_cores(),
         "logical_cpus": os.cpu_count(),
         "cores_used": cores,
