@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from lit_kd.compat.extras import installed
+from lit_kd.compat.extras import EXTRA_OF, installed
 
 BATCHES = (1, 32)
 BENCH_DEFAULTS = {"cores": 2, "warmup": 10, "iterations_b1": 200, "iterations_b32": 30}  # lit-kd bench and the bench stage
@@ -352,7 +352,7 @@ def print_result(result: dict) -> None:
     for name, value in result["ratios"].items():
         console.print(f"images/s of {name}: {value:.2f}x")
     for engine in result.get("engines_not_installed", []):
-        extra = "sparse" if engine == "deepsparse" else "openvino"
+        extra = EXTRA_OF[ENGINE_EXTRA[engine]]
         console.print(f"{engine}: not installed (pip install 'lit-kd[{extra}]'), no rows")
     console.print("the same with DeepSparse's own benchmark:\n  " + "\n  ".join(result["deepsparse_benchmark_commands"]))
 
