@@ -160,7 +160,8 @@ def network_facts(ckpt: str | Path, int8: Path | None = None) -> dict:
     """Parameters, non-zero parameters, MACs, per-layer sparsity and size in bytes of a checkpoint's network.
 
     Parameters and MACs are those of the plain architecture; non-zero counts come from the checkpoint's own tensors
-    (so a pruned or QAT checkpoint counts what it stores); ``size_bytes`` is the serialized float state dict, or the
+    (so a pruned or QAT checkpoint counts what it stores; a PT2E QAT network's ``program.`` prefix is dropped from layer
+    names); ``size_bytes`` is the serialized float state dict, or the
     INT8 model's when the run saved one.
 
     Example::
@@ -188,7 +189,7 @@ def network_facts(ckpt: str | Path, int8: Path | None = None) -> dict:
         if name.endswith((".weight", ".bias", "weight_orig")):
             nonzero += int(tensor.count_nonzero())
             if tensor.ndim in (2, 4) and not name.endswith(".bias"):
-                layers[name.removesuffix("_orig").removesuffix(".weight").replace(".module", "")] = (
+                layers[name.removeprefix("program.").removesuffix("_orig").removesuffix(".weight").replace(".module", "")] = (
                     1 - int(tensor.count_nonzero()) / tensor.numel()
                 )
     buffer = io.BytesIO()
