@@ -7,7 +7,10 @@ weights load), ``"int8"`` (``int8_model.pt`` written by QAT: torch's quantized C
 ``.onnx`` file run by ONNX Runtime on the CPU, :class:`~lit_kd.onnx_export.OnnxRuntimeNetwork`: FP32 exports and the
 QDQ INT8 models ``lit-kd ptq --export-dir`` writes), ``"openvino"`` (an ``.xml`` OpenVINO IR with its ``.bin``, the
 ``openvino`` extra, :class:`~lit_kd.openvino_engine.OpenVinoNetwork`) and ``"torchscript"`` (a TorchScript program,
-e.g. ``pytorch_int8.pt`` from ``lit-kd ptq --export-dir``, read by ``torch.jit.load``). Every other torch file is read
+e.g. ``pytorch_int8.pt`` from ``lit-kd ptq --export-dir``, read by ``torch.jit.load``) and ``"pt2e"`` (a ``.pt2``
+``torch.export`` program: ``pytorch_int8.pt2`` from ``lit-kd ptq --export-dir``, ``int8_model.pt2`` from a PT2E QAT run;
+its archive is checked against an allow-list before it loads, :func:`lit_kd.quant.pt2e.load_program`, and it runs
+through ``torch.compile``, :class:`~lit_kd.quant.pt2e.CompiledInt8`, which needs a C++ compiler). Every other torch file is read
 through :func:`lit_kd.checkpoints.safe_load` (tensors and plain data only; pickled objects are refused).
 """
 
@@ -17,11 +20,11 @@ from pathlib import Path
 
 import torch.nn as nn
 
-KINDS = ("float", "qat", "int8", "onnx", "openvino", "torchscript")
+KINDS = ("float", "qat", "int8", "onnx", "openvino", "torchscript", "pt2e")
 # what runs for predictions (a QAT checkpoint needs its run's structure)
-PREDICT_KINDS = ("float", "int8", "onnx", "openvino", "torchscript")
+PREDICT_KINDS = ("float", "int8", "onnx", "openvino", "torchscript", "pt2e")
 PREDICT_QAT_ADVICE = (
-    "Classify the QAT run's INT8 model instead (int8_model.pt beside its checkpoints; a SparseML run's is its exported "
+    "Classify the QAT run's INT8 model instead (int8_model.pt or int8_model.pt2 beside its checkpoints; a SparseML run's is its exported "
     ".onnx), or the float checkpoint the run started from."
 )
 
@@ -99,12 +102,16 @@ def load_model(path: str | Path, kinds: tuple[str, ...] = KINDS, config: str | N
     Example::
 
         network, kind = load_model("runs/demo/qat/run/checkpoints/int8_model.pt")   # kind == "int8"
+        network, kind = load_model("models/pytorch_int8.pt2")                        # kind == "pt2e" (compiled)
         network, kind = load_model("weights/resnet20_teacher.pt", kinds=("float",))  # a float network or an error
     """
+    from lit_kd.quant.pt2e import PROGRAM_SUFFIX
     from lit_kd.quant.torch_qat import int8_model_from, is_int8_model, quiet_rebuild
 
     if "openvino" in kinds and Path(path).suffix.lower() == ".xml":
         return _openvino_network(path), "openvino"
+    if "pt2e" in kinds and Path(path).suffix.lower() == PROGRAM_SUFFIX:
+        return _pt2e_program(path), "pt2e"
     if "torchscript" in kinds and is_torchscript(path):
         import torch
 
@@ -153,7 +160,8 @@ def network_facts(ckpt: str | Path, int8: Path | None = None) -> dict:
     """Parameters, non-zero parameters, MACs, per-layer sparsity and size in bytes of a checkpoint's network.
 
     Parameters and MACs are those of the plain architecture; non-zero counts come from the checkpoint's own tensors
-    (so a pruned or QAT checkpoint counts what it stores); ``size_bytes`` is the serialized float state dict, or the
+    (so a pruned or QAT checkpoint counts what it stores; a PT2E QAT network's ``program.`` prefix is dropped from layer
+    names); ``size_bytes`` is the serialized float state dict, or the
     INT8 model's when the run saved one.
 
     Example::
@@ -181,7 +189,7 @@ def network_facts(ckpt: str | Path, int8: Path | None = None) -> dict:
         if name.endswith((".weight", ".bias", "weight_orig")):
             nonzero += int(tensor.count_nonzero())
             if tensor.ndim in (2, 4) and not name.endswith(".bias"):
-                layers[name.removesuffix("_orig").removesuffix(".weight").replace(".module", "")] = (
+                layers[name.removeprefix("program.").removesuffix("_orig").removesuffix(".weight").replace(".module", "")] = (
                     1 - int(tensor.count_nonzero()) / tensor.numel()
                 )
     buffer = io.BytesIO()
@@ -207,6 +215,16 @@ def is_torchscript(path: str | Path) -> bool:
             return any("/code/__torch__/" in name for name in archive.namelist())
     except (zipfile.BadZipFile, OSError):
         return False
+
+
+def _pt2e_program(path: str | Path) -> nn.Module:
+    """A saved PT2E program, checked before it loads, run through ``torch.compile`` (INT8 kernels)."""
+    from lit_kd.quant.pt2e import compile_int8, load_program
+
+    try:
+        return compile_int8(load_program(path)).eval()
+    except ValueError as err:
+        raise ModelFileError(str(err), sep=" ") from None
 
 
 def _openvino_network(path: str | Path) -> nn.Module:

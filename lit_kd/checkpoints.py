@@ -139,7 +139,7 @@ def load_weights(network: nn.Module, path: str | Path, checkpoint: dict | None =
             raise ValueError(
                 f"checkpoint {str(path)!r} is a quantization-aware-training (QAT) checkpoint: its network holds "
                 f"fake-quantize modules that a float {type(network).__name__} lacks; load the float checkpoint "
-                "the QAT run started from, its int8_model.pt (lit_kd.quant.torch_qat.load_int8_model), or "
+                "the QAT run started from, its int8_model.pt2 or int8_model.pt (lit_kd.artifacts.load_model), or "
                 "test it with its run's config (lit-kd test --config <run>/config.yaml --ckpt_path ...)"
             )
         raise ValueError(f"checkpoint {str(path)!r} does not fit {type(network).__name__} ({detail}): is it from another architecture?")

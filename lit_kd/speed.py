@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from lit_kd.compat.extras import EXTRA_OF, installed
+from lit_kd.quant.pt2e import PROGRAM_SUFFIX
 
 BATCHES = (1, 32)
 BENCH_DEFAULTS = {"cores": 2, "warmup": 10, "iterations_b1": 200, "iterations_b32": 30}  # lit-kd bench and the bench stage
@@ -31,6 +32,7 @@ BASELINE, SPARSE, INT8 = "dense fp32", "pruned-quantized", "dense int8 file"
 ENGINES = ("deepsparse", "onnxruntime", "openvino", "openvino throughput")
 ENGINE_EXTRA = {"deepsparse": "deepsparse", "openvino": "openvino", "openvino throughput": "openvino"}
 DEFAULT_ENGINES = ("deepsparse", "onnxruntime")  # the study's bench stage until it names its engines
+PT2E_RUNTIME = "pytorch int8 (pt2e program, compiled)"  # a .pt2 model file runs in PyTorch only, whatever the engines
 # what DeepSparse on the pruned-quantized model is compared with: name -> (model, runtime) of a row
 REFERENCES = {
     "onnxruntime dense fp32": (BASELINE, "onnxruntime"),
@@ -186,10 +188,22 @@ def module_runner(model: nn.Module) -> Callable[[np.ndarray], object]:
 
 
 def torch_runner(model: nn.Module, int8: bool) -> Callable[[np.ndarray], object]:
-    """PyTorch FP32 eager, or INT8 (torch.ao FX, x86) calibrated on random inputs, of the dense model."""
+    """PyTorch FP32 eager, or INT8 (torch.ao FX, x86: no compile step) calibrated on random inputs, of the dense model."""
     from lit_kd.quant.torch_ptq import quantize_int8
 
-    return module_runner(quantize_int8(model.eval(), [torch.randn(32, 3, 32, 32) for _ in range(2)]) if int8 else model.eval())
+    return module_runner(quantize_int8(model.eval(), [torch.randn(32, 3, 32, 32) for _ in range(2)], flow="fx") if int8 else model.eval())
+
+
+def program_runner(path: str, cores: int) -> Callable[[np.ndarray], object]:
+    """A ``.pt2`` PT2E program (:func:`lit_kd.artifacts.load_model`), compiled here for each batch size in BATCHES so
+    that no timed call compiles."""
+    from lit_kd.artifacts import load_model
+
+    model = load_model(path, kinds=("pt2e",))[0]
+    with torch.inference_mode():
+        for b in BATCHES:
+            model(torch.zeros(b, 3, 32, 32))
+    return module_runner(model)
 
 
 def time_runner(
@@ -220,7 +234,9 @@ def available(engines: tuple[str, ...] | None) -> tuple[str, ...]:
 
 
 def runner_factory(engine: str) -> Callable[[str, int], Callable[[np.ndarray], object]]:
-    """``factory(path, cores) -> run(x)`` of an engine of :data:`ENGINES`."""
+    """``factory(path, cores) -> run(x)`` of an engine of :data:`ENGINES` (or :data:`PT2E_RUNTIME`)."""
+    if engine == PT2E_RUNTIME:
+        return program_runner
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; expected one of {ENGINES}")
     if engine.startswith("openvino"):
@@ -240,14 +256,14 @@ def measure(
 ) -> list[dict]:
     """One row per (model, runtime, batch size). One runtime is built, measured and released at a time, so idle
     threads of another engine do not compete for the cores. ``onnx_files`` are ``.onnx`` files (every engine) or
-    OpenVINO ``.xml`` IR (OpenVINO engines only); ``engines`` as in :func:`available`."""
+    OpenVINO ``.xml`` IR (OpenVINO engines only) or ``.pt2`` PT2E programs (PyTorch only); ``engines`` as in
+    :func:`available`."""
     torch.set_num_threads(cores)
     torch.backends.quantized.engine = "x86"
     settings = [
         (label, runtime, lambda p=path, r=runtime: runner_factory(r)(p, cores))
         for label, path in onnx_files.items()
-        for runtime in available(engines)
-        if runtime.startswith("openvino") or not str(path).lower().endswith(".xml")
+        for runtime in file_runtimes(path, engines)
     ]
     if torch_model is not None:
         settings += [
@@ -257,6 +273,15 @@ def measure(
     inputs = {b: np.random.default_rng(b).standard_normal((b, 3, 32, 32), dtype=np.float32) for b in BATCHES}
     with torch.inference_mode():
         return [row for label, runtime, build in settings for row in time_runner(label, runtime, build(), inputs, warmup, iterations)]
+
+
+def file_runtimes(path: str, engines: tuple[str, ...] | None) -> list[str]:
+    """Where a model file runs: a ``.pt2`` program in PyTorch, an ``.xml`` IR in the OpenVINO engines, an ONNX file in
+    every one of ``engines`` (see :func:`available`)."""
+    suffix = Path(path).suffix.lower()
+    if suffix == PROGRAM_SUFFIX:
+        return [PT2E_RUNTIME]
+    return [r for r in available(engines) if r.startswith("openvino") or suffix != ".xml"]
 
 
 # ---------------------------------------------------------------------------------------------- the comparison
@@ -290,7 +315,7 @@ def deepsparse_commands(onnx_files: dict[str, str], cores: int) -> list[str]:
     return [
         f"deepsparse.benchmark {path} --batch_size {b} --num_cores {cores} --scenario sync"
         for path in onnx_files.values()
-        if not str(path).lower().endswith(".xml")
+        if not str(path).lower().endswith((".xml", PROGRAM_SUFFIX))
         for b in BATCHES
     ]
 

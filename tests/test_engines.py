@@ -41,6 +41,7 @@ def ptq_run(real_subset, tmp_path_factory) -> tuple[dict, Path]:
         *("--ckpt", TEACHER, "--data", real_subset, "--bits", "8", "--first-last-8bit", "no"),
         *("--calib-batches", "4", "--batch-size", "64", "--engine", "ours", "nncf", "--nncf-preset", "mixed"),
         *("--nncf-max-drop", "1.0", "--eval-images", "200", "--export-dir", root / "models", "--out", out),
+        *("--torch-flow", "fx"),  # the TorchScript file; the PT2E program (the default) is tests/test_pt2e_deploy.py's
         cwd=root,
     )
     return json.loads(out.read_text()), root / "models"

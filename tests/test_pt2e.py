@@ -16,6 +16,7 @@ from lit_kd.callbacks import QuantizationAwareTraining
 from lit_kd.data import CIFAR10DataModule
 from lit_kd.evaluation import fraction_equal, predictions, top1
 from lit_kd.models import build_model
+from lit_kd.models.feature_taps import FeatureTaps
 from lit_kd.quant import pt2e
 from lit_kd.quant.torch_ptq import quantize_int8
 from tests.helpers import load_state, run_cli, write_config
@@ -74,7 +75,7 @@ def test_saved_program_round_trips_and_unsafe_archives_are_refused(teacher_int8,
             dst.writestr(item, src.read(item))
         root = src.namelist()[0].split("/")[0]
         dst.writestr(f"{root}/data/constants/custom_obj_0", b"not a tensor")
-    with pytest.raises(ValueError, match=r"custom_obj_0.*not loaded$"):
+    with pytest.raises(ValueError, match=r"custom_obj_0\); expected a PT2E INT8 program of plain tensors"):
         pt2e.load_program(tampered)
     (tmp_path / "plain.pt2").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match=r"not a torch\.export archive"):
@@ -84,7 +85,7 @@ def test_saved_program_round_trips_and_unsafe_archives_are_refused(teacher_int8,
 def qat_config(path: Path, data_dir: Path, epochs: int) -> Path:
     write_config(path, data_dir, model="resnet8", epochs=epochs)
     config = yaml.safe_load(path.read_text())
-    config["trainer"]["callbacks"] = [{"class_path": "lit_kd.callbacks.QuantizationAwareTraining", "init_args": {"flow": "pt2e"}}]
+    config["trainer"]["callbacks"] = [{"class_path": "lit_kd.callbacks.QuantizationAwareTraining"}]  # PT2E: the default flow
     config["trainer"]["limit_train_batches"] = 3
     path.write_text(yaml.safe_dump(config))
     return path
@@ -119,6 +120,10 @@ def test_pt2e_qat_trains_resumes_and_converts(in_tmp, tiny_zip):
         saved_acc = fraction_equal(predictions(int8, batches), truth)
     tested = run_cli("test", "--config", config, "--ckpt_path", best, "--trainer.logger", "false")
     assert tested.trainer.callback_metrics["test/acc"].item() == pytest.approx(saved_acc)
+    # and load_model (lit-kd classify's loader) reads it as a compiled PT2E program that predicts as the reference
+    compiled, kind = load_model(ckpt_dir / pt2e.INT8_PROGRAM_FILE)
+    assert kind == "pt2e" and isinstance(compiled, pt2e.CompiledInt8)
+    assert fraction_equal(predictions(compiled, batches), predictions(int8, batches)) >= 59 / 60
 
 
 def test_bad_flow_options_give_one_line_errors():
@@ -133,3 +138,6 @@ def test_bad_flow_options_give_one_line_errors():
         QuantizationAwareTraining(flow="pt2e", freeze_bn_epoch=1)
     with pytest.raises(ValueError, match=r"backend 'qnnpack' is FX-only$"):
         QuantizationAwareTraining(flow="pt2e", backend="qnnpack")
+    # a distillation loss on features cannot hook an exported graph: the error says to use the FX flow
+    with pytest.raises(ValueError, match=r"^cannot tap 'layer3': a PT2E QAT program calls no submodules.*\(flow='fx'\)"):
+        FeatureTaps(pt2e.prepare_qat(model, (1, 3, 32, 32)), ["layer3"])

@@ -42,6 +42,8 @@ def test_ptq_table_and_json(trained_ckpt, tiny_zip, tmp_path):
         "--first-last-8bit",
         "both",
         "--pytorch-fp16",
+        "--torch-flow",
+        "fx",  # no compile step here; PT2E, the default, is tests/test_pt2e_deploy.py's
         "--out",
         out,
         cwd=tmp_path,

@@ -24,7 +24,8 @@ from lit_kd.models import build_model
 from lit_kd.quant.torch_qat import INT8_FILE, convert_int8, prepare_qat
 from tests.helpers import load_state, run_cli, run_cli_in, scalars, write_config
 
-QAT_CALLBACK = {"class_path": "lit_kd.callbacks.QuantizationAwareTraining", "init_args": {"freeze_bn_epoch": 2}}
+# the torch.ao FX flow (int8_model.pt, freeze_bn_epoch); PT2E, the default, is tests/test_pt2e.py's
+QAT_CALLBACK = {"class_path": "lit_kd.callbacks.QuantizationAwareTraining", "init_args": {"freeze_bn_epoch": 2, "flow": "fx"}}
 
 
 def qat_config(path: Path, data_dir: Path, epochs: int, **init_args) -> Path:
@@ -255,7 +256,9 @@ def test_qat_with_distillation_loss_and_feature_taps(in_tmp, tiny_zip, trained_c
             "feature_pairs": [{"student": "layer3", "teacher": "layer3"}],
         },
     }
-    config["trainer"]["callbacks"] = [{"class_path": QAT_CALLBACK["class_path"], "init_args": {"init_ckpt": str(trained_ckpt)}}]
+    config["trainer"]["callbacks"] = [
+        {"class_path": QAT_CALLBACK["class_path"], "init_args": {"init_ckpt": str(trained_ckpt), "flow": "fx"}}
+    ]
     config["trainer"]["limit_train_batches"] = 3
     (in_tmp / "qat_kd.yaml").write_text(yaml.safe_dump(config))
     cli = run_cli("fit", "--config", in_tmp / "qat_kd.yaml")

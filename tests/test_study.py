@@ -47,6 +47,7 @@ def small_study(tmp: Path, teacher_state: Path, teacher_arch: str = "resnet8") -
     stages["best_student"]["select"] = ["student_data", "kd_logits"]
     stages["report"]["report"]["distillation"]["rows"] = ["kd_logits"]
     stages["ptq"]["ptq"] = {"ckpt": "${teacher.ckpt}", "bits": [8, 4], "observer": ["minmax"], "calib_batches": 1, "batch_size": 32}
+    stages["ptq"]["ptq"]["torch_flow"] = "fx"  # as demo.yaml: no compile step
     stages["mixed_precision"]["ptq"].update(eval_images=60, test_images=None, calib_batches=1, batch_size=32, evaluations=2)
     stages["qat"]["overrides"]["trainer.max_epochs"] = 1
     stages["sparse"]["overrides"]["trainer.callbacks"][0]["init_args"]["recipe"] = str(REPO / "experiments" / "recipes" / "gmp_qat.yaml")

@@ -116,6 +116,8 @@ def test_ptq_section_and_rows_come_from_the_manifest():
     rows = [
         {**row, "runtime": "fp32", "method": "-", "acc": 0.9},
         {**row, "runtime": "ours", "method": "percentile", "acc": 0.89},
+        {**row, "runtime": "pytorch", "method": "pt2e x86 histogram", "first_last_8bit": False, "acc": 0.895},
+        {**row, "runtime": "pytorch", "method": "fx x86 histogram", "first_last_8bit": False, "acc": 0.893},
     ]
     manifest = {"metrics": {"fp32_acc": 0.9, "rows": rows, "test_images": 500, "calib_images": 64}}
     table, records = ptq_table(manifest)
@@ -124,6 +126,10 @@ def test_ptq_section_and_rows_come_from_the_manifest():
     results = Results(study="s.yaml", description="", ptq={"ptq": records})
     (what, result, compared) = ptq_rows(results)[0]
     assert what.startswith("Our PTQ W8A8 `ptq`") and result == "89.00 %" and compared == "-1.00 points vs FP32 90.00 %"
+    # PyTorch's INT8 rows of either flow (PT2E, the default, and FX) make one headline row: the better of them
+    (what, result, compared) = ptq_rows(results)[1]
+    assert what == "PyTorch INT8 PTQ `ptq` (pt2e x86 histogram, per-channel; best of 2)" and result == "89.50 %"
+    assert compared == "-0.50 points vs FP32 90.00 %"
 
 
 def test_export_and_bench_tables_say_what_is_not_installed():

@@ -1,4 +1,8 @@
-"""QuantizationAwareTraining: train with fake quantization, end with a real INT8 model (torch.ao FX, x86).
+"""QuantizationAwareTraining: train with fake quantization, end with a real INT8 model (x86): through PT2E
+(``flow="pt2e"``, the default) or torch.ao FX (``flow="fx"``).
+
+``flow="fx"`` stays selectable because it runs without a C++ toolchain: PT2E's INT8 program gets its INT8 kernels from
+``torch.compile`` (inductor builds C++), and FX's ``freeze_bn_epoch`` has no PT2E form. The FX path:
 
 - ``setup`` (every stage, before a checkpoint is restored and before the optimizer exists) replaces the module's
   network (``pl_module.model``) by ``prepare_qat_fx`` with torch's default QAT qconfig for the backend: conv,
@@ -18,12 +22,13 @@
   backend, input shape, the checkpoint it came from); :func:`load_int8_model` loads it.
   If no QAT step observed data (``trainer.max_epochs`` 0: post-training quantization through the same path), the
   ranges are first calibrated on ``calibration_batches`` training batches, and the log says so.
-- ``flow="pt2e"`` does the same through PT2E (:mod:`lit_kd.quant.pt2e`): the network is captured with
+- ``flow="pt2e"`` (the default) does the same through PT2E (:mod:`lit_kd.quant.pt2e`): the network is captured with
   ``torch.export`` in train mode and prepared by ``prepare_qat_pt2e`` with ``X86InductorQuantizer``'s QAT config
   (activations on all 256 codes); its checkpoints hold the same kind of state (float weights, BatchNorm statistics,
   fake-quantize ranges under fixed names), so resume works the same way; at fit end ``convert_pt2e`` gives the
   INT8 program, saved with ``torch.export.save`` as ``int8_model.pt2`` (:func:`lit_kd.quant.pt2e.load_program`;
-  run it through :func:`lit_kd.quant.pt2e.compile_int8` for INT8 kernels). ``test`` runs the converted program
+  run it through :func:`lit_kd.quant.pt2e.compile_int8` for INT8 kernels; :func:`lit_kd.artifacts.load_model`, and so
+  ``lit-kd classify``, does both). ``test`` runs the converted program
   uncompiled. ``freeze_bn_epoch`` is FX-only (BatchNorm is a graph op there, not a module).
 """
 
@@ -57,8 +62,8 @@ class QuantizationAwareTraining(L.Callback):
         init_ckpt: a lit-kd checkpoint (or state-dict file) whose float network weights QAT starts from when
             fitting (the best student of an earlier stage); a resumed run then restores its own QAT state over it.
         calibration_batches: training batches that set the quantization ranges at fit end when no QAT step did.
-        flow: ``fx`` (torch.ao FX graph mode, the default) or ``pt2e`` (torch.export + torchao's X86InductorQuantizer;
-            ``backend`` must then be ``x86``).
+        flow: ``pt2e`` (torch.export + torchao's X86InductorQuantizer, the default; ``backend`` must be ``x86``) or
+            ``fx`` (torch.ao FX graph mode, deprecated upstream; needs no C++ compiler, and has ``freeze_bn_epoch``).
     """
 
     def __init__(
@@ -71,7 +76,7 @@ class QuantizationAwareTraining(L.Callback):
         test_int8: bool = True,
         init_ckpt: str | None = None,
         calibration_batches: int = 8,
-        flow: str = "fx",
+        flow: str = "pt2e",
     ):
         super().__init__()
         self.flow = pt2e.check_flow(flow)

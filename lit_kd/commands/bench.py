@@ -1,11 +1,12 @@
 """``lit-kd bench``: inference speed of models in DeepSparse, ONNX Runtime and OpenVINO (and PyTorch) on CPU, in one run.
 
-    lit-kd bench --baseline dense.onnx --sparse pruned_quantized.onnx [--int8 ours_w8a8.onnx|nncf_mixed.xml]
+    lit-kd bench --baseline dense.onnx --sparse pruned_quantized.onnx [--int8 ours_w8a8.onnx|nncf_mixed.xml|pytorch_int8.pt2]
                  [--ckpt dense.ckpt] [--cores 2] [--engines deepsparse onnxruntime openvino "openvino throughput"]
 
 OpenVINO (the ``openvino`` extra) runs each file synchronously with ``INFERENCE_NUM_THREADS = --cores`` and, as
 "openvino throughput", with the THROUGHPUT hint (streams and threads chosen by the plugin, the batch split over its
-infer requests); an ``.xml`` IR (``--int8``) runs in OpenVINO only.
+infer requests); an ``.xml`` IR (``--int8``) runs in OpenVINO only, and a ``.pt2`` PT2E program (``--int8``, from
+``lit-kd ptq --export-dir`` or a QAT run) in PyTorch only, compiled by ``torch.compile`` before its timed calls.
 
 Each ONNX file runs in a DeepSparse engine (compiled for batch 1 and for batch 32, ``num_cores = --cores``) and in
 ONNX Runtime (``intra_op_num_threads = --cores``); with ``--ckpt`` (the dense checkpoint the baseline was exported
@@ -26,7 +27,8 @@ import argparse
 import torch.nn as nn
 
 from lit_kd import speed
-from lit_kd.commands.arguments import fail, load_float_network, require_file, require_output, require_positive
+from lit_kd.commands.arguments import fail, load_float_network, load_trained_model, require_file, require_output, require_positive
+from lit_kd.quant.pt2e import PROGRAM_SUFFIX
 from lit_kd.speed import BASELINE, BENCH_DEFAULTS, BENCH_QAT_ADVICE, ENGINES, INT8, SPARSE
 
 
@@ -34,7 +36,7 @@ def parser(prog: str = "lit-kd bench", out: str = "results/sparse_speed.json") -
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--baseline", help="dense FP32 ONNX model (lit-kd export of the dense checkpoint)")
     p.add_argument("--sparse", help="pruned-quantized ONNX model (lit-kd export of the SparseML checkpoint)")
-    p.add_argument("--int8", help="an INT8 model file: QDQ .onnx (lit-kd ptq --export-dir) or OpenVINO .xml IR")
+    p.add_argument("--int8", help="an INT8 model file: QDQ .onnx (lit-kd ptq --export-dir), OpenVINO .xml IR or PyTorch PT2E .pt2 program")
     p.add_argument("--ckpt", help="the dense lit-kd checkpoint: adds PyTorch FP32 eager and PyTorch INT8 rows")
     p.add_argument(
         "--engines", nargs="+", choices=ENGINES, default=list(ENGINES), help="engines to time the files in (default: every installed one)"
@@ -74,7 +76,10 @@ def inputs_from_args(cli: argparse.ArgumentParser, args: argparse.Namespace) -> 
     flags = {BASELINE: "--baseline", SPARSE: "--sparse", INT8: "--int8"}
     onnx_files = {label: path for label, path in ((BASELINE, args.baseline), (SPARSE, args.sparse), (INT8, args.int8)) if path}
     for label, path in onnx_files.items():
-        check_model(cli.prog, flags[label], path)
+        if label == INT8 and path.lower().endswith(PROGRAM_SUFFIX):
+            load_trained_model(cli.prog, path, "", kinds=("pt2e",), flag="--int8")  # checked and read, not compiled
+        else:
+            check_model(cli.prog, flags[label], path)
     torch_model = None
     if args.ckpt:
         torch_model = load_float_network(cli.prog, args.ckpt, BENCH_QAT_ADVICE)
@@ -87,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.baseline and not args.sparse and not args.int8:
         cli.error(
             "give at least one ONNX model (or OpenVINO IR): --baseline dense.onnx, --sparse pruned_quantized.onnx and/or "
-            "--int8 model.onnx|model.xml"
+            "--int8 model.onnx|model.xml|model.pt2"
         )
     onnx_files, torch_model = inputs_from_args(cli, args)
     return speed.report(run_bench(onnx_files, torch_model, args), args.out)

@@ -5,8 +5,10 @@
 
 Any lit-kd checkpoint or weights file works (dense, distilled, pruned), and so do the INT8 model a QAT run writes
 (``int8_model.pt``, torch's quantized CPU kernels), an ``.onnx`` file (ONNX Runtime, FP32 or QDQ INT8), an OpenVINO
-IR ``.xml`` (the ``openvino`` extra), a TorchScript program (``pytorch_int8.pt`` from ``lit-kd ptq --export-dir``) and
-compact ``.npz`` weights of a pruned network; INT8, ONNX and OpenVINO models run on the CPU. Folders are searched
+IR ``.xml`` (the ``openvino`` extra), a TorchScript program (``pytorch_int8.pt`` from ``lit-kd ptq --export-dir
+--torch-flow fx``), a PT2E ``.pt2`` program (``pytorch_int8.pt2`` from ``lit-kd ptq --export-dir``, ``int8_model.pt2``
+from a QAT run; checked before it loads, compiled by ``torch.compile`` on its first batch) and compact ``.npz`` weights
+of a pruned network; INT8, ONNX and OpenVINO models run on the CPU. Folders are searched
 recursively for image files (by suffix); when every image sits in a folder named after its class
 (``test/cat/0001.png``) the accuracy over them is printed too. An image that is not 32x32 is centre-cropped to a square and
 resized to 32x32 (noted in the table); every image is converted to RGB and normalised like the training data
@@ -29,6 +31,8 @@ from lit_kd.data import CIFAR10_CLASSES, IMAGE_SUFFIXES, CIFAR10DataModule
 from lit_kd.evaluation import test_set_accuracy
 
 SIZE = (32, 32)
+# the model kinds that run on the CPU only, as an error names them
+CPU_ONLY = {"int8": "an INT8", "onnx": "an ONNX", "openvino": "an OpenVINO", "torchscript": "a TorchScript INT8", "pt2e": "a PT2E INT8"}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -37,8 +41,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ckpt",
         required=True,
-        help="lit-kd checkpoint or weights file (classifier, distilled student, pruned), int8_model.pt, .onnx, OpenVINO .xml "
-        "or TorchScript .pt",
+        help="lit-kd checkpoint or weights file (classifier, distilled student, pruned), int8_model.pt, .onnx, OpenVINO .xml, "
+        "TorchScript .pt or PT2E .pt2 program",
     )
     p.add_argument("--top-k", type=int, default=1, help="show the K most probable classes per image")
     p.add_argument("--data", metavar="DATA", help="report accuracy on the test split of this CIFAR-10 source instead")
@@ -150,8 +154,7 @@ def run(cli: argparse.ArgumentParser, args: argparse.Namespace, model_file: str,
         cli.error(str(err))
     network, kind = load_trained_model(cli.prog, model_file, QAT_ADVICE, flag=flag)
     if kind != "float" and device.type != "cpu":
-        what = {"int8": "an INT8", "onnx": "an ONNX", "openvino": "an OpenVINO", "torchscript": "a TorchScript INT8"}[kind]
-        cli.error(f"--device {args.device}: {what} model runs on the CPU only; use --device cpu")
+        cli.error(f"--device {args.device}: {CPU_ONLY[kind]} model runs on the CPU only; use --device cpu")
     if args.device is None and kind == "float" and torch.cuda.is_available():
         device = torch.device("cuda")
     network = network.to(device)

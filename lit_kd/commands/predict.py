@@ -18,7 +18,9 @@ from lit_kd.commands import classify
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lit-kd predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="*", help="image files (PNG, JPEG, ...) and folders of them")
-    p.add_argument("-w", "--weights", required=True, help="weights file (.pt, compact .npz), checkpoint, int8_model.pt or .onnx")
+    p.add_argument(
+        "-w", "--weights", required=True, help="weights file (.pt, compact .npz), checkpoint, int8_model.pt, .onnx or .pt2 program"
+    )
     p.add_argument("--topk", "--top-k", dest="top_k", type=int, default=1, help="show the K most probable classes per image")
     p.add_argument("--data", metavar="DATA", help="report accuracy on the test split of this CIFAR-10 source instead")
     p.add_argument("--batch-size", type=int, default=256)

@@ -1,10 +1,11 @@
 """``lit-kd ptq``: quantize a trained checkpoint at several bit widths and methods, print a table, write JSON.
 
 Every configuration is evaluated on the test set: our simulated PTQ (per bit width, observer, rounding, weight
-granularity, with and without the first and last layers kept at 8 bits), PyTorch's own INT8 (FX, x86; fp16 with
---pytorch-fp16, slow on CPU) and, with --engine nncf, NNCF's INT8 PTQ in OpenVINO, all calibrated on the same
-images. Accuracy drops are against the FP32 model on the same images. --export-dir DIR writes the INT8 models as
-deployable files (ours_w8a8.onnx QDQ and ours_w8a8.xml, nncf_*.xml, pytorch_int8.pt), each checked on the test set.
+granularity, with and without the first and last layers kept at 8 bits), PyTorch's own INT8 (--torch-flow: PT2E by
+default, or FX; x86; fp16 with --pytorch-fp16, slow on CPU) and, with --engine nncf, NNCF's INT8 PTQ in OpenVINO, all
+calibrated on the same images. Accuracy drops are against the FP32 model on the same images. --export-dir DIR writes
+the INT8 models as deployable files (ours_w8a8.onnx QDQ and ours_w8a8.xml, nncf_*.xml, and PyTorch's pytorch_int8.pt2
+program, or pytorch_int8.pt TorchScript with --torch-flow fx), each checked on the test set.
 """
 
 from __future__ import annotations
@@ -60,7 +61,13 @@ def parser() -> argparse.ArgumentParser:
         help="also NNCF's quantize_with_accuracy_control within this many points on --eval-images held-out training images",
     )
     p.add_argument("--export-dir", metavar="DIR", help="write the INT8 models as deployable files here, each checked on the test set")
-    p.add_argument("--torch-flow", choices=FLOWS, default="fx", help="PyTorch INT8: torch.ao FX or PT2E (torch.export, torch.compile)")
+    p.add_argument(
+        "--torch-flow",
+        choices=FLOWS,
+        default=PtqSettings.torch_flow,
+        help="PyTorch INT8: pt2e (torch.export + X86InductorQuantizer, INT8 kernels from torch.compile, which needs a C++ "
+        "compiler; the default) or fx (deprecated torch.ao FX graph mode: runs without a C++ toolchain)",
+    )
     p.add_argument("--threads", type=int, default=os.cpu_count())
     search = p.add_argument_group("mixed precision (with --max-drop: search per-layer weight widths instead of the table)")
     search.add_argument("--max-drop", type=float, help="accuracy budget in points on held-out training images, e.g. 1.0")

@@ -49,7 +49,10 @@ class FeatureTaps:
 
 def called_module(model: nn.Module, path: str) -> nn.Module:
     """The module whose output is the output of ``path``: the module itself, or in a ``GraphModule`` where the
-    container at ``path`` is not called, the last module called inside it."""
+    container at ``path`` is not called, the last module called inside it. A model that calls no submodules says why
+    in its ``untappable`` attribute (an error here)."""
+    if getattr(model, "untappable", None):
+        raise ValueError(f"cannot tap {path!r}: {model.untappable}")
     module = resolve_module(model, path)
     graph = getattr(model, "graph", None)
     if graph is None:

@@ -3,8 +3,9 @@
 - our W8A8 as an ONNX QDQ model (``ours_w8a8.onnx``, ONNX Runtime) and as an OpenVINO IR converted from it
   (``ours_w8a8.xml`` + ``.bin``; with the ``openvino`` extra);
 - NNCF's INT8 models as OpenVINO IR (``nncf_<preset>.xml``);
-- PyTorch's FX INT8 model as a frozen TorchScript program (``pytorch_int8.pt``: ``torch.jit.load``, x86 quantized
-  kernels).
+- PyTorch's INT8 model: the PT2E program (the default flow) as a ``torch.export`` archive (``pytorch_int8.pt2``:
+  :func:`lit_kd.quant.pt2e.load_program`, run through ``torch.compile``), or FX's as a frozen TorchScript program
+  (``pytorch_int8.pt``: ``torch.jit.load``, x86 quantized kernels).
 
 Every file is loaded back through :func:`lit_kd.artifacts.load_model` (what ``lit-kd classify`` and ``bench`` do)
 and evaluated on the same test images as the row it came from: accuracy and top-1 agreement with that row.
@@ -21,6 +22,7 @@ import torch.nn as nn
 from lit_kd.evaluation import fraction_equal, predictions
 
 TORCHSCRIPT_NAME = "pytorch_int8.pt"
+PROGRAM_NAME = "pytorch_int8.pt2"
 
 
 def save_torchscript(model: nn.Module, out: str | Path, example: torch.Tensor) -> Path:
@@ -81,7 +83,13 @@ def write_nncf(model, name: str, out_dir: Path, row: dict, row_pred, test, truth
     return [check_file(save_ir(model, out_dir / f"{name}.xml"), "openvino", row, row_pred, test, truth)]
 
 
-def write_pytorch_int8(model: nn.Module, out_dir: Path, row: dict, row_pred, test, truth) -> list[dict]:
-    """PyTorch's FX INT8 model as ``pytorch_int8.pt`` (TorchScript)."""
+def write_pytorch_int8(model: nn.Module, flow: str, out_dir: Path, row: dict, row_pred, test, truth) -> list[dict]:
+    """PyTorch's INT8 model of ``flow``: PT2E's program as ``pytorch_int8.pt2`` (``torch.export``), FX's as
+    ``pytorch_int8.pt`` (TorchScript)."""
+    if flow == "pt2e":
+        from lit_kd.quant.pt2e import save_program
+
+        path = save_program(model, out_dir / PROGRAM_NAME, (1, *test[0][0].shape[1:]))
+        return [check_file(path, "pytorch int8 (pt2e program, compiled)", row, row_pred, test, truth)]
     path = save_torchscript(model, out_dir / TORCHSCRIPT_NAME, test[0][0][:2])
     return [check_file(path, "pytorch int8 (torchscript)", row, row_pred, test, truth)]

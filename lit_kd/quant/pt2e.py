@@ -126,6 +126,11 @@ class QatProgram(nn.Module):
     ``allow_exported_model_train_eval`` follows neither the flag nor the restore, and a forward pre-hook would act one
     call late (the module's ``forward`` is bound before hooks run)."""
 
+    untappable = (
+        "a PT2E QAT program calls no submodules (its graph is inlined), so forward hooks see no features; "
+        "use QuantizationAwareTraining(flow='fx') for a distillation loss on features"
+    )
+
     def __init__(self, program: torch.fx.GraphModule):
         super().__init__()
         self.program = allow_mode_calls(program)
@@ -253,13 +258,23 @@ def unsafe_entries(path: str | Path) -> list[str]:
     return found
 
 
+PROGRAM_EXPECTED = "expected a PT2E INT8 program of plain tensors as lit-kd writes (lit_kd.quant.pt2e.save_program)"
+
+
 def load_program(path: str | Path) -> nn.Module:
     """The converted program saved by :func:`save_program`, as a module. An archive with an entry that would be
-    unpickled (see :func:`unsafe_entries`) is refused with a ValueError, so loading a file runs no code from it."""
+    unpickled (see :func:`unsafe_entries`) is refused with a one-line ValueError naming the file and what was expected,
+    so loading a file runs no code from it; so is a file that is no ``torch.export`` archive."""
     path = Path(path)
     if not zipfile.is_zipfile(path):
-        raise ValueError(f"{str(path)!r} is not a torch.export archive (.pt2)")
+        raise ValueError(f"{str(path)!r} is not a torch.export archive (.pt2); {PROGRAM_EXPECTED}")
     unsafe = unsafe_entries(path)
     if unsafe:
-        raise ValueError(f"{str(path)!r} has entries that are unknown or would be unpickled ({', '.join(unsafe[:3])})); not loaded")
-    return allow_mode_calls(torch.export.load(path).module())
+        raise ValueError(f"{str(path)!r} has entries that are unknown or would be unpickled ({', '.join(unsafe[:3])}); {PROGRAM_EXPECTED}")
+    _torchao()  # registers the quantize/dequantize ops the graph calls (a fresh process has not imported torchao yet)
+    try:
+        program = torch.export.load(path).module()
+    except Exception as err:  # torch.export raises KeyError, RuntimeError, SerializeError ... for archives it cannot read
+        detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{str(path)!r} is not a program torch.export.load can read ({detail}); {PROGRAM_EXPECTED}") from None
+    return allow_mode_calls(program)

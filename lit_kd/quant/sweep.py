@@ -3,12 +3,12 @@ at several bit widths and methods, each configuration evaluated on the test set,
 mixed-precision search of per-layer weight widths.
 
 Every configuration is evaluated on the test set: our simulated PTQ (per bit width, observer, rounding, weight
-granularity, with and without the first and last layers kept at 8 bits), PyTorch's own INT8 (FX, x86; fp16 with
-``pytorch_fp16``) and, with ``engine`` naming ``nncf``, NNCF's INT8 PTQ in OpenVINO (presets, and accuracy control
-within ``nncf_max_drop`` points on held-out training images; no rows, and the JSON's ``engines_not_installed`` names
-it, where the ``openvino`` extra is missing), all calibrated on the same images. Accuracy drops are
-against the FP32 model on the same images. With ``export_dir`` the INT8 models are also written as files a user
-deploys and checked on the test set after writing (:mod:`lit_kd.quant.deployables`).
+granularity, with and without the first and last layers kept at 8 bits), PyTorch's own INT8 (``torch_flow``: PT2E by
+default, or FX; x86; fp16 with ``pytorch_fp16``) and, with ``engine`` naming ``nncf``, NNCF's INT8 PTQ in OpenVINO
+(presets, and accuracy control within ``nncf_max_drop`` points on held-out training images; no rows, and the JSON's
+``engines_not_installed`` names it, where the ``openvino`` extra is missing), all calibrated on the same images.
+Accuracy drops are against the FP32 model on the same images. With ``export_dir`` the INT8 models are also written as
+files a user deploys and checked on the test set after writing (:mod:`lit_kd.quant.deployables`).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ ENGINE_PACKAGES = {"nncf": ("nncf", "openvino")}  # an engine whose packages are
 NNCF_PRESETS = ("performance", "mixed")
 PTQ_QAT_ADVICE = (
     "Give the float checkpoint the QAT run started from (its init_ckpt); the QAT run's own INT8 model is its "
-    "int8_model.pt (lit_kd.quant.torch_qat.load_int8_model)."
+    "int8_model.pt2 or, from a flow fx run, int8_model.pt (lit_kd.artifacts.load_model reads either)."
 )
 
 
@@ -73,7 +73,7 @@ class PtqSettings:
     nncf_preset: list[str] = field(default_factory=lambda: ["performance", "mixed"])
     nncf_max_drop: float | None = None
     export_dir: str | None = None
-    torch_flow: str = "fx"
+    torch_flow: str = "pt2e"  # "fx" stays selectable: it runs without a C++ compiler (PT2E's INT8 kernels come from inductor)
     threads: int | None = field(default_factory=os.cpu_count)
     max_drop: float | None = None
     candidates: list[int] = field(default_factory=lambda: [2, 4, 8])
@@ -216,8 +216,8 @@ def ptq_table(model: nn.Module, ckpt: str, data_source: str, s: PtqSettings) -> 
         int8, pred = add(
             "pytorch", 8, 8, f"{s.torch_flow} x86 histogram", "per_channel", False, lambda: quantize_int8(model, calib, flow=s.torch_flow)
         )
-        if out_dir and s.torch_flow == "fx":  # a PT2E program is saved by torch.export, not TorchScript
-            deployables += write_pytorch_int8(int8, out_dir, rows[-1], pred, test, truth)
+        if out_dir:
+            deployables += write_pytorch_int8(int8, s.torch_flow, out_dir, rows[-1], pred, test, truth)
     if "nncf" in engines:
         from lit_kd.quant.nncf_ptq import method_name, nncf_network
 

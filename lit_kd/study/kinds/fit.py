@@ -82,6 +82,8 @@ class Fit(Kind):
         from lit_kd.artifacts import network_facts
         from lit_kd.callbacks.study_progress import FitOutcome, StageProgress, reshaping_callbacks
         from lit_kd.lightning_cli import run
+        from lit_kd.quant.pt2e import INT8_PROGRAM_FILE
+        from lit_kd.quant.torch_qat import INT8_FILE
 
         stage_dir = ctx.stage_dir(stage.name)
         config_path = stage_dir / "stage_config.yaml"
@@ -99,14 +101,10 @@ class Fit(Kind):
         best = str(ckpt_dir / "last.ckpt") if reshaped else trainer.checkpoint_callback.best_model_path or str(ckpt_dir / "last.ckpt")
         tested = trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best, verbose=False)
         outputs = {"ckpt": best, "last": str(ckpt_dir / "last.ckpt"), "run_dir": str(stage_dir / RUN_DIR), "config": str(config_path)}
-        int8 = ckpt_dir / "int8_model.pt"
-        if int8.is_file():
+        int8 = next((ckpt_dir / f for f in (INT8_PROGRAM_FILE, INT8_FILE) if (ckpt_dir / f).is_file()), None)  # PT2E or FX QAT
+        if int8:
             outputs["int8"] = str(int8)
-        metrics = {
-            "test_acc": float(tested[0]["test/acc"]),
-            **outcome.metrics,
-            **network_facts(best, int8 if int8.is_file() else None),
-        }
+        metrics = {"test_acc": float(tested[0]["test/acc"]), **outcome.metrics, **network_facts(best, int8)}
         return outputs, metrics, fit_command(stage_dir, best)
 
     def report(self, rep: ReportInput) -> list[tuple[int, Section]]:
