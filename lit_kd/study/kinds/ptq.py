@@ -1,6 +1,11 @@
 """The ``ptq`` kind: ``lit-kd ptq`` on a checkpoint (a sweep of widths and methods, or with ``max_drop`` a
 mixed-precision search); its report section (the PTQ table, or the chosen per-layer widths and the Pareto plot)
-and its headline rows (our PTQ at W8A8, W4A4, W2A8 with AdaRound, PyTorch's INT8, the mixed-precision choice)."""
+and its headline rows (our PTQ at W8A8, W4A4, W2A8 with AdaRound, PyTorch's INT8, the mixed-precision choice).
+
+Under the ``held_out`` protocol a stage evaluates every configuration also on the study's held-out training images
+(``held_out: true``, ``eval_images``: the fit stages' validation images) and each headline row is the configuration
+best on those, with its test accuracy; a mixed-precision search measures its budget on the same images. Under
+``seed`` (and in files without held-out accuracies) a headline row is the configuration best on the test set."""
 
 from __future__ import annotations
 
@@ -12,11 +17,20 @@ from lit_kd.study.kinds.base import MIXED_ROWS, PTQ, PTQ_ROWS, ReportInput, Row
 from lit_kd.study.kinds.step import StepError, StepKind, float_network, split
 from lit_kd.study.render import Figure, Section, Table, on_images, pct, points
 from lit_kd.study.results import MixedPrecisionRecord, PtqRow, Results
+from lit_kd.study.spec import Stage
 
 
 class Ptq(StepKind):
     name, outputs = "ptq", ("json",)
     out_file, files = "ptq.json", {"json": "ptq.json"}
+
+    def apply_protocol(self, stage: Stage, protocol: str, validation_images: int) -> None:
+        if protocol != "held_out":
+            return
+        flags = stage.spec["ptq"] = dict(stage.spec["ptq"] or {})
+        flags.setdefault("eval_images", validation_images)  # the images the fit stages validated on
+        if flags.get("max_drop") is None:
+            flags.setdefault("held_out", True)
 
     def call(self, settings: dict) -> dict:
         from lit_kd.quant.sweep import PTQ_QAT_ADVICE, PtqError, PtqSettings, run_ptq
@@ -58,14 +72,19 @@ def ptq_table(manifest: dict) -> tuple[Table, list[PtqRow]]:
     for r in result["rows"]:
         data.append(PtqRow.from_dict({**r, "drop": fp32 - r["acc"]}))
         rows.append(ptq_row(data[-1]))
-    return Table(
-        ["runtime", "bits", "method", "granularity", "first/last 8-bit", "test accuracy", "drop (points)", "same top-1 as FP32"],
-        rows,
-        f"{result['test_images']} test images, {result['calib_images']} calibration images from the training set.",
-    ), data
+    header = ["runtime", "bits", "method", "granularity", "first/last 8-bit", "test accuracy", "drop (points)", "same top-1 as FP32"]
+    caption = f"{result['test_images']} test images, {result['calib_images']} calibration images from the training set."
+    if any(r.held_out_acc is not None for r in data):
+        header.append(f"accuracy on {result['held_out_images']:,} held-out images")
+        caption += (
+            f" The last column: the same configurations on {result['held_out_images']:,} training images held out from "
+            "calibration and training; the key results choose each headline configuration by it, never by the test set."
+        )
+    return Table(header, rows, caption), data
 
 
 def ptq_row(r: PtqRow) -> list[str]:
+    """A row of the PTQ table (with a last cell for the held-out accuracy when the row has one)."""
     return [
         r.runtime,
         f"W{r.weight_bits}A{r.act_bits}",
@@ -75,6 +94,7 @@ def ptq_row(r: PtqRow) -> list[str]:
         pct(r.acc),
         f"{100 * r.drop:.2f}",
         pct(r.agree_fp32),
+        *([pct(r.held_out_acc)] if r.held_out_acc is not None else []),
     ]
 
 
@@ -116,19 +136,28 @@ def mixed_precision_section(name: str, result: dict, fig_dir: Path) -> Section:
 
 # ------------------------------------------------------------------------------------------------ headline
 def ptq_rows(results: Results) -> list[Row]:
-    measured = []  # (stage, row, fp32 accuracy, test images)
+    """Headline rows of the PTQ tables: per label, the configuration best on held-out training images where every
+    candidate has a held-out accuracy (protocol held_out), else the one best on the test set."""
+    measured = []  # (stage, row, fp32 accuracy, test images, held-out images)
     for stage, rows in (results.ptq or {}).items():
         fp32 = next((r.acc for r in rows if r.runtime == "fp32"), None)
-        images = (results.stages[stage].metrics if stage in results.stages else {}).get("test_images")
-        measured += [(stage, r, fp32, images) for r in rows if r.runtime != "fp32" and fp32 is not None]
+        metrics = results.stages[stage].metrics if stage in results.stages else {}
+        held = metrics.get("held_out_images")
+        measured += [(stage, r, fp32, metrics.get("test_images"), held) for r in rows if r.runtime != "fp32" and fp32 is not None]
 
     def row(label: str, candidates: list) -> list[Row]:
         if not candidates:
             return []
-        stage, r, fp32, images = min(candidates, key=lambda c: c[1].drop)
+        on_held_out = all(c[1].held_out_acc is not None for c in candidates)
+        if on_held_out:
+            stage, r, fp32, images, held = max(candidates, key=lambda c: c[1].held_out_acc)
+        else:
+            stage, r, fp32, images, held = min(candidates, key=lambda c: c[1].drop)
         granularity = r.granularity.replace("_", "-") if r.granularity != "-" else ""
         details = ", ".join(x for x in (r.method, granularity, "first/last layer 8-bit" if r.first_last_8bit else "") if x)
         best_of = f"; best of {len(candidates)}" if len(candidates) > 1 else ""
+        if best_of and on_held_out:  # the choice, and what it was made on
+            best_of += f" on {held:,} held-out training images" if held else " on held-out training images"
         return [(f"{label} `{stage}` ({details}{best_of})", pct(r.acc), f"{points(r.acc - fp32)} vs FP32 {pct(fp32)}{on_images(images)}")]
 
     def ours(wb: int, ab: int, adaround: bool = False) -> list:
