@@ -58,7 +58,8 @@ def test_fit_stage_config_applies_overrides_data_and_the_study_logger(tmp_path):
     study = load_study(write_study(tmp_path, {"s": {"fit": "c.yaml", "overrides": {"trainer.max_epochs": 1}}}))
     stage = study.stages["s"]
     config = stage_config(Context(study, tmp_path / "out", "data.zip"), stage, stage.spec)
-    assert config["trainer"]["max_epochs"] == 1 and config["data"]["init_args"] == {"batch_size": 8, "data_dir": "data.zip"}
+    assert config["trainer"]["max_epochs"] == 1  # the default protocol, held_out, validates on 5,000 training images
+    assert config["data"]["init_args"] == {"batch_size": 8, "val_split": 5000, "data_dir": "data.zip"}
     assert config["trainer"]["logger"]["init_args"]["save_dir"] == str(tmp_path / "out" / "s")
 
 
@@ -252,7 +253,7 @@ def test_a_registered_kind_runs_in_a_study_and_shows_in_its_report(tmp_path, tin
     assert report.index("## Key results") < report.index("| Count `first` | 0 |") < report.index("## Counted")
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["stages"]["again"]["metrics"] == {"stages": 1, "word": "more"}
-    assert results["findings"][0] == {"what": "Count `first`", "result": "0", "compared with": ""}
+    assert results["findings"][0] == {"what": "Count `first`", "result": "0", "compared with": "", "protocol": "held_out"}
     with pytest.raises(StudyError, match="a count stage has outputs \\['json'\\]"):
         load_study(write_study(tmp_path, {"c": {"count": {}}, "p": {"ptq": {"ckpt": "${c.onnx}"}}}))
 

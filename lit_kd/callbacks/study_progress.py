@@ -43,16 +43,17 @@ class StageProgress(L.Callback):
 
 
 class FitOutcome(L.Callback):
-    """What a fit stage's manifest reports about training, read when fit ends: epochs, best validation accuracy, why
-    it stopped, and the teacher's checked accuracy. Read then because ``trainer.test(ckpt_path=...)`` restores every
-    callback's state from that checkpoint (Lightning 2.6), e.g. a plateau rule's ``stopped_epoch`` from a best
-    checkpoint written before the rule fired.
+    """What a fit stage's manifest reports about training, read when fit ends: epochs, best and last validation
+    accuracy (the last: of the last validation, the state ``last.ckpt`` holds), why it stopped, and the teacher's
+    checked accuracy. Read then because ``trainer.test(ckpt_path=...)`` restores every callback's state from that
+    checkpoint (Lightning 2.6), e.g. a plateau rule's ``stopped_epoch`` from a best checkpoint written before the rule
+    fired.
 
     Example::
 
         outcome = FitOutcome()
         trainer = L.Trainer(callbacks=[outcome]); trainer.fit(model, datamodule)
-        outcome.metrics   # {"best_val_acc": 0.91, "epochs": 12, "stop_reason": "plateau rule ...", ...}
+        outcome.metrics   # {"best_val_acc": 0.91, "last_val_acc": 0.9, "epochs": 12, "stop_reason": "plateau rule ...", ...}
     """
 
     def __init__(self) -> None:
@@ -60,8 +61,10 @@ class FitOutcome(L.Callback):
 
     def on_fit_end(self, trainer, pl_module) -> None:
         score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
+        last = trainer.callback_metrics.get("val/acc")
         self.metrics = {
             "best_val_acc": float("nan") if score is None else float(score),
+            "last_val_acc": float("nan") if last is None else float(last),
             "epochs": trainer.current_epoch,
             "stop_reason": stop_reason(trainer),
             "teacher_val_acc": getattr(pl_module, "teacher_val_acc", None),

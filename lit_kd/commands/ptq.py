@@ -69,6 +69,11 @@ def parser() -> argparse.ArgumentParser:
         "compiler; the default) or fx (deprecated torch.ao FX graph mode: runs without a C++ toolchain)",
     )
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument(
+        "--held-out",
+        action="store_true",
+        help="also evaluate every row on --eval-images training images held out from calibration (to choose a row without the test set)",
+    )
     search = p.add_argument_group("mixed precision (with --max-drop: search per-layer weight widths instead of the table)")
     search.add_argument("--max-drop", type=float, help="accuracy budget in points on held-out training images, e.g. 1.0")
     search.add_argument("--candidates", type=int, nargs="+", default=[2, 4, 8], help="weight widths to choose from")
@@ -81,7 +86,7 @@ def parser() -> argparse.ArgumentParser:
         help="other activation widths for some layers' inputs, e.g. conv1=8 linear=8 (the image and the pooled features)",
     )
     search.add_argument("--cost", choices=COSTS, default="bits", help="what the allocation minimises")
-    search.add_argument("--eval-images", type=int, default=5000, help="training images held out to evaluate allocations on")
+    search.add_argument("--eval-images", type=int, default=5000, help="held-out training images to evaluate allocations (or rows) on")
     search.add_argument("--evaluations", type=int, default=8, help="evenly spaced allocations evaluated for the front")
     p.add_argument("--out", default="results/ptq.json")
     return p

@@ -7,8 +7,10 @@ granularity, with and without the first and last layers kept at 8 bits), PyTorch
 default, or FX; x86; fp16 with ``pytorch_fp16``) and, with ``engine`` naming ``nncf``, NNCF's INT8 PTQ in OpenVINO
 (presets, and accuracy control within ``nncf_max_drop`` points on held-out training images; no rows, and the JSON's
 ``engines_not_installed`` names it, where the ``openvino`` extra is missing), all calibrated on the same images.
-Accuracy drops are against the FP32 model on the same images. With ``export_dir`` the INT8 models are also written as
-files a user deploys and checked on the test set after writing (:mod:`lit_kd.quant.deployables`).
+Accuracy drops are against the FP32 model on the same images; with ``held_out`` also on ``eval_images`` training
+images held out from calibration (``held_out_acc``: a choice that never reads the test set, the held_out protocol).
+With ``export_dir`` the INT8 models are also written as files a user deploys and checked on the test set after
+writing (:mod:`lit_kd.quant.deployables`).
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ class PtqSettings:
     cost: str = "bits"
     eval_images: int = 5000
     evaluations: int = 8
+    held_out: bool = False
 
     @classmethod
     def names(cls) -> list[str]:
@@ -108,10 +111,12 @@ class PtqSettings:
             return f"--nncf-max-drop is an accuracy budget in points, >= 0; got {self.nncf_max_drop}"
         if self.search and ("nncf" in self.engine or self.export_dir):
             return "--engine nncf and --export-dir make table rows and files; run them without --max-drop (NNCF's budget: --nncf-max-drop)"
+        if self.held_out and self.search:
+            return "--held-out applies to the table; a --max-drop search always measures on --eval-images held-out images"
         if self.nncf_max_drop is not None and "nncf" not in self.engine:
             return "--nncf-max-drop applies to NNCF's accuracy control: add --engine nncf"
         names = ["calib_batches", "batch_size", "threads", "test_images", "adaround_iterations"]
-        for name in names + (["eval_images", "evaluations"] if self.search or self.nncf_max_drop is not None else []):
+        for name in names + (["eval_images", "evaluations"] if self.search or self.held_out or self.nncf_max_drop is not None else []):
             value = getattr(self, name)
             if value is not None and value < 1:
                 return f"--{name.replace('_', '-')} must be >= 1, got {value}"
@@ -149,24 +154,29 @@ def parse_layer_bits(flag: str, values: list[str]) -> dict[str, int]:
 
 
 def load_data(source: str, val_split: int = 0):
-    """The CIFAR-10 data module, read now: a source that cannot be read is a :class:`PtqError`."""
+    """The CIFAR-10 data module, read now, ``val_split`` (``--eval-images``) stratified training images held out: those
+    a fit stage with the same ``val_split`` validates on. Data that cannot be read, or too many held out: :class:`PtqError`."""
     from lit_kd.data import CIFAR10DataModule
 
     data = CIFAR10DataModule(source, val_split=val_split)
     try:
         data.setup()
     except (FileNotFoundError, ValueError) as err:
+        if val_split and "leaves no training images" in str(err):
+            available = len(load_data(source).splits["train"])
+            raise PtqError(f"--eval-images {val_split} leaves no training images to calibrate on ({available} in --data)") from None
         raise PtqError(f"--data: {err}") from None
     return data
 
 
 def ptq_table(model: nn.Module, ckpt: str, data_source: str, s: PtqSettings) -> dict:
-    """Every configuration of ``s`` on the test set: one row each, printed as it is measured."""
+    """Every configuration of ``s`` on the test set (and with ``held_out`` on held-out images), printed as measured."""
     torch.set_num_threads(s.threads)
-    held_out_images = s.eval_images if s.nncf_max_drop is not None else 0  # NNCF's accuracy control validates on them
+    held_out_images = s.eval_images if s.nncf_max_drop is not None or s.held_out else 0  # NNCF's accuracy control, rows
     data = load_data(data_source, val_split=held_out_images)
     calib = list(data.normalized_batches("train", s.batch_size, s.calib_batches * s.batch_size, shuffle=True))
     test = list(data.normalized_batches("test", EVAL_BATCH, s.test_images))
+    held = list(data.normalized_batches("val", EVAL_BATCH)) if s.held_out else []
     out_dir = Path(s.export_dir) if s.export_dir else None
     missing = missing_extras(s.engine, ENGINE_PACKAGES)
     for engine, extra in missing.items():
@@ -187,6 +197,7 @@ def ptq_table(model: nn.Module, ckpt: str, data_source: str, s: PtqSettings) -> 
             "acc": fp32,
             "agree_fp32": 1.0,
             "seconds": 0.0,
+            **({"held_out_acc": accuracy(model, held)} if held else {}),
         }
     ]
 
@@ -205,6 +216,7 @@ def ptq_table(model: nn.Module, ckpt: str, data_source: str, s: PtqSettings) -> 
                 "acc": fraction_equal(pred, truth),
                 "agree_fp32": fraction_equal(pred, fp32_pred),
                 "seconds": round(time.perf_counter() - start, 1),
+                **({"held_out_acc": accuracy(qmodel, held)} if held else {}),
             }
         )
         print_row(rows[-1], fp32)
@@ -221,7 +233,7 @@ def ptq_table(model: nn.Module, ckpt: str, data_source: str, s: PtqSettings) -> 
     if "nncf" in engines:
         from lit_kd.quant.nncf_ptq import method_name, nncf_network
 
-        held_out = list(data.normalized_batches("val", EVAL_BATCH)) if held_out_images else None
+        held_out = held or (list(data.normalized_batches("val", EVAL_BATCH)) if held_out_images else None)
         jobs = [(p, None) for p in s.nncf_preset] + ([(s.nncf_preset[-1], s.nncf_max_drop)] if s.nncf_max_drop is not None else [])
         for preset, budget in jobs:
             built: dict = {}
@@ -283,10 +295,11 @@ def ptq_table(model: nn.Module, ckpt: str, data_source: str, s: PtqSettings) -> 
 
 
 def print_row(row: dict, fp32: float) -> None:
+    held = f" held-out={row['held_out_acc']:.4f}" if "held_out_acc" in row else ""
     print(
         f"{row['runtime']:8s} W{row['weight_bits']}A{row['act_bits']} {row['method']:28s} {row['granularity']:12s} "
         f"first/last 8b={row['first_last_8bit']!s:5s} acc={row['acc']:.4f}"
-        f" agree={row['agree_fp32']:.4f} drop={100 * (fp32 - row['acc']):+.2f} pts ({row['seconds']} s)",
+        f" agree={row['agree_fp32']:.4f} drop={100 * (fp32 - row['acc']):+.2f} pts{held} ({row['seconds']} s)",
         flush=True,
     )
 
@@ -297,7 +310,9 @@ def print_table(result: dict) -> None:
 
     fp32 = result["fp32_acc"]
     table = Table(title=f"Post-training quantization of {result['checkpoint']} ({result['test_images']} test images)")
-    for col in ("runtime", "bits (W/A)", "method", "granularity", "first/last 8-bit", "test acc", "drop vs FP32", "same top-1 as FP32"):
+    held = "held_out_acc" in result["rows"][0]
+    columns = ("runtime", "bits (W/A)", "method", "granularity", "first/last 8-bit", "test acc", "drop vs FP32", "same top-1 as FP32")
+    for col in columns + ((f"acc on {result['held_out_images']} held-out",) if held else ()):
         table.add_column(col, justify="left" if col in ("runtime", "method", "granularity") else "right")
     for r in result["rows"]:
         table.add_row(
@@ -309,6 +324,7 @@ def print_table(result: dict) -> None:
             f"{100 * r['acc']:.2f} %",
             f"{100 * (fp32 - r['acc']):.2f} pts",
             f"{100 * r['agree_fp32']:.2f} %",
+            *([f"{100 * r['held_out_acc']:.2f} %"] if held else []),
         )
     Console(width=None if sys.stdout.isatty() else 160).print(table)  # logs and pipes get the full table
 
@@ -321,9 +337,6 @@ def ptq_search(model: nn.Module, ckpt: str, data_source: str, s: PtqSettings, ou
     from lit_kd.quant.search_report import pareto_plot, print_search
 
     torch.set_num_threads(s.threads)
-    available = len(load_data(data_source).splits["train"])
-    if s.eval_images >= available:
-        raise PtqError(f"--eval-images {s.eval_images} leaves no training images to calibrate on ({available} in --data)")
     data = load_data(data_source, val_split=s.eval_images)
     calib = list(data.normalized_batches("train", s.batch_size, s.calib_batches * s.batch_size, shuffle=True))
     held_out = list(data.normalized_batches("val", EVAL_BATCH))

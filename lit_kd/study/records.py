@@ -1,10 +1,10 @@
 """Typed records that read and write JSON: strict reading, field order kept on writing, and a JSON Schema.
 
 A record is a keyword-only dataclass deriving from :class:`Record`. Reading (``from_dict``) refuses unknown and
-missing keys, naming the path to them, and builds nested records; writing (``to_dict``) keeps the field order and
-leaves out optional fields that hold ``None``. Field metadata: ``OPTIONAL`` (may be absent; not written when
-``None``), ``ABSENT_OK`` (may be absent in files written before it existed; always written), ``key("name with
-spaces")`` (the JSON name of the field). Example::
+missing keys, naming the path to them, and builds nested records; writing (``to_dict``) keeps the field order
+(``protocol``, the base's field, last) and leaves out optional fields that hold ``None``. Field metadata:
+``OPTIONAL`` (may be absent; not written when ``None``), ``ABSENT_OK`` (may be absent in files written before it
+existed; always written), ``key("name with spaces")`` (the JSON name of the field). Example::
 
     @dataclass(kw_only=True)
     class Point(Record):
@@ -133,12 +133,29 @@ class Record:
 
     def to_dict(self) -> dict:
         out = {}
-        for f in dataclasses.fields(self):
+        fields = dataclasses.fields(self)
+        for f in [*fields[1:], fields[0]]:  # ``protocol``, the base's field, is written last
             value = getattr(self, f.name)
             if value is None and f.metadata.get("optional"):
                 continue
             out[_json_name(f)] = _write(value)
         return out
+
+
+def stamp_protocol(value: Any, protocol: str) -> None:
+    """Set ``protocol`` on ``value`` and on every record it holds (lists and mappings too) that states none."""
+    if isinstance(value, Record):
+        if value.protocol is None:
+            value.protocol = protocol
+        for f in dataclasses.fields(value):
+            if f.name != "protocol":
+                stamp_protocol(getattr(value, f.name), protocol)
+    elif isinstance(value, list):
+        for v in value:
+            stamp_protocol(v, protocol)
+    elif isinstance(value, dict):
+        for v in value.values():
+            stamp_protocol(v, protocol)
 
 
 # ------------------------------------------------------------------------------------------------ JSON Schema

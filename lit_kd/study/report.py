@@ -16,6 +16,7 @@ from lit_kd.study.headline import headline_rows
 from lit_kd.study.kinds import KINDS
 from lit_kd.study.kinds.base import ReportInput
 from lit_kd.study.manifest import describe_code, portable_command, wall_time
+from lit_kd.study.records import stamp_protocol
 from lit_kd.study.render import Section, Table, minutes, to_html, to_markdown
 from lit_kd.study.results import Finding, Results, StageRecord
 from lit_kd.study.spec import Study
@@ -39,6 +40,14 @@ def validation_note(manifests: dict[str, dict]) -> str:
     )
 
 
+def label_tables(sections: list[Section], protocol: str) -> None:
+    """End the caption of every table in ``sections`` with the protocol that produced its numbers."""
+    for section in sections:
+        for block in section.blocks:
+            if isinstance(block, Table):
+                block.caption = f"{block.caption} Protocol: {protocol}.".strip()
+
+
 def _intro(study: Study, out: Path, manifests: dict[str, dict], data: str | None) -> Section:
     env = next((m["environment"] for m in manifests.values() if m.get("environment")), {})
     cpu = env.get("cpu", {})
@@ -55,6 +64,7 @@ def _intro(study: Study, out: Path, manifests: dict[str, dict], data: str | None
             f"Wall time of all stages: {minutes(total)}. "
             f"The commands below write `<out>` for the study's folder, `{out.resolve()}`"
             + (f", and `<data>` for the data set, `{data}`." if data else "."),
+            study.protocol_text() + " Every table below names the protocol that produced it.",
             validation_note(manifests),
         ],
     )
@@ -62,7 +72,7 @@ def _intro(study: Study, out: Path, manifests: dict[str, dict], data: str | None
 
 def build(study: Study, out: Path, manifests: dict[str, dict], report_settings: dict, images=None) -> tuple[list[Section], Results]:
     """The report's sections and its typed results, from the manifests of the stages it reads."""
-    results = Results(study=study.path.name, description=study.description)
+    results = Results(study=study.path.name, description=study.description, protocol=study.protocol)
     for name, m in manifests.items():
         results.stages[name] = StageRecord.from_dict(
             {k: m.get(k) for k in ("kind", "status", "outputs", "metrics", "command", "wall_s", "seed", "group")}, name
@@ -78,6 +88,8 @@ def build(study: Study, out: Path, manifests: dict[str, dict], report_settings: 
     key_table = Table(["what", "result", "compared with"], [list(r) for r in rows], "The README's headline table shows these rows.")
     results.findings = [Finding(what=w, result=r, compared_with=c) for w, r, c in rows] + [Finding(what=n) for n in notes]
     sections.insert(1, Section("Key results", [b for b in (key_table if rows else None, "\n".join(f"- {n}" for n in notes)) if b]))
+    label_tables(sections[1:], study.protocol)
+    stamp_protocol(results, study.protocol)
 
     def short(command: str) -> str:
         return portable_command(command, out, data, "<data>")

@@ -85,7 +85,8 @@ class ExamplesRecord(Record):
 
 @dataclass(kw_only=True)
 class PtqRow(Record):
-    """One post-training quantization configuration: runtime, widths, method, test accuracy, drop from FP32."""
+    """One post-training quantization configuration: runtime, widths, method, test accuracy, drop from FP32, and
+    (``lit-kd ptq --held-out``) accuracy on held-out training images, which the held_out protocol chooses by."""
 
     runtime: str
     weight_bits: int | None
@@ -97,6 +98,7 @@ class PtqRow(Record):
     agree_fp32: float | None
     seconds: float | None = field(default=None, metadata=OPTIONAL)
     agree_simulation: float | None = field(default=None, metadata=OPTIONAL)  # integer-arithmetic row: same top-1 as its simulation
+    held_out_acc: float | None = field(default=None, metadata=OPTIONAL)  # on held-out training images (protocol held_out)
     drop: float
     engine: str | None = field(default=None, metadata=OPTIONAL)  # whose quantization: ours, PyTorch FX/PT2E, NNCF (OpenVINO)
     kernels: str | None = field(default=None, metadata=OPTIONAL)  # "simulated (fake-quant)" or "real INT8 kernels", ...

@@ -1,12 +1,14 @@
 """A study file: named stages, what each consumes from earlier ones, checked as a whole before anything runs.
 
     description: what the study is for
+    protocol: held_out                                  # or seed (see PROTOCOLS); held_out is the default
+    validation_images: 5000                             # held_out: training images held out as validation
     fit_overrides: {data.init_args.train_size: 5000}    # applied to every fit stage, before its own overrides
     stages:
       teacher:  {weights: ../../weights/resnet20.pt, model: resnet20}       # shipped weights stand in for training
       student:  {fit: ../cifar_cpu/student.yaml, seeds: [0, 1]}            # LightningCLI fit + test
       kd:       {fit: ../cifar_cpu/kd_logits.yaml, overrides: {model.init_args.teacher_ckpt: "${teacher.ckpt}"}}
-      best:     {select: [student, kd]}                                     # the best of these by test accuracy
+      best:     {select: [student, kd]}                                     # the best of these (held-out accuracy)
       ptq:      {ptq: {ckpt: "${teacher.ckpt}", bits: [8, 4]}}              # a step: lit-kd ptq with these flags
       report:   {report: {}}
 
@@ -14,6 +16,13 @@ Conventions: paths are relative to the study file; ``${here}`` is the study file
 names an output of an earlier stage (each kind's ``outputs``, :mod:`lit_kd.study.kinds`); override keys are dotted
 paths into the stage's config (``trainer.callbacks.0.init_args.init_ckpt``; list items by index). A stage with ``seeds`` expands into
 ``<stage>.seed<N>`` stages (``seed_everything`` set), and ``select`` may name the group.
+
+The protocol decides what every choice reads (each kind applies it to its stages: :meth:`Kind.apply_protocol`).
+``held_out``: ``validation_images`` stratified training images are the validation set of every fit stage
+(``data.init_args.val_split``, unless ``fit_overrides`` or the stage's overrides set it), so the plateau rule and
+``best.ckpt`` read them; a fit stage without a stopping rule reports its last epoch; ``select`` compares validation
+accuracy; a ptq stage evaluates every configuration on the same held-out images and its headline picks by them.
+``seed``: the configs as they are (the shipped ones validate on the test set) and every choice reads test accuracy.
 """
 
 from __future__ import annotations
@@ -25,6 +34,14 @@ from typing import Any
 
 import yaml
 
+PROTOCOLS = {
+    "held_out": "{n:,} training images held out as validation drive every choice (plateau rule, checkpoint, select, "
+    "PTQ and mixed-precision configuration); fixed-length schedules report their last epoch; the test set is read once "
+    "per final model",
+    "seed": "as the task prescribes: Adam without a scheduler, the plateau rule, the best checkpoint and every choice "
+    "read test accuracy, so the reported test accuracies are optimistic by that selection",
+}
+VALIDATION_IMAGES = 5000  # held_out: the default size of the validation set held out from the training images
 REFERENCE = re.compile(r"\$\{([A-Za-z0-9_.\-]+)\}")
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]*$")
 
@@ -49,6 +66,12 @@ class Study:
     description: str
     stages: dict[str, Stage]  # in execution order (a topological order that keeps the file's order where it can)
     groups: dict[str, list[str]]  # seeded stage -> its expanded stages
+    protocol: str = "held_out"  # "held_out" or "seed" (PROTOCOLS)
+    validation_images: int = VALIDATION_IMAGES  # held_out: the training images held out as validation
+
+    def protocol_text(self) -> str:
+        """The protocol and what it means, in one sentence."""
+        return f"Protocol `{self.protocol}`: " + PROTOCOLS[self.protocol].format(n=self.validation_images) + "."
 
     @property
     def here(self) -> Path:
@@ -109,9 +132,11 @@ def load_study(path: str | Path, use: dict[str, str] | None = None, without: lis
     raw = load_yaml(path, f"study file {str(path)!r} does not exist", f"study file {path}: not valid YAML")
     if not isinstance(raw, dict) or not isinstance(raw.get("stages"), dict) or not raw["stages"]:
         raise StudyError(f"study file {path}: expected a mapping with a non-empty 'stages' mapping")
-    unknown = set(raw) - {"description", "fit_overrides", "stages"}
+    top = ("description", "protocol", "validation_images", "fit_overrides", "stages")
+    unknown = set(raw) - set(top)
     if unknown:
-        raise StudyError(f"study file {path}: unknown top-level keys {sorted(unknown)} (expected description, fit_overrides, stages)")
+        raise StudyError(f"study file {path}: unknown top-level keys {sorted(unknown)} (expected {', '.join(top)})")
+    protocol, validation_images = _protocol(path, raw)
     fit_overrides = raw.get("fit_overrides") or {}
     if not isinstance(fit_overrides, dict):
         raise StudyError(f"study file {path}: fit_overrides must be a mapping of dotted keys to values")
@@ -127,14 +152,29 @@ def load_study(path: str | Path, use: dict[str, str] | None = None, without: lis
                 groups.setdefault(stage.group, []).append(stage.name)
     for name, weights in (use or {}).items():
         stages[name] = _stand_in(path, stages, name, weights)
+    for stage in stages.values():
+        _kinds()[stage.kind].apply_protocol(stage, protocol, validation_images)
     if without:
         stages = _without(stages, groups, without)
         groups = {g: [m for m in members if m in stages] for g, members in groups.items() if any(m in stages for m in members)}
     for stage in stages.values():
         stage.needs = _needs(stage, stages, groups)
-    study = Study(path, str(raw.get("description") or ""), _ordered(stages), groups)
+    study = Study(path, str(raw.get("description") or ""), _ordered(stages), groups, protocol, validation_images)
     _check_files(study)
     return study
+
+
+def _protocol(path: Path, raw: dict) -> tuple[str, int]:
+    """The study's ``protocol`` (default held_out) and ``validation_images`` (held_out only, default 5,000)."""
+    protocol = raw.get("protocol", "held_out")
+    if protocol not in PROTOCOLS:
+        raise StudyError(f"study file {path}: protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    n = raw.get("validation_images", VALIDATION_IMAGES)
+    if "validation_images" in raw and protocol != "held_out":
+        raise StudyError(f"study file {path}: validation_images applies to protocol held_out (this study's protocol is {protocol})")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise StudyError(f"study file {path}: validation_images must be a positive number of training images, got {n!r}")
+    return protocol, n
 
 
 def load_yaml(path: Path, missing: str, invalid: str) -> Any:

@@ -92,6 +92,11 @@ class Kind:
             raise StudyError(f"stage {name!r}: {self.name} takes a mapping of flags, got {spec[self.name]!r}")
         return [Stage(name, self.name, spec)]
 
+    def apply_protocol(self, stage: Stage, protocol: str, validation_images: int) -> None:
+        """Set what the study's protocol (``held_out`` or ``seed``) means for this stage in ``stage.spec`` (so that
+        it is part of the stage's inputs); called once per stage after parsing. Under ``seed`` a kind adds nothing:
+        the stages of a study written before protocols existed keep their inputs."""
+
     def settings(self, stage: Stage) -> dict[str, Any]:
         """The stage's settings as ``key -> value`` (override keys, or step flags), for references and messages."""
         return {f"{self.name}.{k}": v for k, v in (stage.spec[self.name] or {}).items()}

@@ -1,6 +1,10 @@
-"""The ``fit`` kind: a LightningCLI run (an experiments config with the study's overrides) followed by a test of its
-best checkpoint (the last one when a callback reshapes the network as it trains). Its report sections and headline
-rows, shared with the ``weights`` kind, are in :mod:`lit_kd.study.kinds.trained`.
+"""The ``fit`` kind: a LightningCLI run (an experiments config with the study's overrides) followed by one test of the
+checkpoint it reports: the best one by validation accuracy, or the last one when a callback reshapes the network as
+it trains, or, under the ``held_out`` protocol, when the run has a fixed schedule (no stopping rule: no
+``EarlyStopping`` callback, such as the plateau rule, among the trainer's callbacks). The manifest records which one
+(``reported_checkpoint``) and its validation accuracy (``val_acc``, what ``select`` compares under ``held_out``).
+Under ``held_out`` the stage validates on the study's held-out training images (``data.init_args.val_split``). Its
+report sections and headline rows, shared with the ``weights`` kind, are in :mod:`lit_kd.study.kinds.trained`.
 
     student: {fit: ../cifar_cpu/student.yaml, seeds: [0, 1], overrides: {trainer.max_epochs: 30}}
 """
@@ -43,6 +47,23 @@ def fit_command(stage_dir: Path, ckpt: str | Path) -> str:
     return f"lit-kd fit --config {stage_dir / 'stage_config.yaml'} && lit-kd test --config {run_config} --ckpt_path {ckpt}"
 
 
+VAL_SPLIT = "data.init_args.val_split"
+
+
+def reported_checkpoint(trainer, held_out: bool) -> str:
+    """``"last"`` when a callback reshapes the network as it trains, or under held_out when nothing stops the run
+    early (a fixed schedule reports its last epoch); ``"best"`` otherwise (and when no best checkpoint exists)."""
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    from lit_kd.callbacks.study_progress import reshaping_callbacks
+
+    if any(isinstance(c, reshaping_callbacks()) for c in trainer.callbacks):
+        return "last"
+    if held_out and not any(isinstance(c, EarlyStopping) for c in trainer.callbacks):
+        return "last"
+    return "best" if trainer.checkpoint_callback.best_model_path else "last"
+
+
 class Fit(Kind):
     name, outputs = "fit", ("ckpt", "last", "run_dir", "config", "int8")
     keys = frozenset({"overrides", "seeds"})
@@ -63,6 +84,17 @@ class Fit(Kind):
             for s in seeds
         ]
 
+    def apply_protocol(self, stage: Stage, protocol: str, validation_images: int) -> None:
+        if protocol != "held_out":
+            return
+        overrides = stage.spec["overrides"]
+        overrides.setdefault(VAL_SPLIT, validation_images)  # fit_overrides and the stage's overrides win
+        if not overrides[VAL_SPLIT]:
+            raise StudyError(
+                f"stage {stage.name!r}, overrides.{VAL_SPLIT}: 0 validates on the test set, which protocol held_out "
+                "forbids; give a number of held-out training images, or protocol: seed"
+            )
+
     def settings(self, stage: Stage) -> dict:
         return {"fit": stage.spec["fit"], **{f"overrides.{k}": v for k, v in stage.spec["overrides"].items()}}
 
@@ -80,7 +112,7 @@ class Fit(Kind):
 
     def run(self, ctx: Context, stage: Stage, settings: dict, label: str) -> tuple[dict, dict, str]:
         from lit_kd.artifacts import network_facts
-        from lit_kd.callbacks.study_progress import FitOutcome, StageProgress, reshaping_callbacks
+        from lit_kd.callbacks.study_progress import FitOutcome, StageProgress
         from lit_kd.lightning_cli import run
         from lit_kd.quant.pt2e import INT8_PROGRAM_FILE
         from lit_kd.quant.torch_qat import INT8_FILE
@@ -96,15 +128,20 @@ class Fit(Kind):
         outcome = FitOutcome()
         cli = run(args, extra_callbacks=[StageProgress(label, ctx.progress), outcome])
         trainer = cli.trainer
-        # a pruning recipe or budget changes the network as it goes: its result is the last epoch, not the best one
-        reshaped = any(isinstance(c, reshaping_callbacks()) for c in trainer.callbacks)
-        best = str(ckpt_dir / "last.ckpt") if reshaped else trainer.checkpoint_callback.best_model_path or str(ckpt_dir / "last.ckpt")
+        reported = reported_checkpoint(trainer, ctx.study.protocol == "held_out")
+        best = trainer.checkpoint_callback.best_model_path if reported == "best" else str(ckpt_dir / "last.ckpt")
         tested = trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best, verbose=False)
         outputs = {"ckpt": best, "last": str(ckpt_dir / "last.ckpt"), "run_dir": str(stage_dir / RUN_DIR), "config": str(config_path)}
         int8 = next((ckpt_dir / f for f in (INT8_PROGRAM_FILE, INT8_FILE) if (ckpt_dir / f).is_file()), None)  # PT2E or FX QAT
         if int8:
             outputs["int8"] = str(int8)
-        metrics = {"test_acc": float(tested[0]["test/acc"]), **outcome.metrics, **network_facts(best, int8)}
+        metrics = {
+            "test_acc": float(tested[0]["test/acc"]),
+            "reported_checkpoint": reported,
+            "val_acc": outcome.metrics["best_val_acc" if reported == "best" else "last_val_acc"],
+            **outcome.metrics,
+            **network_facts(best, int8),
+        }
         return outputs, metrics, fit_command(stage_dir, best)
 
     def report(self, rep: ReportInput) -> list[tuple[int, Section]]:

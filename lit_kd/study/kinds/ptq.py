@@ -3,7 +3,12 @@ mixed-precision search); its report section (the PTQ table, or the chosen per-la
 and its headline rows (our PTQ at W8A8, W4A4, W2A8 with AdaRound, PyTorch's and NNCF's INT8, the mixed-precision choice).
 The PTQ table says how each row computes (our simulated fake-quant rows, the engines' real INT8 kernels) and lists the
 deployable files the stage wrote (``export_dir``, relative to the stage folder); an engine whose extra is missing shows
-as "not installed"."""
+as "not installed".
+
+Under the ``held_out`` protocol a stage evaluates every configuration also on the study's held-out training images
+(``held_out: true``, ``eval_images``: the fit stages' validation images) and each headline row is the configuration
+best on those, with its test accuracy; a mixed-precision search measures its budget on the same images. Under
+``seed`` (and in files without held-out accuracies) a headline row is the configuration best on the test set."""
 
 from __future__ import annotations
 
@@ -16,11 +21,20 @@ from lit_kd.study.kinds.base import MIXED_ROWS, PTQ, PTQ_ROWS, ReportInput, Row
 from lit_kd.study.kinds.step import StepError, StepKind, float_network, split
 from lit_kd.study.render import Figure, Section, Table, on_images, pct, points
 from lit_kd.study.results import MixedPrecisionRecord, PtqFile, PtqRow, Results
+from lit_kd.study.spec import Stage
 
 
 class Ptq(StepKind):
     name, outputs = "ptq", ("json",)
     out_file, files, dirs = "ptq.json", {"json": "ptq.json"}, ("export_dir",)
+
+    def apply_protocol(self, stage: Stage, protocol: str, validation_images: int) -> None:
+        if protocol != "held_out":
+            return
+        flags = stage.spec["ptq"] = dict(stage.spec["ptq"] or {})
+        flags.setdefault("eval_images", validation_images)  # the images the fit stages validated on
+        if flags.get("max_drop") is None:
+            flags.setdefault("held_out", True)
 
     def call(self, settings: dict) -> dict:
         from lit_kd.quant.sweep import PTQ_QAT_ADVICE, PtqError, PtqSettings, run_ptq
@@ -90,23 +104,33 @@ def ptq_table(manifest: dict) -> tuple[Table, list[PtqRow]]:
         engine, kernels = ENGINES.get(r["runtime"], r["runtime"]), kernels_label(r["runtime"], r["weight_bits"])
         data.append(PtqRow.from_dict({**r, "drop": fp32 - r["acc"], "engine": engine, "kernels": kernels}))
         rows.append(ptq_row(data[-1]))
-    absent = ["-", "-", "not installed", "-", "-", "not installed", "-", "-"]
-    rows += [[ENGINES.get(e, e), *absent] for e in result.get("engines_not_installed", [])]
     held_out = result.get("held_out_images")
-    return Table(
-        ["engine", "kernels", "bits", "method", "granularity", "first/last 8-bit", "test accuracy", "drop (points)", "same top-1 as FP32"],
-        rows,
+    header = ["engine", "kernels", "bits", "method", "granularity", "first/last 8-bit", "test accuracy", "drop (points)"]
+    header.append("same top-1 as FP32")
+    caption = (
         f"{result['test_images']} test images, {result['calib_images']} calibration images from the training set"
         + (f"; NNCF's accuracy control validates on {held_out} other training images" if held_out else "")
         + ". Kernels: simulated (fake-quant) rows compute in float on quantized-dequantized values, real INT8 rows run the "
-        "engine's integer kernels.",
-    ), data
+        "engine's integer kernels."
+    )
+    on_held_out = any(r.held_out_acc is not None for r in data)
+    if on_held_out:
+        header.append(f"accuracy on {held_out:,} held-out images")
+        caption += (
+            f" The last column: the same configurations on {held_out:,} training images held out from calibration and "
+            "training; the key results choose each headline configuration by it, never by the test set."
+        )
+    absent = ["-", "-", "not installed", "-", "-", "not installed", "-", "-"] + (["-"] if on_held_out else [])
+    rows += [[ENGINES.get(e, e), *absent] for e in result.get("engines_not_installed", [])]
+    return Table(header, rows, caption), data
 
 
 def ptq_row(r: PtqRow) -> list[str]:
-    """A row of the PTQ table; records written before rows named their engine and kernels keep their old columns
-    (runtime, bits, method ...), as the shipped reports show them."""
+    """A row of the PTQ table (with a last cell for the held-out accuracy when the row has one); records written before
+    rows named their engine and kernels keep their old columns (runtime, bits, method ...), as the shipped reports show
+    them."""
     numbers = [r.granularity, "yes" if r.first_last_8bit else "no", pct(r.acc), f"{100 * r.drop:.2f}", pct(r.agree_fp32)]
+    numbers += [pct(r.held_out_acc)] if r.held_out_acc is not None else []
     if r.kernels is None:
         return [r.runtime, f"W{r.weight_bits}A{r.act_bits}", r.method, *numbers]
     return [r.engine, r.kernels, f"W{r.weight_bits}A{r.act_bits}", method_label(r.method), *numbers]
@@ -170,19 +194,28 @@ def mixed_precision_section(name: str, result: dict, fig_dir: Path) -> Section:
 
 # ------------------------------------------------------------------------------------------------ headline
 def ptq_rows(results: Results) -> list[Row]:
-    measured = []  # (stage, row, fp32 accuracy, test images)
+    """Headline rows of the PTQ tables: per label, the configuration best on held-out training images where every
+    candidate has a held-out accuracy (protocol held_out), else the one best on the test set."""
+    measured = []  # (stage, row, fp32 accuracy, test images, held-out images)
     for stage, rows in (results.ptq or {}).items():
         fp32 = next((r.acc for r in rows if r.runtime == "fp32"), None)
-        images = (results.stages[stage].metrics if stage in results.stages else {}).get("test_images")
-        measured += [(stage, r, fp32, images) for r in rows if r.runtime != "fp32" and fp32 is not None]
+        metrics = results.stages[stage].metrics if stage in results.stages else {}
+        held = metrics.get("held_out_images")
+        measured += [(stage, r, fp32, metrics.get("test_images"), held) for r in rows if r.runtime != "fp32" and fp32 is not None]
 
     def row(label: str, candidates: list) -> list[Row]:
         if not candidates:
             return []
-        stage, r, fp32, images = min(candidates, key=lambda c: c[1].drop)
+        on_held_out = all(c[1].held_out_acc is not None for c in candidates)
+        if on_held_out:
+            stage, r, fp32, images, held = max(candidates, key=lambda c: c[1].held_out_acc)
+        else:
+            stage, r, fp32, images, held = min(candidates, key=lambda c: c[1].drop)
         granularity = r.granularity.replace("_", "-") if r.granularity != "-" else ""
         details = ", ".join(x for x in (method_label(r.method), granularity, "first/last layer 8-bit" if r.first_last_8bit else "") if x)
         best_of = f"; best of {len(candidates)}" if len(candidates) > 1 else ""
+        if best_of and on_held_out:  # the choice, and what it was made on
+            best_of += f" on {held:,} held-out training images" if held else " on held-out training images"
         kernels = f", {r.kernels}" if r.kernels else ""  # results written before the field existed read as they were published
         what = f"{label} `{stage}` ({details}{best_of}){kernels}"
         return [(what, pct(r.acc), f"{points(r.acc - fp32)} vs FP32 {pct(fp32)}{on_images(images)}")]

@@ -11,7 +11,7 @@ from lit_kd.study.results import ExportRecord, ModelRecord, Results
 
 
 def best_student(results: Results) -> ModelRecord | None:
-    """The model record a ``select`` stage chose (the best student by test accuracy)."""
+    """The model record a ``select`` stage chose (the best student by its protocol: held-out or test accuracy)."""
     for s in results.stages.values():
         chosen = s.metrics.get("chosen") if s.kind == "select" else None
         model = results.model(chosen) if isinstance(chosen, str) else None
