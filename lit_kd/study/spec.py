@@ -1,6 +1,7 @@
 """A study file: named stages, what each consumes from earlier ones, checked as a whole before anything runs.
 
     description: what the study is for
+    deviations: [teacher trained from scratch (no ImageNet weights here)]   # listed in the report
     fit_overrides: {data.init_args.train_size: 5000}    # applied to every fit stage, before its own overrides
     stages:
       teacher:  {weights: ../../weights/resnet20.pt, model: resnet20}       # shipped weights stand in for training
@@ -49,6 +50,7 @@ class Study:
     description: str
     stages: dict[str, Stage]  # in execution order (a topological order that keeps the file's order where it can)
     groups: dict[str, list[str]]  # seeded stage -> its expanded stages
+    deviations: list[str] = field(default_factory=list)  # what the study does differently from the task it reproduces
 
     @property
     def here(self) -> Path:
@@ -109,9 +111,16 @@ def load_study(path: str | Path, use: dict[str, str] | None = None, without: lis
     raw = load_yaml(path, f"study file {str(path)!r} does not exist", f"study file {path}: not valid YAML")
     if not isinstance(raw, dict) or not isinstance(raw.get("stages"), dict) or not raw["stages"]:
         raise StudyError(f"study file {path}: expected a mapping with a non-empty 'stages' mapping")
-    unknown = set(raw) - {"description", "fit_overrides", "stages"}
+    unknown = set(raw) - {"description", "deviations", "fit_overrides", "stages"}
     if unknown:
-        raise StudyError(f"study file {path}: unknown top-level keys {sorted(unknown)} (expected description, fit_overrides, stages)")
+        raise StudyError(
+            f"study file {path}: unknown top-level keys {sorted(unknown)} (expected description, deviations, fit_overrides, stages)"
+        )
+    deviations = raw.get("deviations") or []
+    if not isinstance(deviations, list) or not all(isinstance(d, str) and d.strip() for d in deviations):
+        raise StudyError(
+            f"study file {path}: deviations must be a list of sentences (how the study departs from its task), got {deviations!r}"
+        )
     fit_overrides = raw.get("fit_overrides") or {}
     if not isinstance(fit_overrides, dict):
         raise StudyError(f"study file {path}: fit_overrides must be a mapping of dotted keys to values")
@@ -132,7 +141,7 @@ def load_study(path: str | Path, use: dict[str, str] | None = None, without: lis
         groups = {g: [m for m in members if m in stages] for g, members in groups.items() if any(m in stages for m in members)}
     for stage in stages.values():
         stage.needs = _needs(stage, stages, groups)
-    study = Study(path, str(raw.get("description") or ""), _ordered(stages), groups)
+    study = Study(path, str(raw.get("description") or ""), _ordered(stages), groups, deviations)
     _check_files(study)
     return study
 
