@@ -1,7 +1,8 @@
 """README, report.md and results.json publish the same numbers: every table of a shipped report and the README's
 headline table are parsed (Markdown tables, cell by cell) and compared with the rows the report's own row functions
 format from the typed records of results.json; the headline and the report's key results with the rows
-``headline_rows`` computes from it, and with the findings it stores. Changing one digit in any of the three fails.
+``headline_rows`` computes from it, and with the findings it stores; the conclusions and the deviations from the task
+with the sentences generated from it. Changing one digit in any of the three fails.
 
 Not checked against results.json, which does not hold them: the mixed-precision per-layer tables (the search is
 left out of results.json), a stage's number of attempts in the wall-time cells, and the Commands table (its commands
@@ -14,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from lit_kd.study.conclusions import conclusions
 from lit_kd.study.headline import between_markers, headline_rows, load_results
 from lit_kd.study.kinds.bench import speed_row
+from lit_kd.study.kinds.comparisons import comparison_row
 from lit_kd.study.kinds.examples import examples_table
 from lit_kd.study.kinds.export import export_row
 from lit_kd.study.kinds.ptq import ptq_row
@@ -86,6 +89,8 @@ def report_tables(results: Results) -> dict[str, list[list[str]]]:
         expected["Speed"] = [speed_row(r) for r in results.speed.rows]
     if results.examples:
         expected["Example predictions"] = examples_table(results.examples).rows
+    if results.comparisons:
+        expected["Comparisons"] = [comparison_row(r) for r in results.comparisons]
     return expected
 
 
@@ -119,6 +124,10 @@ def disagreements(report_dir: Path, readme: Path | None = None) -> list[str]:
     notes = [f.what for f in results.findings if f.result is None]
     if found.get("Key results", {}).get("bullets", []) != notes:
         problems.append(f"Key results notes: report.md {found.get('Key results', {}).get('bullets')} != results.json {notes}")
+    for title, expected in (("Conclusions", conclusions(results)), ("Deviations from the task", results.deviations or [])):
+        shown = found.get(title, {}).get("bullets", [])
+        if shown != expected:
+            problems.append(f"{title}: report.md {shown} != what results.json gives {expected}")
     if readme is not None:
         block = sections("## headline\n" + between_markers(readme.read_text(encoding="utf-8")))["headline"]["tables"][0][1:]
         problems += [f"README row {i + 1}: {s} != results.json {e}" for i, (s, e) in enumerate(zip(block, findings)) if s != e]

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lit_kd.atomic import write_json, write_text
+from lit_kd.study.conclusions import conclusion_sections
 from lit_kd.study.headline import headline_rows
 from lit_kd.study.kinds import KINDS
 from lit_kd.study.kinds.base import ReportInput
@@ -78,6 +79,8 @@ def build(study: Study, out: Path, manifests: dict[str, dict], report_settings: 
             {k: m.get(k) for k in ("kind", "status", "outputs", "metrics", "command", "wall_s", "seed", "group")}, name
         )
     results.machine = next((m["environment"] for m in manifests.values() if m.get("environment")), {})
+    results.targets = report_settings.get("targets") or None
+    results.deviations = study.deviations or None
     data = next((m["inputs"]["data"] for m in manifests.values() if (m.get("inputs") or {}).get("data")), None)
     rep = ReportInput(study, out, manifests, report_settings, results, images)
     placed = [placed for kind in KINDS.values() for placed in kind.report(rep)]
@@ -90,6 +93,8 @@ def build(study: Study, out: Path, manifests: dict[str, dict], report_settings: 
     sections.insert(1, Section("Key results", [b for b in (key_table if rows else None, "\n".join(f"- {n}" for n in notes)) if b]))
     label_tables(sections[1:], study.protocol)
     stamp_protocol(results, study.protocol)
+
+    sections += conclusion_sections(results)  # from the typed results alone, as a reader of results.json would
 
     def short(command: str) -> str:
         return portable_command(command, out, data, "<data>")

@@ -66,6 +66,26 @@ class DistillationRecord(Record):
 
 
 @dataclass(kw_only=True)
+class ComparisonRecord(Record):
+    """A setup against what it is compared with (``role``: ``distillation``, against the data-only baseline; ``control``,
+    a method against its control): test accuracy per seed on each side, the difference of the means, its standard
+    error (Welch) and the verdict (``real`` only beyond 2 standard errors; ``not testable (1 seed)`` without spread)."""
+
+    stage: str
+    baseline: str
+    role: str
+    test_accs: list[float]
+    baseline_test_accs: list[float]
+    mean: float
+    std: float | None
+    baseline_mean: float
+    baseline_std: float | None
+    difference: float
+    standard_error: float | None
+    verdict: str
+
+
+@dataclass(kw_only=True)
 class Predictions(Record):
     """One model's prediction (class index) and confidence per example image."""
 
@@ -215,6 +235,9 @@ class Results(Record):
     exports: list[ExportRecord] = field(default_factory=list, metadata=ABSENT_OK)
     speed: SpeedRecord | None = field(default=None, metadata=OPTIONAL)
     findings: list[Finding] = field(default_factory=list, metadata=ABSENT_OK)
+    comparisons: list[ComparisonRecord] | None = field(default=None, metadata=OPTIONAL)
+    targets: dict[str, dict[str, float]] | None = field(default=None, metadata=OPTIONAL)  # the report stage's targets
+    deviations: list[str] | None = field(default=None, metadata=OPTIONAL)  # the study file's deviations from the task
 
     @classmethod
     def from_dict(cls, data: dict, where: str | None = None) -> Results:
@@ -229,6 +252,10 @@ class Results(Record):
 
     def model(self, stage: str) -> ModelRecord | None:
         return next((m for m in self.models if m.stage == stage), None)
+
+    def comparison(self, stage: str) -> ComparisonRecord | None:
+        """The comparison of ``stage`` (a stage or seed group) with its baseline or control."""
+        return next((c for c in self.comparisons or [] if c.stage == stage), None)
 
 
 def results_schema() -> dict:

@@ -65,6 +65,8 @@ def stage_inputs(study: Study, stage: Stage, manifests: dict[str, dict], data: s
     payload = {"kind": stage.kind, "settings": settings, "data": data}
     if stage.kind == "fit":
         payload["config_text"] = (study.here / settings["fit"]).read_text()
+    if stage.kind == "report" and study.deviations:  # the report lists them: a changed list rewrites it
+        payload["deviations"] = study.deviations
     payload["consumed"] = {path: hashes(path) for path in KINDS[stage.kind].consumed_files(stage, settings, manifests)}
     return {"settings": settings, "payload": payload, "hash": input_hash(payload)}
 

@@ -3,6 +3,7 @@
     description: what the study is for
     protocol: held_out                                  # or seed (see PROTOCOLS); held_out is the default
     validation_images: 5000                             # held_out: training images held out as validation
+    deviations: [teacher trained from scratch (no ImageNet weights here)]   # listed in the report
     fit_overrides: {data.init_args.train_size: 5000}    # applied to every fit stage, before its own overrides
     stages:
       teacher:  {weights: ../../weights/resnet20.pt, model: resnet20}       # shipped weights stand in for training
@@ -73,6 +74,8 @@ class Study:
         """The protocol and what it means, in one sentence."""
         return f"Protocol `{self.protocol}`: " + PROTOCOLS[self.protocol].format(n=self.validation_images) + "."
 
+    deviations: list[str] = field(default_factory=list)  # what the study does differently from the task it reproduces
+
     @property
     def here(self) -> Path:
         return self.path.parent
@@ -132,11 +135,16 @@ def load_study(path: str | Path, use: dict[str, str] | None = None, without: lis
     raw = load_yaml(path, f"study file {str(path)!r} does not exist", f"study file {path}: not valid YAML")
     if not isinstance(raw, dict) or not isinstance(raw.get("stages"), dict) or not raw["stages"]:
         raise StudyError(f"study file {path}: expected a mapping with a non-empty 'stages' mapping")
-    top = ("description", "protocol", "validation_images", "fit_overrides", "stages")
+    top = ("description", "protocol", "validation_images", "deviations", "fit_overrides", "stages")
     unknown = set(raw) - set(top)
     if unknown:
         raise StudyError(f"study file {path}: unknown top-level keys {sorted(unknown)} (expected {', '.join(top)})")
     protocol, validation_images = _protocol(path, raw)
+    deviations = raw.get("deviations") or []
+    if not isinstance(deviations, list) or not all(isinstance(d, str) and d.strip() for d in deviations):
+        raise StudyError(
+            f"study file {path}: deviations must be a list of sentences (how the study departs from its task), got {deviations!r}"
+        )
     fit_overrides = raw.get("fit_overrides") or {}
     if not isinstance(fit_overrides, dict):
         raise StudyError(f"study file {path}: fit_overrides must be a mapping of dotted keys to values")
@@ -159,7 +167,7 @@ def load_study(path: str | Path, use: dict[str, str] | None = None, without: lis
         groups = {g: [m for m in members if m in stages] for g, members in groups.items() if any(m in stages for m in members)}
     for stage in stages.values():
         stage.needs = _needs(stage, stages, groups)
-    study = Study(path, str(raw.get("description") or ""), _ordered(stages), groups, protocol, validation_images)
+    study = Study(path, str(raw.get("description") or ""), _ordered(stages), groups, protocol, validation_images, deviations)
     _check_files(study)
     return study
 

@@ -33,8 +33,8 @@ RUN_DIR = "run"  # the Lightning run of a fit stage: <out>/<stage>/run/{checkpoi
 Row = tuple[str, str, str]  # a headline row: what, result, compared with
 
 # Where a kind's report sections go (sections are sorted by these, stably): the Study intro is 0, Key results 5,
-# Commands 100; a kind of one's own can take any number in between.
-MODELS, DISTILLATION, CURVES, EXAMPLES, PTQ, QAT, EXPORTS, SPEED, SPARSITY = 10, 20, 30, 40, 50, 60, 70, 80, 90
+# Conclusions 95, Deviations from the task 96, Commands 100; a kind of one's own can take any number in between.
+MODELS, DISTILLATION, COMPARISONS, CURVES, EXAMPLES, PTQ, QAT, EXPORTS, SPEED, SPARSITY = 10, 20, 25, 30, 40, 50, 60, 70, 80, 90
 # Where a kind's headline rows go: teacher, students, PTQ, mixed precision, QAT, pruned models, speed.
 TEACHER, STUDENTS, PTQ_ROWS, MIXED_ROWS, QAT_ROWS, SPARSE_ROWS, SPEED_ROWS = 10, 20, 30, 40, 50, 60, 70
 

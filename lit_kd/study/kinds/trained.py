@@ -4,9 +4,22 @@ pruned-model rows of the headline (:mod:`lit_kd.study.kinds.trained_rows`)."""
 
 from __future__ import annotations
 
-import statistics
-
-from lit_kd.study.kinds.base import CURVES, DISTILLATION, MODELS, QAT, QAT_ROWS, SPARSE_ROWS, SPARSITY, STUDENTS, TEACHER, ReportInput, Row
+from lit_kd.study import compare
+from lit_kd.study.kinds.base import (
+    COMPARISONS,
+    CURVES,
+    DISTILLATION,
+    MODELS,
+    QAT,
+    QAT_ROWS,
+    SPARSE_ROWS,
+    SPARSITY,
+    STUDENTS,
+    TEACHER,
+    ReportInput,
+    Row,
+)
+from lit_kd.study.kinds.comparisons import comparison_table, group_members
 from lit_kd.study.kinds.trained_rows import distillation_rows, qat_rows, sparse_rows, teacher_rows
 from lit_kd.study.manifest import wall_time
 from lit_kd.study.render import Figure, Section, Table, pct, pts
@@ -25,6 +38,10 @@ def report_sections(rep: ReportInput) -> list[tuple[int, Section]]:
     dist, rep.results.distillation = distillation_table(rep.settings.get("distillation") or {}, rep.manifests, rep.study.groups, curves)
     if dist:
         sections.append((DISTILLATION, Section("Distillation", [dist])))
+    compared, records = comparison_table(rep.settings, rep.manifests, rep.study.groups)
+    rep.results.comparisons = records or None
+    if compared:
+        sections.append((COMPARISONS, Section("Comparisons", [compared])))
     if curves:
         groups = {n: rep.manifests[n].get("group") for n in curves}
         overview = accuracy_overview_figure(curves, groups, rep.fig_dir / "accuracy.png")
@@ -115,13 +132,13 @@ def distillation_table(
     curves = curves or {}
 
     def members(name: str) -> list[str]:
-        return [m for m in groups.get(name, [name]) if m in manifests]
+        return group_members(name, groups, manifests)
 
     def val_at(stage: str, epoch: int) -> float | None:
         return dict(curves.get(stage, {}).get("val/acc", [])).get(epoch - 1)
 
     baseline = members(spec["baseline"])
-    base_mean = statistics.mean(manifests[m]["metrics"]["test_acc"] for m in baseline) if baseline else None
+    base_mean = compare.mean([manifests[m]["metrics"]["test_acc"] for m in baseline]) if baseline else None
     base_epochs = [manifests[m]["metrics"].get("epochs") for m in baseline]
     k = min(base_epochs) if base_epochs and all(isinstance(e, int) for e in base_epochs) else None
     rows, data = [], []
@@ -130,10 +147,10 @@ def distillation_table(
         if not stages:
             continue
         values = [manifests[m]["metrics"]["test_acc"] for m in stages]
-        mean = statistics.mean(values)
-        spread = statistics.stdev(values) if len(values) > 1 else None
+        mean = compare.mean(values)
+        spread = compare.sample_std(values)
         early = [val_at(m, k) for m in stages] if k else []
-        early_mean = statistics.mean(early) if early and None not in early else None
+        early_mean = compare.mean(early) if early and None not in early else None
         record = DistillationRecord(
             stage=name,
             seeds=len(values),

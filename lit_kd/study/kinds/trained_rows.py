@@ -5,9 +5,10 @@ the best student."""
 
 from __future__ import annotations
 
+from lit_kd.study.compare import verdict_text
 from lit_kd.study.kinds.base import Row
 from lit_kd.study.render import mean_std, on_images, pct, points, seeds
-from lit_kd.study.results import ExportRecord, ModelRecord, Results
+from lit_kd.study.results import DistillationRecord, ExportRecord, ModelRecord, Results
 
 
 def best_student(results: Results) -> ModelRecord | None:
@@ -27,24 +28,46 @@ def teacher_rows(results: Results) -> list[Row]:
     return [(f"Teacher `teacher` ({t.architecture}, {t.params:,} parameters)", pct(t.test_acc), "")]
 
 
-def distillation_rows(results: Results) -> list[Row]:
+def distilled_candidates(results: Results) -> tuple[DistillationRecord, list[DistillationRecord], list[DistillationRecord]] | None:
+    """``(baseline, setups with a delta, setups the best is chosen among)``: those run with at least the baseline's
+    seeds (all setups when none is); None when no setup has a delta to the data-only baseline."""
     records = results.distillation
     # the report lists the data-only baseline first, and gives every other row a delta to it; without the baseline's
     # accuracy no row has a delta, and there is nothing to headline
     if not records or records[0].delta_vs_baseline is not None:
-        return []
-    if len(records) > 1 and all(r.delta_vs_baseline is None for r in records[1:]):
-        return []
+        return None
     base, others = records[0], [r for r in records[1:] if r.delta_vs_baseline is not None]
-    arch = {_group_of(results, m.stage): m.architecture for m in results.models}
-    rows = [(f"Student on data only `{base.stage}` ({arch.get(base.stage, '?')}, {seeds(base.seeds)})", mean_std(base.mean, base.std), "")]
+    if not others:
+        return None
     # the comparison uses the same seeds on both sides: setups run with fewer seeds than the baseline are named beside
     # the best one when they score higher, never chosen over it (one lucky seed is not a mean)
     paired = [r for r in others if r.seeds >= base.seeds]
-    if others:
-        candidates = paired or others
-        best = max(candidates, key=lambda r: r.mean)
+    return base, others, paired or others
+
+
+def best_distilled(results: Results) -> DistillationRecord | None:
+    """The best distilled setup by mean test accuracy among :func:`distilled_candidates`."""
+    found = distilled_candidates(results)
+    return max(found[2], key=lambda r: r.mean) if found else None
+
+
+def distillation_rows(results: Results) -> list[Row]:
+    records = results.distillation
+    if not records or records[0].delta_vs_baseline is not None:
+        return []
+    if len(records) > 1 and all(r.delta_vs_baseline is None for r in records[1:]):
+        return []
+    base = records[0]
+    arch = {_group_of(results, m.stage): m.architecture for m in results.models}
+    rows = [(f"Student on data only `{base.stage}` ({arch.get(base.stage, '?')}, {seeds(base.seeds)})", mean_std(base.mean, base.std), "")]
+    found = distilled_candidates(results)
+    if found:
+        _, others, candidates = found
+        best = best_distilled(results)
         compared = f"{points(best.delta_vs_baseline)} vs data only"
+        comparison = results.comparison(best.stage)
+        if comparison:  # reports written before comparisons existed show the delta alone
+            compared += f" ({verdict_text(comparison.standard_error, comparison.verdict)})"
         if best.val_acc_at_equal_epochs is not None and base.val_acc_at_equal_epochs is not None:
             # the stopping rule may have trained the two for different numbers of epochs
             early = best.val_acc_at_equal_epochs - base.val_acc_at_equal_epochs
@@ -53,7 +76,7 @@ def distillation_rows(results: Results) -> list[Row]:
         if higher:
             compared += "; higher with fewer seeds: " + ", ".join(f"`{r.stage}` {pct(r.mean)} ({seeds(r.seeds)})" for r in higher)
         among = f"best of {len(candidates)} distillation setups"
-        if paired and len(paired) < len(others):
+        if len(candidates) < len(others):
             among += " with the data-only seeds"
         rows.append((f"Best distilled student `{best.stage}` ({seeds(best.seeds)}; {among})", mean_std(best.mean, best.std), compared))
     return rows
