@@ -149,7 +149,8 @@ class ExportRecord(Record):
 
 @dataclass(kw_only=True)
 class SpeedRow(Record):
-    """One benchmark measurement: model, runtime, batch size, latency and throughput."""
+    """One benchmark measurement: model, runtime, batch size, latency and throughput (lit-kd's loop, or
+    ``deepsparse.benchmark`` repeated), and the model's accuracy."""
 
     model: str
     runtime: str
@@ -158,6 +159,14 @@ class SpeedRow(Record):
     latency_ms_median: float
     latency_ms_p90: float
     images_per_s: float
+    accuracy: float | None = field(default=None, metadata=OPTIONAL)  # the model's, where measured (export validation)
+    # deepsparse.benchmark rows: repetitions of ``seconds`` each; the medians above, their range over repetitions here
+    repetitions: int | None = field(default=None, metadata=OPTIONAL)
+    seconds: float | None = field(default=None, metadata=OPTIONAL)
+    images_per_s_min: float | None = field(default=None, metadata=OPTIONAL)
+    images_per_s_max: float | None = field(default=None, metadata=OPTIONAL)
+    latency_ms_min: float | None = field(default=None, metadata=OPTIONAL)
+    latency_ms_max: float | None = field(default=None, metadata=OPTIONAL)
 
 
 @dataclass(kw_only=True)
