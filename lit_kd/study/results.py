@@ -44,6 +44,7 @@ class ModelRecord(Record):
     nonzero_params: int
     macs: int
     size_bytes: int
+    deflated_bytes: int | None = field(default=None, metadata=OPTIONAL)  # size_bytes compressed (zlib, level 9)
     test_acc: float
     epochs: int | None
     stop_reason: str | None
@@ -145,6 +146,8 @@ class ExportRecord(Record):
     pytorch: dict[str, Any]
     onnxruntime: dict[str, Any]
     deepsparse: dict[str, Any]
+    file_bytes: int | None = field(default=None, metadata=OPTIONAL)  # the ONNX file on disk
+    deflated_bytes: int | None = field(default=None, metadata=OPTIONAL)  # the same compressed (zlib, level 9)
 
 
 @dataclass(kw_only=True)
