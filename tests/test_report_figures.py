@@ -109,3 +109,4 @@ def test_sizes_are_the_files_own_with_their_compressed_size(tmp_path):
     model |= {"stop_reason": "-", "wall_s": 1.0}
     assert model_row(ModelRecord(**model, size_bytes=960_000, deflated_bytes=120_000), "1 min")[5] == "0.96 MB (0.12 MB compressed)"
     assert model_row(ModelRecord(**model, size_bytes=960_000), "1 min")[5] == "0.96 MB"  # results.json written before it
+    assert model_row(ModelRecord(**model, size_bytes=120_000, deflated_bytes=4_321), "1 min")[5] == "0.12 MB (4.3 kB compressed)"

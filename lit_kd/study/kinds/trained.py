@@ -117,8 +117,12 @@ def model_row(r: ModelRecord, wall: str) -> list[str]:
 
 
 def size_text(size: int, deflated: int | None) -> str:
-    """``0.96 MB``, or ``0.96 MB (0.12 MB compressed)`` where the compressed size is recorded."""
-    return f"{size / 1e6:.2f} MB" + ("" if deflated is None else f" ({deflated / 1e6:.2f} MB compressed)")
+    """``0.96 MB``, or ``0.96 MB (0.12 MB compressed)`` where the compressed size is recorded; under 10 kB in kB."""
+
+    def text(n: int) -> str:
+        return f"{n / 1e6:.2f} MB" if n >= 10_000 else f"{n / 1e3:.1f} kB"
+
+    return text(size) + ("" if deflated is None else f" ({text(deflated)} compressed)")
 
 
 def distillation_table(
