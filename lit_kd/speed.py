@@ -311,15 +311,6 @@ def ratios(rows: list[dict]) -> dict[str, float]:
     return out
 
 
-def deepsparse_commands(onnx_files: dict[str, str], cores: int) -> list[str]:
-    return [
-        f"deepsparse.benchmark {path} --batch_size {b} --num_cores {cores} --scenario sync"
-        for path in onnx_files.values()
-        if not str(path).lower().endswith((".xml", PROGRAM_SUFFIX))
-        for b in BATCHES
-    ]
-
-
 def run_bench(
     onnx_files: dict[str, str],
     torch_model: nn.Module | None,
@@ -328,10 +319,15 @@ def run_bench(
     iterations_b1: int,
     iterations_b32: int,
     engines: tuple[str, ...] | None = None,
+    benchmark: dict | None = None,
 ) -> dict:
-    """Every engine on every model (see :func:`measure`), the ratios and the machine, as ``lit-kd bench``'s JSON."""
+    """Every engine on every model (see :func:`measure`), the ratios and the machine, as ``lit-kd bench``'s JSON; with
+    ``benchmark`` (:data:`~lit_kd.deepsparse_benchmark.BENCHMARK_DEFAULTS`) also ``deepsparse.benchmark``'s rows."""
+    from lit_kd.deepsparse_benchmark import deepsparse_commands, run_deepsparse_benchmark
+
     machine = cpu_info(cores)  # the load average before the run: other work on the cores distorts the timings
     rows = measure(onnx_files, torch_model, cores, warmup, {1: iterations_b1, 32: iterations_b32}, engines)
+    own = {"deepsparse_benchmark": run_deepsparse_benchmark(onnx_files, cores, **benchmark)} if benchmark else {}
     return {
         "benchmark": "sparse_speed",
         "machine": machine,
@@ -344,12 +340,15 @@ def run_bench(
         "load_average_1min_after": os.getloadavg()[0],
         "ratios": ratios(rows),
         "deepsparse_benchmark_commands": deepsparse_commands(onnx_files, cores),
+        **own,
     }
 
 
 def print_result(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
+
+    from lit_kd.deepsparse_benchmark import benchmark_lines
 
     m = result["machine"]
     table = Table(title=f"Inference on {m['cpu']} ({isa_text(m)}), {m['cores_used']} cores")
@@ -380,6 +379,8 @@ def print_result(result: dict) -> None:
         extra = EXTRA_OF[ENGINE_EXTRA[engine]]
         console.print(f"{engine}: not installed (pip install 'lit-kd[{extra}]'), no rows")
     console.print("the same with DeepSparse's own benchmark:\n  " + "\n  ".join(result["deepsparse_benchmark_commands"]))
+    if "deepsparse_benchmark" in result:
+        console.print(benchmark_lines(result["deepsparse_benchmark"]))
 
 
 def report(result: dict, out: str | Path) -> dict:

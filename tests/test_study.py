@@ -59,7 +59,7 @@ def small_study(tmp: Path, teacher_state: Path, teacher_arch: str = "resnet8") -
     }
     for name in ("export_dense", "export_sparse"):
         stages[name]["export"]["images"] = 60
-    stages["bench"]["bench"].update(iterations_b1=3, iterations_b32=2, warmup=1)
+    stages["bench"]["bench"].update(iterations_b1=3, iterations_b32=2, warmup=1, benchmark_repetitions=2, benchmark_warmup=0)
     path = tmp / "study.yaml"
     path.write_text(yaml.safe_dump(study, sort_keys=False))
     return path

@@ -18,6 +18,11 @@ DeepSparse dense FP32. One runtime is set up and measured at a time. The JSON re
 the core count and the load average when the run started (a warning is printed when other processes were using the
 cores: engines that synchronise threads slow down by orders of magnitude then); the table is printed, and so are the
 equivalent ``deepsparse.benchmark`` command lines.
+
+With ``--deepsparse-benchmark``, DeepSparse's own benchmark (``deepsparse.benchmark``'s ``benchmark_model``, in this
+process) also runs on each ONNX file at batch 1 and 32, ``--scenario sync``, ``--num_cores = --cores``, for
+``--benchmark-seconds`` after ``--benchmark-warmup`` seconds, ``--benchmark-repetitions`` times (interleaved over the
+settings); the JSON's ``deepsparse_benchmark`` holds its median items/s and latency per setting with their range.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import torch.nn as nn
 
 from lit_kd import speed
 from lit_kd.commands.arguments import fail, load_float_network, load_trained_model, require_file, require_output, require_positive
+from lit_kd.deepsparse_benchmark import BENCHMARK_DEFAULTS
 from lit_kd.quant.pt2e import PROGRAM_SUFFIX
 from lit_kd.speed import BASELINE, BENCH_DEFAULTS, BENCH_QAT_ADVICE, ENGINES, INT8, SPARSE
 
@@ -45,6 +51,17 @@ def parser(prog: str = "lit-kd bench", out: str = "results/sparse_speed.json") -
     p.add_argument("--warmup", type=int, default=BENCH_DEFAULTS["warmup"], help="untimed calls before each measurement")
     p.add_argument("--iterations-b1", type=int, default=BENCH_DEFAULTS["iterations_b1"], help="timed calls at batch 1")
     p.add_argument("--iterations-b32", type=int, default=BENCH_DEFAULTS["iterations_b32"], help="timed calls at batch 32")
+    p.add_argument(
+        "--deepsparse-benchmark",
+        action="store_true",
+        help="also run DeepSparse's own benchmark (deepsparse.benchmark, sync, --num_cores = --cores) on each ONNX file at batch 1 and 32",
+    )
+    for name, text in (
+        ("benchmark_seconds", "deepsparse.benchmark's -t: seconds timed per run"),
+        ("benchmark_warmup", "deepsparse.benchmark's -w: warm-up seconds per run"),
+        ("benchmark_repetitions", "deepsparse.benchmark runs per model and batch size"),
+    ):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=BENCHMARK_DEFAULTS[name], help=text)
     p.add_argument("--out", default=out, help="JSON results")
     return p
 
@@ -52,7 +69,8 @@ def parser(prog: str = "lit-kd bench", out: str = "results/sparse_speed.json") -
 def run_bench(onnx_files: dict[str, str], torch_model: nn.Module | None, args: argparse.Namespace) -> dict:
     """:func:`lit_kd.speed.run_bench` with this command's arguments."""
     engines = tuple(args.engines)
-    return speed.run_bench(onnx_files, torch_model, args.cores, args.warmup, args.iterations_b1, args.iterations_b32, engines)
+    benchmark = {name: getattr(args, name) for name in BENCHMARK_DEFAULTS} if args.deepsparse_benchmark else None
+    return speed.run_bench(onnx_files, torch_model, args.cores, args.warmup, args.iterations_b1, args.iterations_b32, engines, benchmark)
 
 
 def check_model(prog: str, flag: str, path: str) -> None:
@@ -70,8 +88,8 @@ def inputs_from_args(cli: argparse.ArgumentParser, args: argparse.Namespace) -> 
         value = getattr(args, name)
         if value:
             require_file(cli, f"--{name}", value, {"ckpt": "checkpoint", "int8": "model"}.get(name, "ONNX model"))
-    require_positive(cli, args, "cores", "iterations_b1", "iterations_b32")
-    require_positive(cli, args, "warmup", minimum=0)
+    require_positive(cli, args, "cores", "iterations_b1", "iterations_b32", "benchmark_seconds", "benchmark_repetitions")
+    require_positive(cli, args, "warmup", "benchmark_warmup", minimum=0)
     require_output(cli, args.out)
     flags = {BASELINE: "--baseline", SPARSE: "--sparse", INT8: "--int8"}
     onnx_files = {label: path for label, path in ((BASELINE, args.baseline), (SPARSE, args.sparse), (INT8, args.int8)) if path}

@@ -17,6 +17,12 @@ if TYPE_CHECKING:
     from lit_kd.quant.bit_search import SearchResult
 
 
+def eval_words(images: int | None, sep: str = " ") -> str:
+    """What the search's evaluation images are: training images kept out of calibration, which the network may have
+    been trained on (so not held out from training)."""
+    return f"{f'{images:,} ' if images else ''}training images{sep}held out from calibration, not from training"
+
+
 def act_label(widths: dict[str, int], default: int | None = None) -> str:
     """``A4``, or ``A4 (A8: conv1, linear)`` when some layers' inputs have another width than ``default`` (the most
     common width when not given).
@@ -37,14 +43,15 @@ def act_label(widths: dict[str, int], default: int | None = None) -> str:
     return f"A{common}" + (f" ({extra})" if extra else "")
 
 
-def pareto_plot(result: SearchResult, path: Path, test_acc: dict[str, float] | None = None) -> Path:
-    """Accuracy on the evaluation data against weight size: every evaluated allocation, the front, the uniform
-    widths, and the chosen one.
+def pareto_plot(result: SearchResult, path: Path, eval_images: int | None = None) -> Path:
+    """Accuracy on the evaluation data (``eval_images`` training images kept out of calibration, which the network
+    may have been trained on) against weight size: every evaluated allocation, the front, the uniform widths, and the
+    chosen one.
 
     Example::
 
         >>> result = search_bits(model, calib, held_out, max_drop=0.01)  # doctest: +SKIP
-        >>> pareto_plot(result, Path("ptq.png"))  # doctest: +SKIP
+        >>> pareto_plot(result, Path("ptq.png"), eval_images=5000)  # doctest: +SKIP
         PosixPath('ptq.png')
     """
     import matplotlib
@@ -66,7 +73,7 @@ def pareto_plot(result: SearchResult, path: Path, test_acc: dict[str, float] | N
     ax.axhline(100 * (result.fp32_acc - result.max_drop), color="tab:red", linestyle=":", linewidth=1, label="budget")
     ax.axhline(100 * result.fp32_acc, color="black", linestyle="--", linewidth=1, label="FP32")
     ax.set_xlabel("weight storage of the quantized layers (KiB)")
-    ax.set_ylabel("accuracy on the held-out images (%)")
+    ax.set_ylabel(f"accuracy (%) on {eval_words(eval_images, sep=chr(10))}", fontsize=9)
     ax.set_title(f"Mixed-precision search, activations {act_label(result.layer_act_bits, result.act_bits)}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -79,7 +86,7 @@ def print_search(summary: dict, result) -> None:
     from rich.table import Table
 
     chosen = result.chosen.weight_bits
-    table = Table(title=f"Chosen allocation within {100 * result.max_drop:.2f} points on {summary['eval_images']} held-out images")
+    table = Table(title=f"Chosen allocation within {100 * result.max_drop:.2f} points on {eval_words(summary['eval_images'])}")
     for col in ("layer", "params", "bits (W/A)", "sensitivity (loss increase at that width)"):
         table.add_column(col, justify="left" if col == "layer" else "right")
     for path, facts in result.layers.items():

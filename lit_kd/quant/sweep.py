@@ -389,7 +389,7 @@ def ptq_search(model: nn.Module, ckpt: str, data_source: str, s: PtqSettings, ou
         "search": result.as_dict(),
     }
     print_search(summary, result)
-    summary["plot"] = str(pareto_plot(result, out.with_suffix(".png")))
+    summary["plot"] = str(pareto_plot(result, out.with_suffix(".png"), s.eval_images))
     return summary
 
 

@@ -34,50 +34,75 @@ def read_curves(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
     return curves
 
 
-def curves_figure(curves_by_stage: dict[str, dict], path: Path) -> Path:
-    """Loss and accuracy per epoch for every training stage: one row per stage, train dashed, validation solid."""
+def distinct_colours(n: int) -> list:
+    """``n`` colours, no two alike: tab10 up to 10, tab20 (dark ones first) up to 20, evenly spaced hues beyond."""
+    if n <= 10:
+        return list(plt.get_cmap("tab10").colors[:n])
+    if n <= 20:
+        pairs = plt.get_cmap("tab20").colors
+        return list(pairs[0::2] + pairs[1::2])[:n]
+    return [plt.get_cmap("hsv")(i / n) for i in range(n)]
+
+
+def validation_label(val_data: dict[str, str]) -> tuple[str, bool]:
+    """The axis words for the validation data of the stages shown (``stage -> "test set"`` or ``"5,000 held-out training
+    images"``), and whether they differ between stages (the legend then names each stage's)."""
+    sources = set(val_data.values())
+    return (f"validation on the {sources.pop()}" if len(sources) == 1 else "validation (data per stage in the legend)"), len(sources) > 1
+
+
+def curves_figure(curves_by_stage: dict[str, dict], path: Path, val_data: dict[str, str]) -> Path:
+    """Per training stage, one row of three panels: the training loss (every term of the stage's loss), the
+    validation cross-entropy, and accuracy (train dashed, validation solid); ``val_data`` names each stage's validation
+    data (:func:`validation_label`)."""
     n = len(curves_by_stage)
-    fig, axes = plt.subplots(n, 2, figsize=(10, 2.6 * n), squeeze=False)
+    fig, axes = plt.subplots(n, 3, figsize=(13, 2.6 * n), squeeze=False)
+    panels = (
+        ("training loss (all terms)", (("train/loss", "--", "tab:blue", "train"),)),
+        ("validation cross-entropy", (("val/loss", "-", "tab:orange", "validation"),)),
+        ("accuracy", (("train/acc", "--", "tab:blue", "train"), ("val/acc", "-", "tab:orange", "validation"))),
+    )
     for row, (stage, curves) in zip(axes, curves_by_stage.items()):
-        for ax, metric in zip(row, ("loss", "acc")):
-            for split, style in (("train", "--"), ("val", "-")):
-                points = curves.get(f"{split}/{metric}", [])
+        for ax, (title, series) in zip(row, panels):
+            for tag, style, colour, label in series:
+                points = curves.get(tag, [])
                 if points:
-                    ax.plot([p[0] + 1 for p in points], [p[1] for p in points], style, marker=".", label=split)
-            ax.set_title(f"{stage}: {metric}" + (" (train: the whole training loss)" if metric == "loss" else ""), fontsize=10)
+                    ax.plot([p[0] + 1 for p in points], [p[1] for p in points], style, color=colour, marker=".", label=label)
+            where = {"accuracy": f" (validation on the {val_data[stage]})", "validation cross-entropy": f" on the {val_data[stage]}"}
+            ax.set_title(f"{stage}: {title}{where.get(title, '')}", fontsize=9)
             ax.set_xlabel("epoch")
+            ax.set_ylabel({"accuracy": "accuracy"}.get(title, "loss"))
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
+            if len(series) > 1:
+                ax.legend(fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path)
 
 
-def accuracy_overview_figure(curves_by_stage: dict[str, dict], groups: dict[str, str | None], path: Path) -> Path:
-    """Validation accuracy per epoch of every training stage on one plot: one colour per stage or seed group (its
-    seeds solid, dashed, dotted ...), so setups can be compared and where each stopped is visible."""
+def accuracy_overview_figure(curves_by_stage: dict[str, dict], groups: dict[str, str | None], path: Path, val_data: dict[str, str]) -> Path:
+    """Validation accuracy per epoch of every training stage on one plot: one colour per stage or seed group, no
+    colour used twice (its seeds solid, dashed, dotted ...), so setups can be compared and where each stopped is
+    visible; the y axis names the validation data (``val_data``, :func:`validation_label`)."""
     fig, ax = plt.subplots(figsize=(10, 4.8))
-    colours = plt.get_cmap("tab20").colors
-    keys: list[str] = []
+    shown = {stage: curves["val/acc"] for stage, curves in curves_by_stage.items() if curves.get("val/acc")}
+    keys = list(dict.fromkeys(groups.get(stage) or stage for stage in shown))
+    colours = dict(zip(keys, distinct_colours(len(keys))))
+    label, per_stage = validation_label({stage: val_data[stage] for stage in shown})
     seen: dict[str, int] = {}
-    for stage, curves in curves_by_stage.items():
-        points = curves.get("val/acc", [])
-        if not points:
-            continue
+    for stage, points in shown.items():
         key = groups.get(stage) or stage
-        if key not in keys:
-            keys.append(key)
         nth = seen[key] = seen.get(key, -1) + 1
         ax.plot(
             [p[0] + 1 for p in points],
             [100 * p[1] for p in points],
             linestyle=("-", "--", ":", "-.")[nth % 4],
-            color=colours[2 * keys.index(key) % len(colours)],
+            color=colours[key],
             marker=".",
-            label=stage,
+            label=f"{stage} ({val_data[stage]})" if per_stage else stage,
         )
     ax.set_xlabel("epoch")
-    ax.set_ylabel("validation accuracy (%)")
+    ax.set_ylabel(f"accuracy (%), {label}")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))

@@ -44,6 +44,7 @@ class ModelRecord(Record):
     nonzero_params: int
     macs: int
     size_bytes: int
+    deflated_bytes: int | None = field(default=None, metadata=OPTIONAL)  # size_bytes compressed (zlib, level 9)
     test_acc: float
     epochs: int | None
     stop_reason: str | None
@@ -183,11 +184,14 @@ class ExportRecord(Record):
     pytorch: dict[str, Any]
     onnxruntime: dict[str, Any]
     deepsparse: dict[str, Any]
+    file_bytes: int | None = field(default=None, metadata=OPTIONAL)  # the ONNX file on disk
+    deflated_bytes: int | None = field(default=None, metadata=OPTIONAL)  # the same compressed (zlib, level 9)
 
 
 @dataclass(kw_only=True)
 class SpeedRow(Record):
-    """One benchmark measurement: model, runtime, batch size, latency and throughput."""
+    """One benchmark measurement: model, runtime, batch size, latency and throughput (lit-kd's loop, or
+    ``deepsparse.benchmark`` repeated), and the model's accuracy."""
 
     model: str
     runtime: str
@@ -196,6 +200,14 @@ class SpeedRow(Record):
     latency_ms_median: float
     latency_ms_p90: float
     images_per_s: float
+    accuracy: float | None = field(default=None, metadata=OPTIONAL)  # the model's, where measured (export validation)
+    # deepsparse.benchmark rows: repetitions of ``seconds`` each; the medians above, their range over repetitions here
+    repetitions: int | None = field(default=None, metadata=OPTIONAL)
+    seconds: float | None = field(default=None, metadata=OPTIONAL)
+    images_per_s_min: float | None = field(default=None, metadata=OPTIONAL)
+    images_per_s_max: float | None = field(default=None, metadata=OPTIONAL)
+    latency_ms_min: float | None = field(default=None, metadata=OPTIONAL)
+    latency_ms_max: float | None = field(default=None, metadata=OPTIONAL)
 
 
 @dataclass(kw_only=True)

@@ -4,6 +4,7 @@ report section (the exports table) and its records (``results.exports``)."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from lit_kd.study.kinds.base import EXPORTS, ReportInput
 from lit_kd.study.kinds.step import StepError, StepKind, positive, split
@@ -37,9 +38,11 @@ class Export(StepKind):
 def export_row(r: ExportRecord) -> list[str]:
     ds = [pct(r.deepsparse["acc"]), pct(r.deepsparse["agreement"])] if "acc" in r.deepsparse else ["not installed"] * 2
     ort = r.onnxruntime
+    from lit_kd.study.kinds.trained import size_text
+
     return [
         r.stage,
-        r.precision,
+        r.precision if r.file_bytes is None else f"{r.precision}, {size_text(r.file_bytes, r.deflated_bytes)}",
         f"{100 * r.weight_sparsity:.1f} %",
         str(r.images),
         pct(r.pytorch["acc"]),
@@ -50,16 +53,23 @@ def export_row(r: ExportRecord) -> list[str]:
 
 
 def export_table(manifests: dict[str, dict]) -> tuple[Table | None, list[ExportRecord]]:
+    from lit_kd.artifacts import deflated_size
+
     rows, data = [], []
     for name, m in manifests.items():
         if m["kind"] != "export":
             continue
         x = m["metrics"]
-        data.append(
-            ExportRecord.from_dict({"stage": name, "precision": x["precision"], "weight_sparsity": x["weight_sparsity"], **x["validation"]})
-        )
+        onnx = Path((m.get("outputs") or {}).get("onnx") or "")
+        sizes = {"file_bytes": onnx.stat().st_size, "deflated_bytes": deflated_size(onnx.read_bytes())} if onnx.is_file() else {}
+        record = {"stage": name, "precision": x["precision"], "weight_sparsity": x["weight_sparsity"], **x["validation"], **sizes}
+        data.append(ExportRecord.from_dict(record))
         rows.append(export_row(data[-1]))
     if not rows:
         return None, []
     header = ["export", "precision", "weight sparsity", "images", "PyTorch", "ONNX Runtime", "agrees with PyTorch"]
-    return Table([*header, "DeepSparse", "agrees with PyTorch"], rows, "ONNX files validated on test images in both runtimes."), data
+    caption = (
+        "ONNX files validated on test images in both runtimes; beside the precision, the file's size on disk and, in "
+        "brackets, compressed (zlib, level 9: pruned weights' zeros compress)."
+    )
+    return Table([*header, "DeepSparse", "agrees with PyTorch"], rows, caption), data

@@ -28,7 +28,7 @@ from lit_kd.study.results import DistillationRecord, ModelRecord, QatRecord, Res
 
 def report_sections(rep: ReportInput) -> list[tuple[int, Section]]:
     """Every section of trained networks (the ``fit`` kind asks once for both kinds), their records filled in."""
-    from lit_kd.study.figures import accuracy_overview_figure, curves_figure, read_curves
+    from lit_kd.study.figures import accuracy_overview_figure, curves_figure, read_curves, validation_label
 
     sections = []
     models, rep.results.models = models_table(rep.of_kind("fit", "weights"))
@@ -44,12 +44,15 @@ def report_sections(rep: ReportInput) -> list[tuple[int, Section]]:
         sections.append((COMPARISONS, Section("Comparisons", [compared])))
     if curves:
         groups = {n: rep.manifests[n].get("group") for n in curves}
-        overview = accuracy_overview_figure(curves, groups, rep.fig_dir / "accuracy.png")
+        val_data = {n: validation_data(rep.manifests[n]) for n in curves}
+        overview = accuracy_overview_figure(curves, groups, rep.fig_dir / "accuracy.png", val_data)
+        where = validation_label(val_data)[0]
         figures = [
-            Figure(overview, "Validation accuracy per epoch of every training stage (seeds of one setup share a colour)."),
+            Figure(overview, f"Accuracy per epoch of every training stage, {where} (seeds of one setup share a colour)."),
             Figure(
-                curves_figure(curves, rep.fig_dir / "curves.png"),
-                "Loss and accuracy per epoch (train dashed, validation solid), read from TensorBoard events.",
+                curves_figure(curves, rep.fig_dir / "curves.png", val_data),
+                f"Per stage: the training loss (every term of its loss, distillation terms included), the validation "
+                f"cross-entropy and accuracy (train dashed, validation solid), {where}; read from TensorBoard events.",
             ),
         ]
         sections.append((CURVES, Section("Training curves", figures)))
@@ -67,6 +70,13 @@ def report_sections(rep: ReportInput) -> list[tuple[int, Section]]:
         figure = Figure(sparsity_figure(sparse, rep.fig_dir / "sparsity.png"), "Zero weights per conv/linear layer.")
         sections.append((SPARSITY, Section("Per-layer sparsity", [figure])))
     return sections
+
+
+def validation_data(manifest: dict) -> str:
+    """What a fit stage validated on: ``test set`` (``val_split: 0``, the seed protocol) or ``N held-out training
+    images`` (from its resolved config)."""
+    held_out = ((manifest.get("resolved_config") or {}).get("data") or {}).get("init_args", {}).get("val_split")
+    return f"{held_out:,} held-out training images" if held_out else "test set"
 
 
 def headline_rows(results: Results) -> list[tuple[int, Row]]:
@@ -90,6 +100,7 @@ def models_table(trained: dict[str, dict]) -> tuple[Table, list[ModelRecord]]:
             nonzero_params=x["nonzero_params"],
             macs=x["macs"],
             size_bytes=x["size_bytes"],
+            deflated_bytes=x.get("deflated_bytes"),
             test_acc=x["test_acc"],
             epochs=x.get("epochs"),
             stop_reason=x.get("stop_reason"),
@@ -99,8 +110,9 @@ def models_table(trained: dict[str, dict]) -> tuple[Table, list[ModelRecord]]:
         rows.append(model_row(record, wall_time(m)))
     header = ["stage", "architecture", "parameters", "non-zero", "MACs", "size", "test accuracy", "epochs", "stopped by", "wall time"]
     caption = (
-        "Test accuracy on the full test set; size: serialized weights (the INT8 model for QAT runs); wall time: every "
-        "attempt of the stage together, on whatever else shared the cores."
+        "Test accuracy on the full test set; size: serialized float weights, observers and fake-quantization state left "
+        "out (the INT8 model file for QAT runs), in brackets compressed (zlib, level 9: pruned weights' zeros compress); "
+        "wall time: every attempt of the stage together, on whatever else shared the cores."
     )
     return Table(header, rows, caption), data
 
@@ -113,12 +125,21 @@ def model_row(r: ModelRecord, wall: str) -> list[str]:
         f"{r.params:,}",
         f"{r.nonzero_params:,}",
         f"{r.macs / 1e6:.1f} M",
-        f"{r.size_bytes / 1e6:.2f} MB",
+        size_text(r.size_bytes, r.deflated_bytes),
         pct(r.test_acc),
         "-" if r.epochs is None else str(r.epochs),
         str(r.stop_reason),
         wall,
     ]
+
+
+def size_text(size: int, deflated: int | None) -> str:
+    """``0.96 MB``, or ``0.96 MB (0.12 MB compressed)`` where the compressed size is recorded; under 10 kB in kB."""
+
+    def text(n: int) -> str:
+        return f"{n / 1e6:.2f} MB" if n >= 10_000 else f"{n / 1e3:.1f} kB"
+
+    return text(size) + ("" if deflated is None else f" ({text(deflated)} compressed)")
 
 
 def distillation_table(
