@@ -60,11 +60,12 @@ class Setting(NamedTuple):
 def build_settings(model: torch.nn.Module, calib: list, folder: Path, cores: int, sparse: str | None) -> tuple[dict, list[str]]:
     """Every :class:`Setting` whose engine is installed, by name, and the engines that are not."""
     from lit_kd.quant.ptq import quantize
-    from lit_kd.quant.qdq_export import export_qdq
+    from lit_kd.quant.qdq_export import OPENVINO_ACTIVATIONS, export_qdq
     from lit_kd.quant.torch_ptq import quantize_int8
 
     fp32_onnx = str(export_onnx_model(model, folder / "fp32.onnx"))  # DeepSparse takes str paths only
-    qdq = export_qdq(quantize(model, calib, 8, 8, "minmax"), folder / "ours_w8a8.onnx")
+    ours = quantize(model, calib, 8, 8, "minmax")
+    qdq = export_qdq(ours, folder / "ours_w8a8.onnx")  # int8 activations for ONNX Runtime, uint8 for OpenVINO (lit-kd ptq's files)
     ort = partial(speed.onnxruntime_runner, spin=False)
     built = {
         REFERENCE["fp32"]: lambda: Setting("pytorch", "fp32", speed.module_runner(model)),
@@ -83,7 +84,8 @@ def build_settings(model: torch.nn.Module, calib: list, folder: Path, cores: int
         nncf_ir = save_ir(nncf_quantize(model, calib, "performance"), folder / "nncf_performance.xml")
         built["openvino fp32"] = lambda: Setting("openvino", "fp32", ov(fp32_ir, cores))
         built[NNCF] = lambda: Setting("openvino", "int8", ov(nncf_ir, cores))
-        built["openvino int8 (ours w8a8 qdq)"] = lambda: Setting("openvino", "int8", ov(qdq, cores))
+        ours_ir = save_ir(convert(export_qdq(ours, folder / "ours_w8a8_uint8.onnx", activations=OPENVINO_ACTIVATIONS)), folder / "ours.xml")
+        built["openvino int8 (ours w8a8 qdq)"] = lambda: Setting("openvino", "int8", ov(ours_ir, cores))
         built[THROUGHPUT] = lambda: Setting("openvino throughput", "int8", ov_throughput(nncf_ir, cores))
     if "deepsparse" not in missing:
         ds = speed.runner_factory("deepsparse")

@@ -8,7 +8,9 @@ called like a network.
   runs float images (N, 3, H, W) to logits (``lit-kd classify --ckpt model.xml``). Float layers run in f32
   (``INFERENCE_PRECISION_HINT``): the plugin's default is bf16 on CPUs with AVX-512 BF16 or AMX, which changed 0.2 %
   of the teacher's top-1 predictions here.
-- :func:`openvino_runner` is the timing entry of :mod:`lit_kd.speed`.
+- :func:`openvino_runner` is the timing entry of :mod:`lit_kd.speed`; :func:`kernel_precisions` says in which
+  precision the compiled convolutions and fully connected layers run (an INT8 file whose layers run in f32 is not an
+  INT8 model).
 """
 
 from __future__ import annotations
@@ -128,3 +130,19 @@ def ir_problem(flag: str, path: str) -> str | None:
         detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         return f"{flag} {path!r} is not an OpenVINO IR that OpenVINO can read ({detail})"
     return None
+
+
+def kernel_precisions(source) -> dict[str, int]:
+    """How many Convolution / FullyConnected layers of ``source`` (a path or ``openvino.Model``), compiled for the CPU,
+    run in each precision: ``{"Convolution u8": 19, "FullyConnected u8": 1}``. Read from the compiled model's runtime
+    graph (``layerType`` and ``runtimePrecision``)."""
+    ov = _openvino("reading OpenVINO runtime precisions")
+    compiled = ov.Core().compile_model(source if not isinstance(source, (str, Path)) else str(source), "CPU")
+    counts: dict[str, int] = {}
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        layer = info["layerType"].astype(str) if "layerType" in info else op.get_type_name()
+        if layer in ("Convolution", "FullyConnected", "MatMul"):
+            key = f"{layer} {info['runtimePrecision'].astype(str) if 'runtimePrecision' in info else 'unknown'}"
+            counts[key] = counts.get(key, 0) + 1
+    return counts

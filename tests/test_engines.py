@@ -61,6 +61,19 @@ def test_ptq_writes_deployable_int8_files_that_classify_like_their_rows(ptq_run)
     # the TorchScript program is PyTorch's INT8 model itself; the IR files are NNCF's models read back
     assert files["pytorch_int8.pt"]["agree_row"] == 1.0
     assert files["nncf_mixed.xml"]["agree_row"] >= 0.995
+    assert sorted(p.name for p in models.iterdir() if ".tmp" in p.name) == []  # the uint8 ONNX behind the IR is gone
+
+
+def test_our_openvino_file_runs_int8_kernels_as_nncf_files_do(ptq_run):
+    """OpenVINO ran the int8-activation form of our QDQ in f32 (no INT8 speed): every convolution of the written IR,
+    like NNCF's, compiles to u8/i8 kernels."""
+    from lit_kd.openvino_engine import kernel_precisions
+
+    _, models = ptq_run
+    for name in ("ours_w8a8.xml", "nncf_mixed.xml"):
+        counts = kernel_precisions(models / name)
+        assert sum(counts.values()) == 20, (name, counts)  # ResNet-20: 19 convolutions and the classifier
+        assert all(key.endswith((" u8", " i8")) for key in counts), (name, counts)
 
 
 def test_nncf_rows_sit_beside_ours_within_a_point_of_fp32(ptq_run):

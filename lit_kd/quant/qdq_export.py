@@ -11,7 +11,8 @@ the convolutions in INT8.
 Activations are written as int8 by default (S8S8): code ``u - 128`` with zero point ``z - 128`` is the very same grid
 as our uint8 code ``u`` with zero point ``z``, and it keeps ONNX Runtime off its U8S8 kernels, whose 16-bit
 intermediate sums can saturate on x86 CPUs without VNNI (ONNX Runtime's own advice for QDQ models). ``activations=
-"uint8"`` writes the uint8 form.
+"uint8"`` writes the uint8 form, which is the one for OpenVINO (``OPENVINO_ACTIVATIONS``): its CPU plugin runs
+convolutions on uint8 inputs with zero points in INT8, but ran every convolution of the int8 form in f32.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from lit_kd.quant.ptq import quantized_layers
 
 QDQ_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear
 ACTIVATION_OFFSET = {"int8": 128, "uint8": 0}
+OPENVINO_ACTIVATIONS = "uint8"  # the activation form OpenVINO runs as INT8 kernels (lit_kd.openvino_engine.kernel_precisions)
 
 
 class _QdqLayer(nn.Module):
