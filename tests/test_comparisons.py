@@ -80,7 +80,7 @@ def manifest(stage: str, acc: float, tmp_path, group: str | None) -> dict:
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("compared")
-    (tmp_path / "c.yaml").write_text("trainer: {max_epochs: 5}\n")
+    (tmp_path / "c.yaml").write_text("trainer: {max_epochs: 5}\ndata: {init_args: {}}\n")  # held_out sets data.init_args.val_split
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(STUDY, sort_keys=False))
     study = load_study(tmp_path / "study.yaml")
     manifests = {}

@@ -138,3 +138,14 @@ def test_a_missing_openvino_extra_is_one_line_naming_it(monkeypatch):
     for package in ("openvino", "nncf"):
         with pytest.raises(extras.MissingExtra, match=rf"needs {package}: pip install 'lit-kd\[openvino\]'$"):
             extras.require(package, "NNCF post-training quantization")
+
+
+def test_the_exported_w8a8_row_is_chosen_on_held_out_images_never_on_the_test_set():
+    from lit_kd.quant.sweep import deployable_w8a8
+
+    def row(test, held=None):
+        return ({"acc": test, **({"held_out_acc": held} if held is not None else {})}, f"model {test}", None)
+
+    # the best test accuracy (0.95) loses to the best held-out accuracy (0.91); the first of equals wins
+    assert deployable_w8a8([row(0.90, 0.89), row(0.95, 0.88), row(0.91, 0.91), row(0.92, 0.91)])[1] == "model 0.91"
+    assert deployable_w8a8([row(0.90), row(0.95)])[1] == "model 0.9"  # no held-out images: the first row, as listed

@@ -133,6 +133,7 @@ def test_the_study_records_the_stop_before_testing_restores_an_earlier_best_chec
     assert stop_reason(trainer).startswith("epoch budget")  # what restoring did to the live callback
     assert outcome.metrics == {
         "best_val_acc": pytest.approx(0.80),
+        "last_val_acc": pytest.approx(0.79),
         "epochs": 4,
         "stop_reason": "plateau rule (AccuracyPlateauStopping) after epoch 4",
         "teacher_val_acc": None,

@@ -111,7 +111,8 @@ def test_ptq_headline_picks_on_held_out_images_and_reports_test_accuracy():
     assert table.header[-1] == "accuracy on 5,000 held-out images" and table.rows[2][-1] == "90.00 %"
     stage = StageRecord(kind="ptq", status="done", outputs={}, metrics=metrics, command=None, wall_s=1.0, seed=None, group=None)
     (what, result, compared) = ptq_rows(Results(study="s.yaml", description="", stages={"p": stage}, ptq={"p": records}))[0]
-    assert what == "Our PTQ W8A8 `p` (percentile, per-channel, first/last layer 8-bit; best of 2 on 5,000 held-out training images)"
+    held_out = "best of 2 on 5,000 held-out training images"
+    assert what == f"Our PTQ W8A8 `p` (percentile, per-channel, first/last layer 8-bit; {held_out}), simulated (fake-quant)"
     assert result == "88.00 %" and compared.startswith("-2.00 points vs FP32 90.00 %")
     for r in records:  # without held-out accuracies (protocol seed, files written before): the best on the test set
         r.held_out_acc = None

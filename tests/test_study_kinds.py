@@ -129,7 +129,7 @@ def test_ptq_section_and_rows_come_from_the_manifest():
     assert what.startswith("Our PTQ W8A8 `ptq`") and result == "89.00 %" and compared == "-1.00 points vs FP32 90.00 %"
     # PyTorch's INT8 rows of either flow (PT2E, the default, and FX) make one headline row: the better of them
     (what, result, compared) = ptq_rows(results)[1]
-    assert what == "PyTorch INT8 PTQ `ptq` (pt2e x86 histogram, per-channel; best of 2)" and result == "89.50 %"
+    assert what == "PyTorch INT8 PTQ `ptq` (pt2e x86 histogram, per-channel; best of 2), real INT8 kernels" and result == "89.50 %"
     assert compared == "-0.50 points vs FP32 90.00 %"
 
 

@@ -249,6 +249,7 @@ def ptq_table(model: nn.Module, ckpt: str, data_source: str, s: PtqSettings) -> 
     widths = [(b, b) for b in s.bits] + [(b, 8) for b in s.weight_only_bits]
     corrections = [False, True] if s.bias_correction else [False]
     ours = itertools.product(widths, s.observer, s.rounding, s.granularity, FIRST_LAST[s.first_last_8bit], corrections)
+    exportable = []  # (row, model, test predictions) of our W8A8 rows
     for (wb, ab), observer, rounding, gran, fl, bc in ours if "ours" in engines else ():
         weights = f" (weights {s.weight_observer})" if s.weight_observer and s.weight_observer != observer else ""
         method = observer + weights + ("" if rounding == "nearest" else f" + {rounding}") + (" + bias corr." if bc else "")
@@ -274,12 +275,14 @@ def ptq_table(model: nn.Module, ckpt: str, data_source: str, s: PtqSettings) -> 
                 weight_observer=s.weight_observer,
             ),
         )
-        if (wb, ab, rounding, bc) == (8, 8, "nearest", False):  # at W8A8, first/last layers kept at 8 bits change nothing
-            if out_dir and not any(d["file"].endswith("ours_w8a8.onnx") for d in deployables):
-                deployables += write_ours(qmodel, out_dir, rows[-1], pred, test, truth)
-            if not fl:  # the same model in integer arithmetic
+        if (wb, ab, rounding) == (8, 8, "nearest"):  # what the QDQ file can hold (AdaRound's choices are not kept)
+            exportable.append((rows[-1], qmodel, pred))
+            if not bc and not fl:  # the same model in integer arithmetic (first/last layers at 8 bits change nothing at W8A8)
                 _, int_pred = add("ours int", 8, 8, method + " (int8 x int8 -> int32)", gran, fl, partial(to_int8_model, qmodel))
                 rows[-1]["agree_simulation"] = fraction_equal(int_pred, pred)
+    if out_dir and exportable:
+        row, qmodel, pred = deployable_w8a8(exportable)
+        deployables += write_ours(qmodel, out_dir, row, pred, test, truth)
     return {
         "checkpoint": str(ckpt),
         "fp32_acc": fp32,
@@ -292,6 +295,15 @@ def ptq_table(model: nn.Module, ckpt: str, data_source: str, s: PtqSettings) -> 
         **({"held_out_images": held_out_images} if held_out_images else {}),
         **({"export_dir": str(out_dir), "deployables": deployables} if out_dir else {}),
     }
+
+
+def deployable_w8a8(exportable: list[tuple]) -> tuple:
+    """Which of our W8A8 rows ``(row, model, test predictions)`` becomes ``ours_w8a8``: the best on the held-out
+    training images where the rows have them (``--held-out``; the first of equals), else the first row (the first
+    observer, without bias correction). Never chosen on the test set."""
+    if all("held_out_acc" in row for row, _, _ in exportable):
+        return max(exportable, key=lambda e: e[0]["held_out_acc"])
+    return exportable[0]
 
 
 def print_row(row: dict, fp32: float) -> None:

@@ -75,7 +75,12 @@ class Ptq(StepKind):
 SIMULATED, REAL_INT8 = "simulated (fake-quant)", "real INT8 kernels"
 # whose quantization a row of ``lit-kd ptq``'s JSON shows, by its runtime (or by the engine named not installed)
 ENGINES = {"fp32": "FP32", "ours int": "ours", "pytorch": "PyTorch", "openvino": "NNCF (OpenVINO)", "nncf": "NNCF (OpenVINO)"}
-FILE_ENGINES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "pytorch int8 (torchscript)": "PyTorch (TorchScript)"}
+FILE_ENGINES = {
+    "onnxruntime": "ONNX Runtime",
+    "openvino": "OpenVINO",
+    "pytorch int8 (torchscript)": "PyTorch (TorchScript)",
+    "pytorch int8 (pt2e program, compiled)": "PyTorch (PT2E program)",
+}
 NNCF_METHOD = re.compile(r"nncf (\w+)(?: \+ accuracy control \(<= ([\d.]+) pts\))?$")  # as lit_kd.quant.nncf_ptq.method_name writes it
 
 
