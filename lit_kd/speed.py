@@ -27,6 +27,8 @@ BATCHES = (1, 32)
 BENCH_DEFAULTS = {"cores": 2, "warmup": 10, "iterations_b1": 200, "iterations_b32": 30}  # lit-kd bench and the bench stage
 BENCH_QAT_ADVICE = "Give the dense checkpoint the baseline was exported from (PyTorch INT8 is made from it)."
 BASELINE, SPARSE, INT8 = "dense fp32", "pruned-quantized", "dense int8 file"
+SPARSE_FP32 = "pruned fp32"  # the --sparse file's label when it holds no quantized operators (sparse_label)
+QUANTIZED_OPS = {"QuantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"}
 # engines a model file can be timed in; "openvino" is synchronous with INFERENCE_NUM_THREADS = cores, "openvino
 # throughput" the THROUGHPUT hint (its streams and threads chosen by the plugin), both the ``openvino`` extra
 ENGINES = ("deepsparse", "onnxruntime", "openvino", "openvino throughput")
@@ -296,19 +298,30 @@ def fastest(rows: list[dict], group: str = "model", name: str = "runtime") -> li
 
 
 def ratios(rows: list[dict]) -> dict[str, float]:
-    """Images per second of DeepSparse pruned-quantized over each reference, per batch size (same run)."""
+    """Images per second of DeepSparse on the sparse file (pruned-quantized or pruned fp32) over each reference, per
+    batch size (same run)."""
 
     def ips(model: str, runtime: str, batch: int) -> float | None:
         return next((r["images_per_s"] for r in rows if (r["model"], r["runtime"], r["batch"]) == (model, runtime, batch)), None)
 
     out = {}
+    label = next((r["model"] for r in rows if r["model"] in (SPARSE, SPARSE_FP32)), SPARSE)
     for batch in BATCHES:
-        sparse = ips(SPARSE, "deepsparse", batch)
+        sparse = ips(label, "deepsparse", batch)
         for name, (model, runtime) in REFERENCES.items():
             reference = ips(model, runtime, batch)
             if sparse and reference:
-                out[f"deepsparse {SPARSE} vs {name}, batch {batch}"] = sparse / reference
+                out[f"deepsparse {label} vs {name}, batch {batch}"] = sparse / reference
     return out
+
+
+def sparse_label(path: str | Path) -> str:
+    """The label of the ``--sparse`` file: :data:`SPARSE` (pruned-quantized) when its graph holds quantized
+    operators, :data:`SPARSE_FP32` for a pruned float model (the study of ResNet-18 pruned to 100,000 parameters)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return SPARSE if any(node.op_type in QUANTIZED_OPS for node in graph.node) else SPARSE_FP32
 
 
 def run_bench(

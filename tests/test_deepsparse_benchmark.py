@@ -143,3 +143,19 @@ def test_bench_stage_refuses_bad_benchmark_settings(name, value, message):
     with pytest.raises(StepError) as err:
         KINDS["bench"].call({"out": "o", "baseline": "m.onnx", "deepsparse_benchmark": True, name: value})
     assert str(err.value) == message
+
+
+@pytest.mark.sparse
+def test_the_sparse_file_is_labelled_by_what_it_holds(tmp_path, onnx_pair):
+    """A pruned float file given as --sparse (ResNet-18 pruned to 100,000 parameters) is timed and compared as
+    "pruned fp32", never called pruned-quantized; the QDQ file keeps that name."""
+    from lit_kd import speed
+
+    assert speed.sparse_label(onnx_pair["pruned-quantized"]) == "pruned-quantized"
+    assert speed.sparse_label(onnx_pair["dense fp32"]) == "pruned fp32"
+    settings = {"baseline": onnx_pair["dense fp32"], "sparse": onnx_pair["dense fp32"], "engines": ["deepsparse", "onnxruntime"]}
+    settings |= {"cores": 1, "warmup": 0, "iterations_b1": 1, "iterations_b32": 1, "out": str(tmp_path / "bench.json")}
+    KINDS["bench"].call(settings)
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert {r["model"] for r in result["rows"]} == {"dense fp32", "pruned fp32"}
+    assert "deepsparse pruned fp32 vs onnxruntime dense fp32, batch 32" in result["ratios"]

@@ -110,3 +110,28 @@ def test_sizes_are_the_files_own_with_their_compressed_size(tmp_path):
     assert model_row(ModelRecord(**model, size_bytes=960_000, deflated_bytes=120_000), "1 min")[5] == "0.96 MB (0.12 MB compressed)"
     assert model_row(ModelRecord(**model, size_bytes=960_000), "1 min")[5] == "0.96 MB"  # results.json written before it
     assert model_row(ModelRecord(**model, size_bytes=120_000, deflated_bytes=4_321), "1 min")[5] == "0.12 MB (4.3 kB compressed)"
+
+
+def test_pruning_cycles_plot_accuracy_against_the_parameters_left_beside_the_dense_control(drawn, tmp_path):
+    """IterativePruning's ``prune/nonzero`` read back from real TensorBoard events with the validation accuracy of
+    each epoch; a run whose count never changed has no cycles; the control's last epoch is the dashed line."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    nonzero, acc = [8000, 4000, 2000, 1000, 1000], [0.80, 0.81, 0.79, 0.75, 0.77]
+    writer = SummaryWriter(str(tmp_path / "pruned"))
+    for epoch, (n, a) in enumerate(zip(nonzero, acc)):
+        step = 100 * (epoch + 1)
+        for tag, value in (("epoch", epoch), ("prune/nonzero", n), ("val/acc", a)):
+            writer.add_scalar(tag, value, step)
+    writer.close()
+    read = figures.read_curves(tmp_path / "pruned")
+    points = figures.pruning_cycles(read)
+    assert [(e, n) for e, n, _ in points] == list(enumerate(nonzero)) and [a for *_, a in points] == pytest.approx(acc)
+    assert figures.pruning_cycles(curves()) == [] and figures.pruning_cycles({**curves(), "prune/nonzero": [(0, 5.0), (1, 5.0)]}) == []
+    figures.pruning_figure({"prune": points}, {"prune": ("control", 0.78)}, tmp_path / "p.png", {"prune": "test set"})
+    ax = drawn[-1].axes[0]
+    line, control = ax.lines
+    assert list(line.get_xdata()) == nonzero and list(line.get_ydata()) == pytest.approx([100 * a for a in acc])
+    assert list(control.get_ydata()) == pytest.approx([78.0, 78.0]) and control.get_label().startswith("control (dense")
+    assert ax.get_xscale() == "log" and ax.xaxis_inverted() and [t.get_text() for t in ax.texts] == ["1", "2", "3", "4", "5"]
+    assert ax.get_ylabel() == "accuracy (%), validation on the test set"

@@ -245,16 +245,24 @@ def test_ship_writes_measured_weights_and_the_report_and_keeps_what_it_did_not_m
     weights = tmp_path / "weights"
     weights.mkdir()
     (weights / "README.md").write_text("# Weights\n\n<!-- weights:start -->\nold table\n<!-- weights:end -->\nkept\n")
-    entries = ["student.pt=best_student", "student_int8.pt=qat:int8", "sparse.onnx=export_sparse:onnx"]
+    entries = [
+        "student.pt=best_student",
+        "student_int8.pt=qat:int8",
+        "sparse.onnx=export_sparse:onnx",
+        "student_100k.npz=prune_100k:compact",
+    ]
     proc = ship(out, *entries, "--weights", weights, "--results", tmp_path / "results", "--data", tiny_zip, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     shipped, stages = json.loads((weights / "weights.json").read_text()), manifests(out)
-    assert sorted(shipped) == ["sparse.onnx", "student.pt", "student_int8.pt"]
+    assert sorted(shipped) == ["sparse.onnx", "student.pt", "student_100k.npz", "student_int8.pt"]
     chosen = stages["best_student"]["metrics"]["chosen"]
     student = shipped["student.pt"]
     assert student["stage"] == f"best_student ({chosen})" and student["format"] == "float weights"
     assert student["correct"] == round(stages[chosen]["metrics"]["test_acc"] * student["test_images"])  # the stage's own test
     assert shipped["student_int8.pt"]["format"] == "INT8 (torch)" and shipped["sparse.onnx"]["stage"] == "export_sparse (sparse)"
+    compact = shipped["student_100k.npz"]  # the pruned run's non-zero weights, measured as the stage measured them
+    assert compact["format"] == "compact (non-zero weights)" and compact["nonzero_params"] <= 100_000
+    assert compact["correct"] == round(stages["prune_100k"]["metrics"]["test_acc"] * compact["test_images"])
     for name, entry in shipped.items():
         path = weights / name
         assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"] and entry["architecture"] == "resnet20_trunc"
@@ -295,7 +303,8 @@ def test_ship_writes_measured_weights_and_the_report_and_keeps_what_it_did_not_m
     [
         ("student.pt", "expected FILE=STAGE[:OUTPUT]"),
         ("student.pt=no_such_stage", "stage 'no_such_stage': no manifest"),
-        ("student.pt=qat:weights", "OUTPUT must be one of ckpt, int8, onnx, got 'weights'"),
+        ("student.pt=qat:weights", "OUTPUT must be one of ckpt, int8, onnx, compact, got 'weights'"),
+        ("student.npz=qat:compact", "stage 'qat' wrote no compact_weights.npz"),
         ("student.onnx=qat:int8", "a shipped int8 file is named *.pt"),
         ("student.pt=best_student:int8", "stage 'best_student' has no 'int8' output"),
         ("../student.pt=best_student", "FILE is a plain file name inside the weights folder"),

@@ -1,5 +1,5 @@
 """The report's figures (matplotlib, Agg): training curves read back from TensorBoard events, per-layer sparsity,
-and one test image per class with every model's prediction."""
+accuracy against parameters over pruning cycles, and one test image per class with every model's prediction."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from matplotlib.ticker import MaxNLocator
 
 from lit_kd.atomic import save_figure
 
-CURVE_TAGS = ("train/loss", "val/loss", "train/acc", "val/acc")
+CURVE_TAGS = ("train/loss", "val/loss", "train/acc", "val/acc", "prune/nonzero")  # prune/nonzero: IterativePruning's count
 
 
 def read_curves(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
@@ -124,6 +124,39 @@ def sparsity_figure(layers_by_stage: dict[str, dict[str, float]], path: Path) ->
         ax.set_xlabel("zero weights (%)")
         ax.set_title(stage, fontsize=10)
         ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def pruning_cycles(curves: dict) -> list[tuple[int, float, float]]:
+    """``[(epoch, non-zero parameters, validation accuracy), ...]`` of a run whose parameter count changed while it
+    trained (``IterativePruning`` logs ``prune/nonzero`` every epoch); empty for any other run."""
+    nonzero, acc = dict(curves.get("prune/nonzero", [])), dict(curves.get("val/acc", []))
+    if len(set(nonzero.values())) < 2:
+        return []
+    return [(epoch, nonzero[epoch], acc[epoch]) for epoch in sorted(nonzero) if epoch in acc]
+
+
+def pruning_figure(cycles_by_stage: dict[str, list], controls: dict[str, tuple[str, float]], path: Path, val_data: dict[str, str]) -> Path:
+    """Validation accuracy after every epoch against the non-zero parameters left then (log scale, fewer to the right),
+    one panel per pruned run, its epochs numbered; ``controls``: ``stage -> (control stage, its last validation
+    accuracy)``, drawn as a dashed line (the dense fine-tune of the same start for the same epochs)."""
+    n = len(cycles_by_stage)
+    fig, axes = plt.subplots(1, n, figsize=(6.5 * n, 4.2), squeeze=False)
+    for ax, (stage, points) in zip(axes[0], cycles_by_stage.items()):
+        ax.plot([p[1] for p in points], [100 * p[2] for p in points], marker="o", color="tab:purple", label=stage)
+        for epoch, nonzero, acc in points:
+            ax.annotate(str(epoch + 1), (nonzero, 100 * acc), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        if stage in controls:
+            name, acc = controls[stage]
+            ax.axhline(100 * acc, linestyle="--", color="tab:gray", label=f"{name} (dense, same epochs): last epoch")
+        ax.set_xscale("log")
+        ax.invert_xaxis()
+        ax.set_xlabel("non-zero parameters (whole network, BatchNorm included; log scale)")
+        ax.set_ylabel(f"accuracy (%), validation on the {val_data[stage]}")
+        ax.set_title(f"{stage}: after each epoch (numbered)", fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path)
 

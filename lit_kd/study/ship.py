@@ -7,7 +7,8 @@ table of ``weights/README.md`` regenerated from that file), and the report under
 
 An entry is ``FILE=STAGE[:OUTPUT]``: a stage's float checkpoint (``ckpt``, the default) becomes a portable weights
 file (:func:`lit_kd.checkpoints.write_weights_file`, loadable with ``weights_only=True``); an ``int8`` output (a QAT
-run's ``int8_model.pt``) and an ``onnx`` output are copied as they are. A file already shipped under that name with
+run's ``int8_model.pt``), an ``onnx`` output and ``compact`` (a pruned run's ``compact_weights.npz``: its non-zero
+weights only, :mod:`lit_kd.compact_weights`) are copied as they are. A file already shipped under that name with
 other content is kept unless ``--replace`` is given.
 """
 
@@ -26,7 +27,8 @@ from lit_kd.atomic import copy_file, write_bytes, write_json
 from lit_kd.study.manifest import portable_command, read_manifest
 
 TABLE_START, TABLE_END = "<!-- weights:start -->", "<!-- weights:end -->"
-OUTPUTS = ("ckpt", "int8", "onnx")
+OUTPUTS = ("ckpt", "int8", "onnx", "compact")
+COMPACT_FILE = "compact_weights.npz"  # IterativePruning writes it into the run folder
 REPORT_FILES = ("report.md", "report.html", "results.json")
 
 
@@ -45,7 +47,7 @@ def parse_entry(text: str) -> tuple[str, str, str]:
         raise ShipError(f"{text!r}: FILE is a plain file name inside the weights folder")
     if output not in OUTPUTS:
         raise ShipError(f"{text!r}: OUTPUT must be one of {', '.join(OUTPUTS)}, got {output!r}")
-    expected = {"ckpt": ".pt", "int8": ".pt", "onnx": ".onnx"}[output]
+    expected = {"ckpt": ".pt", "int8": ".pt", "onnx": ".onnx", "compact": ".npz"}[output]
     if not name.endswith(expected):
         raise ShipError(f"{text!r}: a shipped {output} file is named *{expected}")
     return name, stage, output
@@ -93,7 +95,7 @@ def same_content(a: Path, b: Path) -> bool:
     the file's own name and a random serialization id into every file, so equal weights differ in bytes)."""
     if a.read_bytes() == b.read_bytes():
         return True
-    if a.suffix == ".onnx":
+    if a.suffix in (".onnx", ".npz"):
         return False
     from lit_kd.checkpoints import safe_load
 
@@ -128,13 +130,18 @@ def ship_model(study_out: Path, entry: str, weights_dir: Path, data: str, replac
     """Write one shipped file and return its ``weights.json`` entry."""
     name, stage, output = parse_entry(entry)
     manifest = stage_manifest(study_out, stage)
-    if output not in manifest.get("outputs", {}):
+    outputs = dict(manifest.get("outputs", {}))
+    if output == "compact" and "run_dir" in outputs:
+        outputs["compact"] = str(Path(outputs["run_dir"]) / COMPACT_FILE)
+        if not Path(outputs["compact"]).is_file():
+            raise ShipError(f"stage {stage!r} wrote no {COMPACT_FILE} (only a run pruned by IterativePruning does)")
+    if output not in outputs:
         raise ShipError(f"stage {stage!r} has no {output!r} output (it has: {', '.join(manifest.get('outputs', {})) or 'none'})")
     if output == "onnx" and len(manifest.get("needs", [])) == 1:  # an export: the network is that of its source stage
         trained_by, trained = source_stage(study_out, manifest["needs"][0], stage_manifest(study_out, manifest["needs"][0]))
     else:
         trained_by, trained = source_stage(study_out, stage, manifest)
-    source = Path(manifest["outputs"][output])
+    source = Path(outputs[output])
     target = weights_dir / name
     staged = target.with_name(f".new.{name}")  # same suffix: how it is loaded depends on it
     try:
@@ -150,7 +157,7 @@ def ship_model(study_out: Path, entry: str, weights_dir: Path, data: str, replac
     facts = trained.get("metrics", {})
     return {
         "architecture": facts.get("architecture"),
-        "format": {"ckpt": "float weights", "int8": "INT8 (torch)", "onnx": "ONNX"}[output],
+        "format": {"ckpt": "float weights", "int8": "INT8 (torch)", "onnx": "ONNX", "compact": "compact (non-zero weights)"}[output],
         "sha256": sha256(target),
         "bytes": target.stat().st_size,
         "correct": correct,
@@ -225,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m lit_kd.study.ship", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("study_out", type=Path, help="the study's --out folder")
-    parser.add_argument("entries", nargs="*", help="FILE=STAGE[:OUTPUT] (OUTPUT: ckpt (default), int8, onnx)")
+    parser.add_argument("entries", nargs="*", help="FILE=STAGE[:OUTPUT] (OUTPUT: ckpt (default), int8, onnx, compact)")
     parser.add_argument("--weights", type=Path, default=Path("weights"), help="folder of shipped weights (default weights/)")
     parser.add_argument("--results", type=Path, help="copy the report here (e.g. results/cifar_cpu)")
     parser.add_argument("--data", help="CIFAR-10 source to measure each file on (default: the study's own)")

@@ -28,7 +28,15 @@ from lit_kd.study.results import DistillationRecord, ModelRecord, QatRecord, Res
 
 def report_sections(rep: ReportInput) -> list[tuple[int, Section]]:
     """Every section of trained networks (the ``fit`` kind asks once for both kinds), their records filled in."""
-    from lit_kd.study.figures import accuracy_overview_figure, curves_figure, read_curves, validation_label
+    from lit_kd.study.figures import (
+        accuracy_overview_figure,
+        curves_figure,
+        pruning_cycles,
+        pruning_figure,
+        read_curves,
+        sparsity_figure,
+        validation_label,
+    )
 
     sections = []
     models, rep.results.models = models_table(rep.of_kind("fit", "weights"))
@@ -64,11 +72,21 @@ def report_sections(rep: ReportInput) -> list[tuple[int, Section]]:
         for n, m in rep.of_kind("fit", "weights").items()
         if m["metrics"].get("layer_sparsity") and 1 - m["metrics"]["nonzero_params"] / m["metrics"]["params"] > 0.05
     }
-    if sparse:
-        from lit_kd.study.figures import sparsity_figure
-
-        figure = Figure(sparsity_figure(sparse, rep.fig_dir / "sparsity.png"), "Zero weights per conv/linear layer.")
-        sections.append((SPARSITY, Section("Per-layer sparsity", [figure])))
+    figures = [Figure(sparsity_figure(sparse, rep.fig_dir / "sparsity.png"), "Zero weights per conv/linear layer.")] if sparse else []
+    cycles = {n: pruning_cycles(c) for n, c in curves.items() if pruning_cycles(c)}
+    if cycles:
+        controls = {}
+        for stage, control in (rep.settings.get("controls") or {}).items():
+            last = (curves.get(control) or {}).get("val/acc")
+            if stage in cycles and last:
+                controls[stage] = (control, last[-1][1])
+        val_data = {n: validation_data(rep.manifests[n]) for n in cycles}
+        where = validation_label(val_data)[0]
+        text = (f"Accuracy against the parameters left over the pruning cycles ({where}); the dashed line is the last "
+                "epoch of the stage's dense control (same start, loss and epochs).")  # fmt: skip
+        figures.append(Figure(pruning_figure(cycles, controls, rep.fig_dir / "pruning.png", val_data), text))
+    if figures:
+        sections.append((SPARSITY, Section("Per-layer sparsity" if not cycles else "Pruning", figures)))
     return sections
 
 
