@@ -305,7 +305,7 @@ def ratios(rows: list[dict]) -> dict[str, float]:
         return next((r["images_per_s"] for r in rows if (r["model"], r["runtime"], r["batch"]) == (model, runtime, batch)), None)
 
     out = {}
-    label = next((r["model"] for r in rows if r["model"] in (SPARSE, SPARSE_FP32)), SPARSE)
+    label = sparse_model(rows)
     for batch in BATCHES:
         sparse = ips(label, "deepsparse", batch)
         for name, (model, runtime) in REFERENCES.items():
@@ -313,6 +313,11 @@ def ratios(rows: list[dict]) -> dict[str, float]:
             if sparse and reference:
                 out[f"deepsparse {label} vs {name}, batch {batch}"] = sparse / reference
     return out
+
+
+def sparse_model(rows: list[dict]) -> str:
+    """The label the sparse file was timed under in ``rows`` (:func:`sparse_label`; :data:`SPARSE` when none was)."""
+    return next((r["model"] for r in rows if r["model"] in (SPARSE, SPARSE_FP32)), SPARSE)
 
 
 def sparse_label(path: str | Path) -> str:
@@ -334,11 +339,13 @@ def run_bench(
     engines: tuple[str, ...] | None = None,
     benchmark: dict | None = None,
 ) -> dict:
-    """Every engine on every model (see :func:`measure`), the ratios and the machine, as ``lit-kd bench``'s JSON; with
+    """Every engine on every model (see :func:`measure`; the ``SPARSE`` file labelled by :func:`sparse_label`), the
+    ratios and the machine, as ``lit-kd bench``'s JSON; with
     ``benchmark`` (:data:`~lit_kd.deepsparse_benchmark.BENCHMARK_DEFAULTS`) also ``deepsparse.benchmark``'s rows."""
     from lit_kd.deepsparse_benchmark import deepsparse_commands, run_deepsparse_benchmark
 
     machine = cpu_info(cores)  # the load average before the run: other work on the cores distorts the timings
+    onnx_files = {(sparse_label(path) if label == SPARSE else label): path for label, path in onnx_files.items()}
     rows = measure(onnx_files, torch_model, cores, warmup, {1: iterations_b1, 32: iterations_b32}, engines)
     own = {"deepsparse_benchmark": run_deepsparse_benchmark(onnx_files, cores, **benchmark)} if benchmark else {}
     return {

@@ -35,7 +35,7 @@ from lit_kd import speed
 from lit_kd.commands.arguments import fail, load_float_network, load_trained_model, require_file, require_output, require_positive
 from lit_kd.deepsparse_benchmark import BENCHMARK_DEFAULTS
 from lit_kd.quant.pt2e import PROGRAM_SUFFIX
-from lit_kd.speed import BASELINE, BENCH_DEFAULTS, BENCH_QAT_ADVICE, ENGINES, INT8, SPARSE, sparse_label
+from lit_kd.speed import BASELINE, BENCH_DEFAULTS, BENCH_QAT_ADVICE, ENGINES, INT8, SPARSE
 
 
 def parser(prog: str = "lit-kd bench", out: str = "results/sparse_speed.json") -> argparse.ArgumentParser:
@@ -98,8 +98,6 @@ def inputs_from_args(cli: argparse.ArgumentParser, args: argparse.Namespace) -> 
             load_trained_model(cli.prog, path, "", kinds=("pt2e",), flag="--int8")  # checked and read, not compiled
         else:
             check_model(cli.prog, flags[label], path)
-    if args.sparse:  # a pruned float file is labelled as such, not "pruned-quantized"
-        onnx_files = {(sparse_label(path) if label == SPARSE else label): path for label, path in onnx_files.items()}
     torch_model = None
     if args.ckpt:
         torch_model = load_float_network(cli.prog, args.ckpt, BENCH_QAT_ADVICE)

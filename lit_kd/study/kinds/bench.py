@@ -44,7 +44,6 @@ class Bench(StepKind):
             problem = speed.model_problem(f"--{files[label]}", path)
             if problem:
                 raise StepError(f"lit-kd bench: error: {problem}")
-        onnx_files = {(speed.sparse_label(path) if label == speed.SPARSE else label): path for label, path in onnx_files.items()}
         torch_model = float_network("bench", s["ckpt"], speed.BENCH_QAT_ADVICE) if s.get("ckpt") else None
         cores, warmup, b1, b32 = s["cores"], s["warmup"], s["iterations_b1"], s["iterations_b32"]
         benchmark = {k: s[k] for k in BENCHMARK_DEFAULTS} if s.get("deepsparse_benchmark") else None
@@ -158,13 +157,11 @@ def bench_accuracies(manifests: dict[str, dict], bench: dict | None) -> dict[str
     PyTorch FP32 from the checkpoint's stage; PyTorch's dense INT8 (calibrated on random data) is not measured."""
     if not bench:
         return {}
-    from lit_kd.speed import BASELINE, SPARSE, SPARSE_FP32
+    from lit_kd.speed import BASELINE, sparse_model
 
     out = {}
     files = ((bench.get("inputs") or {}).get("settings") or {}).get("bench") or {}
-    timed = {r["model"] for r in bench["metrics"].get("rows", [])}
-    sparse = SPARSE_FP32 if SPARSE_FP32 in timed else SPARSE
-    for label, key in ((BASELINE, "baseline"), (sparse, "sparse")):
+    for label, key in ((BASELINE, "baseline"), (sparse_model(bench["metrics"].get("rows", [])), "sparse")):
         export = next((m for m in manifests.values() if m["kind"] == "export" and m["outputs"]["onnx"] == files.get(key)), None)
         if export:
             out[label] = export["metrics"]["validation"]["onnxruntime"]["acc"]

@@ -73,7 +73,7 @@ def report_sections(rep: ReportInput) -> list[tuple[int, Section]]:
         if m["metrics"].get("layer_sparsity") and 1 - m["metrics"]["nonzero_params"] / m["metrics"]["params"] > 0.05
     }
     figures = [Figure(sparsity_figure(sparse, rep.fig_dir / "sparsity.png"), "Zero weights per conv/linear layer.")] if sparse else []
-    cycles = {n: pruning_cycles(c) for n, c in curves.items() if pruning_cycles(c)}
+    cycles = {n: points for n, c in curves.items() if (points := pruning_cycles(c))}
     if cycles:
         controls = {}
         for stage, control in (rep.settings.get("controls") or {}).items():
