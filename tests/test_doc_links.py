@@ -5,6 +5,7 @@ A result file that ``.gitignore`` keeps out of the repository is a broken link f
 
 from __future__ import annotations
 
+import functools
 import re
 import subprocess
 from pathlib import Path
@@ -15,16 +16,17 @@ ROOT = Path(__file__).resolve().parents[1]
 LINK = re.compile(r"\]\(([^)\s#]+)(?:#[^)]*)?\)")  # [text](target) or [text](target#anchor)
 
 
-def tracked_files() -> set[str]:
+@functools.cache
+def tracked_files() -> frozenset[str]:
     listing = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    return set(listing.splitlines())
+    return frozenset(listing.splitlines())
 
 
 def relative_links(page: Path) -> list[str]:
     return [t for t in LINK.findall(page.read_text()) if not re.match(r"[a-z]+:", t)]
 
 
-def broken_links(page: Path, tracked: set[str]) -> list[str]:
+def broken_links(page: Path, tracked: frozenset[str]) -> list[str]:
     broken = []
     for target in relative_links(page):
         path = (page.parent / target).resolve()
